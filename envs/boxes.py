@@ -1,0 +1,116 @@
+"""Box coordinates: the one module that converts between frames, clamps and crops.
+
+A box is ``[x1, y1, x2, y2]`` (left, top, right, bottom). Four frames occur:
+
+``"norm"``      0-1, relative to the current view (the env's native action frame).
+``"norm1000"``  0-1000, relative to the current view (Qwen2-VL / many grounding models).
+``"pixel"``     absolute pixels of the current view at its original resolution.
+``"resized"``   absolute pixels of the image the VLM was shown, i.e. the view after
+                Qwen2.5-VL's resize rule (:func:`qwen_resized_size`). Qwen2.5-VL emits
+                boxes in this frame.
+
+A *view* is a rectangle of the original query image in original-image pixels (floats);
+the first view is the whole image and each REGION step zooms into a sub-rectangle.
+Converting through ``"norm"`` and :func:`view_box_to_image` gives the crop in original
+pixels; crops are cut at full resolution from the original image, never from a resized
+copy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+Frame = Literal["norm", "norm1000", "pixel", "resized"]
+FRAMES: tuple[str, ...] = ("norm", "norm1000", "pixel", "resized")
+
+QWEN_PATCH_FACTOR = 28
+"""Qwen2.5-VL resizes so both sides are multiples of patch size (14) x merge size (2)."""
+QWEN_MIN_PIXELS = 4 * 28 * 28
+QWEN_MAX_PIXELS = 16384 * 28 * 28
+
+
+def qwen_resized_size(
+    width: int,
+    height: int,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> tuple[int, int]:
+    """``(width, height)`` of the image Qwen2.5-VL sees for a ``width x height`` input.
+
+    Delegates to ``qwen_vl_utils.smart_resize`` with Qwen2.5-VL's factor of 28, so the
+    frame matches what the processor really feeds the model.
+    """
+    from qwen_vl_utils.vision_process import smart_resize
+
+    new_h, new_w = smart_resize(height, width, factor=QWEN_PATCH_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    return int(new_w), int(new_h)
+
+
+def _frame_extent(frame: str, view_size: tuple[float, float], resized_size: tuple[int, int] | None) -> tuple[float, float]:
+    if frame == "norm":
+        return 1.0, 1.0
+    if frame == "norm1000":
+        return 1000.0, 1000.0
+    if frame == "pixel":
+        return float(view_size[0]), float(view_size[1])
+    if frame == "resized":
+        if resized_size is None:
+            raise ValueError("frame 'resized' needs resized_size (the size of the image the VLM saw)")
+        return float(resized_size[0]), float(resized_size[1])
+    raise ValueError(f"unknown box frame {frame!r}; choose from {FRAMES}")
+
+
+def to_norm(box, frame: Frame, view_size: tuple[float, float], resized_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Convert a box in ``frame`` to 0-1 coordinates of the view (no clamping)."""
+    w, h = _frame_extent(frame, view_size, resized_size)
+    return np.asarray(box, np.float64) / np.array([w, h, w, h])
+
+
+def from_norm(box, frame: Frame, view_size: tuple[float, float], resized_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Convert a 0-1 box of the view to ``frame`` (inverse of :func:`to_norm`)."""
+    w, h = _frame_extent(frame, view_size, resized_size)
+    return np.asarray(box, np.float64) * np.array([w, h, w, h])
+
+
+def clamp_norm_box(box) -> np.ndarray:
+    """Clamp a 0-1 box to the view. Inverted boxes stay inverted (and so invalid)."""
+    return np.clip(np.asarray(box, np.float64), 0.0, 1.0)
+
+
+def is_valid_box(norm_box, view_size: tuple[float, float], min_side_px: float = 1.0) -> bool:
+    """A clamped 0-1 box is valid when finite and at least ``min_side_px`` wide and high
+    in the view's original pixels (so it crops to a real image)."""
+    b = np.asarray(norm_box, np.float64)
+    if b.shape != (4,) or not np.all(np.isfinite(b)):
+        return False
+    width_px = (b[2] - b[0]) * view_size[0]
+    height_px = (b[3] - b[1]) * view_size[1]
+    return bool(width_px >= min_side_px and height_px >= min_side_px)
+
+
+def view_box_to_image(norm_box, view: tuple[float, float, float, float]) -> np.ndarray:
+    """Map a 0-1 box of ``view`` (original-image pixels) to original-image pixels."""
+    x1, y1, x2, y2 = view
+    b = np.asarray(norm_box, np.float64)
+    return np.array([x1 + b[0] * (x2 - x1), y1 + b[1] * (y2 - y1), x1 + b[2] * (x2 - x1), y1 + b[3] * (y2 - y1)])
+
+
+def image_box_to_view(image_box, view: tuple[float, float, float, float]) -> np.ndarray:
+    """Inverse of :func:`view_box_to_image`: original-image pixels to 0-1 of ``view``."""
+    x1, y1, x2, y2 = view
+    b = np.asarray(image_box, np.float64)
+    w, h = x2 - x1, y2 - y1
+    return np.array([(b[0] - x1) / w, (b[1] - y1) / h, (b[2] - x1) / w, (b[3] - y1) / h])
+
+
+def crop(image: Image.Image, image_box) -> Image.Image:
+    """Cut ``image_box`` (original pixels, floats) from ``image``; edges are rounded
+    outwards so the crop never loses a partially covered pixel."""
+    x1, y1, x2, y2 = np.asarray(image_box, np.float64)
+    left, top = int(np.floor(x1 + 1e-6)), int(np.floor(y1 + 1e-6))
+    right = max(int(np.ceil(x2 - 1e-6)), left + 1)
+    bottom = max(int(np.ceil(y2 - 1e-6)), top + 1)
+    return image.crop((left, top, min(right, image.width), min(bottom, image.height)))

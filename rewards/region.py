@@ -1,0 +1,147 @@
+"""The rank-improvement reward of Region-R1: the one implementation of the formula.
+
+The environment, the verl reward bridge, the local trainer and the evaluator all call
+:func:`region_reward` / :func:`full_reward` with a :class:`RewardConfig`, so a reward
+ablation is a config, never a code change.
+
+For a REGION step, against the ranking it replaces (``old``), with r the 1-based rank of
+the best positive::
+
+    dMRR    = RR_new - RR_old                dNDCG   = NDCG_new - NDCG_old
+    dRank   = log(r_old + 1) - log(r_new + 1)
+    dMargin = margin_new - margin_old
+    reward  = scale * max(w_mrr*dMRR + w_ndcg*dNDCG + w_rank*dRank + w_margin*dMargin
+                          + w_iou*IoU(box, annotated box), floor)
+
+FULL: ``full_reward`` if the baseline already ranks a positive first, else 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from rewards.metrics import best_positive_rank, margin, ndcg_at_k, reciprocal_rank
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Every knob of the reward. Defaults are those of the public Region-R1 code."""
+
+    scale: float = 5.0
+    """Multiplies the clipped weighted sum."""
+    w_mrr: float = 0.2
+    """Weight of the reciprocal-rank improvement."""
+    w_ndcg: float = 0.2
+    """Weight of the NDCG@K improvement."""
+    w_rank: float = 0.2
+    """Weight of the log-rank improvement ``log(r_old+1) - log(r_new+1)``."""
+    w_margin: float = 0.4
+    """Weight of the positive-vs-hardest-negative margin improvement."""
+    w_iou: float = 0.0
+    """Weight of IoU with the annotated box (LFPC's grounding signal); 0 disables it."""
+    floor: float = -0.05
+    """Lower clip of the weighted sum, so one bad crop costs little."""
+    full_reward: float = 1.0
+    """Reward for FULL when the baseline already ranks a positive first (else 0)."""
+    invalid_box_penalty: float = -1.0
+    """Reward for a box that is inverted or has zero area after clamping to the view."""
+    malformed_penalty: float = -1.0
+    """Reward for an action that cannot be parsed (text) or is not in the action space."""
+    malformed_as_full: bool = False
+    """Treat a malformed action as FULL instead (what the public Region-R1 code does)."""
+    ndcg_k: int | None = None
+    """NDCG cutoff; ``None`` means the pool size K."""
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, float) and not np.isfinite(value):
+                raise ValueError(f"RewardConfig.{name} must be finite, got {value}")
+        if self.ndcg_k is not None and self.ndcg_k < 1:
+            raise ValueError(f"RewardConfig.ndcg_k must be >= 1 or None, got {self.ndcg_k}")
+
+    @classmethod
+    def ablation(cls, name: str, **overrides) -> "RewardConfig":
+        """The paper's reward ablation: ``mrr``, ``mrr+ndcg``, ``mrr+ndcg+rank``, ``full``."""
+        weights = {
+            "mrr": dict(w_mrr=1.0, w_ndcg=0.0, w_rank=0.0, w_margin=0.0),
+            "mrr+ndcg": dict(w_mrr=0.5, w_ndcg=0.5, w_rank=0.0, w_margin=0.0),
+            "mrr+ndcg+rank": dict(w_mrr=1 / 3, w_ndcg=1 / 3, w_rank=1 / 3, w_margin=0.0),
+            "full": {},
+        }
+        if name not in weights:
+            raise ValueError(f"unknown reward ablation {name!r}; choose from {sorted(weights)}")
+        return cls(**{**weights[name], **overrides})
+
+
+class RankingStats(NamedTuple):
+    """What the reward needs to know about one ranking (arrays with the batch shape)."""
+
+    rank: np.ndarray
+    rr: np.ndarray
+    ndcg: np.ndarray
+    margin: np.ndarray
+
+
+def ranking_stats(scores, positives, ndcg_k: int | None = None) -> RankingStats:
+    """Rank of the best positive, its reciprocal, NDCG@k and margin of a pool's scores."""
+    return RankingStats(
+        rank=best_positive_rank(scores, positives),
+        rr=reciprocal_rank(scores, positives),
+        ndcg=ndcg_at_k(scores, positives, ndcg_k),
+        margin=margin(scores, positives),
+    )
+
+
+class RewardTerms(NamedTuple):
+    """The deltas of a REGION step and the reward they give (arrays with the batch shape)."""
+
+    d_mrr: np.ndarray
+    d_ndcg: np.ndarray
+    d_rank: np.ndarray
+    d_margin: np.ndarray
+    iou: np.ndarray
+    reward: np.ndarray
+
+
+def log_rank_gain(rank_old, rank_new) -> np.ndarray:
+    """``log(r_old + 1) - log(r_new + 1)``: positive when the positive moved up."""
+    return np.log(np.asarray(rank_old, np.float64) + 1.0) - np.log(np.asarray(rank_new, np.float64) + 1.0)
+
+
+def region_reward(old: RankingStats, new: RankingStats, config: RewardConfig = RewardConfig(), iou=0.0) -> RewardTerms:
+    """Reward of replacing ranking ``old`` by ranking ``new`` (a REGION step)."""
+    d_mrr = np.asarray(new.rr - old.rr, np.float64)
+    d_ndcg = np.asarray(new.ndcg - old.ndcg, np.float64)
+    d_rank = log_rank_gain(old.rank, new.rank)
+    d_margin = np.asarray(new.margin - old.margin, np.float64)
+    iou = np.broadcast_to(np.asarray(iou, np.float64), d_mrr.shape)
+    weighted = (
+        config.w_mrr * d_mrr
+        + config.w_ndcg * d_ndcg
+        + config.w_rank * d_rank
+        + config.w_margin * d_margin
+        + config.w_iou * iou
+    )
+    reward = config.scale * np.maximum(weighted, config.floor)
+    return RewardTerms(d_mrr, d_ndcg, d_rank, d_margin, iou, reward)
+
+
+def full_reward(baseline: RankingStats, config: RewardConfig = RewardConfig()) -> np.ndarray:
+    """Reward of keeping the FULL image: ``full_reward`` if a positive is already first."""
+    return np.where(np.asarray(baseline.rank) == 1, config.full_reward, 0.0)
+
+
+def box_iou(box_a, box_b) -> np.ndarray:
+    """IoU of ``[x1, y1, x2, y2]`` boxes (same frame; broadcasts over leading axes)."""
+    a = np.asarray(box_a, np.float64)
+    b = np.asarray(box_b, np.float64)
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = ix * iy
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
