@@ -106,11 +106,16 @@ def image_box_to_view(image_box, view: tuple[float, float, float, float]) -> np.
     return np.array([(b[0] - x1) / w, (b[1] - y1) / h, (b[2] - x1) / w, (b[3] - y1) / h])
 
 
+PIXEL_TOLERANCE = 1e-3
+"""Box edges this close to a pixel boundary snap to it: float32 actions carry ~1e-5 px of
+noise that must not grow a crop by a whole pixel."""
+
+
 def crop(image: Image.Image, image_box) -> Image.Image:
     """Cut ``image_box`` (original pixels, floats) from ``image``; edges are rounded
     outwards so the crop never loses a partially covered pixel."""
     x1, y1, x2, y2 = np.asarray(image_box, np.float64)
-    left, top = int(np.floor(x1 + 1e-6)), int(np.floor(y1 + 1e-6))
-    right = max(int(np.ceil(x2 - 1e-6)), left + 1)
-    bottom = max(int(np.ceil(y2 - 1e-6)), top + 1)
+    left, top = int(np.floor(x1 + PIXEL_TOLERANCE)), int(np.floor(y1 + PIXEL_TOLERANCE))
+    right = max(int(np.ceil(x2 - PIXEL_TOLERANCE)), left + 1)
+    bottom = max(int(np.ceil(y2 - PIXEL_TOLERANCE)), top + 1)
     return image.crop((left, top, min(right, image.width), min(bottom, image.height)))

@@ -1,0 +1,376 @@
+"""RegionRerank-v0: decide whether (and where) to crop a query image before re-ranking."""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from PIL import Image, ImageDraw
+
+from envs.boxes import clamp_norm_box, crop, is_valid_box, view_box_to_image
+from envs.data import QueryPool, load_image, load_query_pools
+from envs.scorer import Scorer
+from envs.text_actions import MalformedAction
+from rewards import RankingStats, RewardConfig, RewardTerms, box_iou, full_reward, ranking_stats, region_reward
+
+FULL, REGION = 0, 1
+RewardMode = Literal["terminal", "incremental"]
+
+
+@dataclass
+class Outcome:
+    """What one action does from the current state (computed without changing it)."""
+
+    kind: Literal["full", "stop", "region", "invalid_box", "malformed"]
+    reward: float
+    terminated: bool
+    decision: int | None = None
+    image_box: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    stats: RankingStats | None = None
+    terms: RewardTerms | None = None
+    reason: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class RegionRerankEnv(gym.Env):
+    """Crop the query image so a frozen image-text re-ranker puts the right candidate first.
+
+    Each episode is one query of a multi-modal RAG re-ranking task: a question, a query
+    image and a pool of K candidates (images, texts or both) of which some are relevant.
+    A frozen scorer ranks the pool by cosine similarity to the query view. The baseline
+    ranking uses the FULL image; the agent may instead crop a REGION of it (Region-R1),
+    and with ``max_steps > 1`` zoom further into its own crops.
+
+    ## Action Space
+    ``Dict(decision=Discrete(2), box=Box(0, 1, (4,), float32))``: ``decision`` 0 is FULL
+    (keep the current view and stop), 1 is REGION (crop ``box``). ``box`` is
+    ``[x1, y1, x2, y2]`` normalized to the CURRENT view and is ignored for FULL. Boxes are
+    clamped to the view; a box narrower or lower than ``min_box_side`` original pixels
+    after clamping (inverted, zero-area) is invalid. Anything else (a NaN box, an
+    unknown decision, a :class:`MalformedAction` from a wrapper) is malformed. Neither
+    raises. Wrappers in :mod:`envs.wrappers` adapt a flat ``Box`` and VLM text.
+
+    ## Observation Space
+    ``Dict(image=Box(0, 255, (obs_size, obs_size, 3), uint8), question=Text, step=Discrete(max_steps + 1))``:
+    the current view resized (not letterboxed, so a normalized box means the same on the
+    observation and on the view) to a fixed square, the question, and how many crops were
+    taken. With ``policy_max_side`` set, the image shown to the policy is first
+    downscaled so its longer side is at most that many pixels, while crops are cut and
+    scored at full resolution (LFPC's "information gap"). Full-resolution data is in
+    ``info``: ``view`` (PIL image of the current view), ``policy_image`` (what a VLM
+    should be shown), ``view_box`` (the view in original pixels), ``box`` (the last crop
+    in original pixels), ``baseline_rank`` / ``rank`` / ``scores`` / ``baseline_scores``,
+    ``reward_terms`` and ``outcome``.
+
+    ## Rewards
+    From :mod:`rewards` with ``reward_config`` (:class:`rewards.RewardConfig`):
+    FULL at the first step gives ``full_reward`` if the baseline already ranks a positive
+    first, else 0. A REGION step gives the rank-improvement reward
+    ``scale * max(w . (dMRR, dNDCG, dRank, dMargin), floor)``. An invalid box gives
+    ``invalid_box_penalty``; a malformed action ``malformed_penalty`` (or is treated as
+    FULL with ``malformed_as_full``). With ``max_steps > 1``, ``reward_mode`` says how zoom
+    steps are paid: ``"terminal"`` (default) pays once, when the episode ends, the reward
+    of the final view against the FULL baseline (every earlier step pays 0);
+    ``"incremental"`` pays each REGION step against the view it replaces and a later
+    FULL/stop pays 0. With ``max_steps=1`` the two modes coincide.
+
+    ## Starting State
+    ``reset`` draws a query uniformly from the dataset with the env's ``np_random``
+    (``options={"query_index": i}`` or ``{"query_id": "..."}`` selects one). The view is
+    the whole query image and the baseline ranking is computed once per query.
+
+    ## Episode End
+    Terminates on FULL/stop, on an invalid or malformed action, and after ``max_steps``
+    REGION steps. There is no truncation.
+
+    ## Arguments
+    - ``dataset``: a query-pool JSONL path, a sequence of :class:`envs.data.QueryPool`, or
+      ``None`` for the embedded benchmark's ``split``.
+    - ``scorer``: an :class:`envs.scorer.Scorer`, or ``None`` for the embedded default scorer.
+    - ``split``: embedded-benchmark split when ``dataset`` is ``None`` (``"train"``, ``"val"``, ``"test"``).
+    - ``purpose``: ``"eval"`` keeps pools without a positive, ``"train"`` drops them (for a path).
+    - ``max_steps``: REGION steps allowed (1 is the paper's setting; more is multi-step zoom).
+    - ``reward_config``: the reward's weights, penalties and options.
+    - ``reward_mode``: ``"terminal"`` or ``"incremental"`` (see Rewards).
+    - ``obs_size``: side of the square observation image.
+    - ``policy_max_side``: information gap; ``None`` shows the policy the full-resolution view.
+    - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid box.
+    - ``render_mode``: ``None`` or ``"rgb_array"`` (the query image with the view, the crop and the rank drawn on it).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
+
+    def __init__(
+        self,
+        dataset: str | os.PathLike | Sequence[QueryPool] | None = None,
+        scorer: Scorer | None = None,
+        *,
+        split: str = "test",
+        purpose: Literal["train", "eval"] = "eval",
+        max_steps: int = 1,
+        reward_config: RewardConfig | None = None,
+        reward_mode: RewardMode = "terminal",
+        obs_size: int = 224,
+        policy_max_side: int | None = None,
+        min_box_side: float = 4.0,
+        render_mode: str | None = None,
+    ):
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if reward_mode not in ("terminal", "incremental"):
+            raise ValueError(f"reward_mode must be 'terminal' or 'incremental', got {reward_mode!r}")
+        if obs_size < 8:
+            raise ValueError(f"obs_size must be >= 8, got {obs_size}")
+        if policy_max_side is not None and policy_max_side < 8:
+            raise ValueError(f"policy_max_side must be >= 8 or None, got {policy_max_side}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+
+        self.pools = _resolve_dataset(dataset, split, purpose)
+        if len(self.pools) == 0:
+            raise ValueError(f"dataset {dataset!r} holds no query pools")
+        self.scorer = scorer if scorer is not None else _default_scorer()
+        self.max_steps = max_steps
+        self.reward_config = reward_config or RewardConfig()
+        self.reward_mode = reward_mode
+        self.obs_size = obs_size
+        self.policy_max_side = policy_max_side
+        self.min_box_side = min_box_side
+        self.render_mode = render_mode
+
+        self.action_space = spaces.Dict(
+            {"decision": spaces.Discrete(2), "box": spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32)}
+        )
+        # The charset covers every question in the data, so real (non-ASCII) questions fit.
+        charset = sorted(set(string.printable) | {ch for p in self.pools for ch in p.question})
+        max_question = max(64, max(len(p.question) for p in self.pools))
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, shape=(obs_size, obs_size, 3), dtype=np.uint8),
+                "question": spaces.Text(max_length=max_question, min_length=0, charset="".join(charset)),
+                "step": spaces.Discrete(max_steps + 1),
+            }
+        )
+
+        self.pool: QueryPool | None = None
+        self.image: Image.Image | None = None
+        self.view_box = np.zeros(4)
+        self.steps_taken = 0
+        self.baseline_scores = np.zeros(0)
+        self.baseline_stats: RankingStats | None = None
+        self.scores = np.zeros(0)
+        self.stats: RankingStats | None = None
+        self.last_box: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.pool = self.pools[self._query_index(options or {})]
+        self.image = load_image(self.pool.image)
+        self.view_box = np.array([0.0, 0.0, self.image.width, self.image.height])
+        self.steps_taken = 0
+        self.last_box = None
+        self.baseline_scores = self.scorer.score([self.image], self.pool)[0]
+        self.baseline_stats = self._stats(self.baseline_scores)
+        self.scores, self.stats = self.baseline_scores, self.baseline_stats
+        return self._observation_and_info(None)
+
+    def step(self, action):
+        if self.pool is None:
+            raise RuntimeError("call reset() before step()")
+        outcome = self._outcomes([action])[0]
+        if outcome.kind == "region":
+            self.view_box = outcome.image_box
+            self.last_box = outcome.image_box
+            self.scores, self.stats = outcome.scores, outcome.stats
+            self.steps_taken += 1
+        observation, info = self._observation_and_info(outcome)
+        return observation, outcome.reward, outcome.terminated, False, info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self.image is None:
+            return None
+        canvas = self.image.copy()
+        draw = ImageDraw.Draw(canvas)
+        line = max(2, round(min(canvas.size) / 150))
+        if self.steps_taken:
+            draw.rectangle(self.view_box.tolist(), outline=(255, 40, 40), width=line)
+        label = f"rank {int(self.stats.rank)} (FULL {int(self.baseline_stats.rank)}) step {self.steps_taken}"
+        draw.rectangle((0, 0, 8 + 7 * len(label), 16), fill=(0, 0, 0))
+        draw.text((4, 2), label, fill=(255, 255, 255))
+        return np.asarray(canvas, dtype=np.uint8)
+
+    # ------------------------------------------------------------------ batched scoring
+    def score_actions(self, actions: Sequence[Any]) -> list[Outcome]:
+        """What each action would do from the current state, without taking it.
+
+        All REGION crops are scored in ONE scorer forward, so a group of n rollouts of a
+        query (GRPO) costs one batch, not n steps. ``outcome.reward`` is exactly the
+        reward :meth:`step` would return for that action.
+        """
+        if self.pool is None:
+            raise RuntimeError("call reset() before score_actions()")
+        return self._outcomes(list(actions))
+
+    @property
+    def view(self) -> Image.Image:
+        """The current view at full resolution (what crops are cut from and scored); a new
+        image on every access, so callers may keep or modify it."""
+        return crop(self.image, self.view_box) if self.steps_taken else self.image.copy()
+
+    @property
+    def policy_image(self) -> Image.Image:
+        """The current view as shown to the policy (downscaled under the information gap)."""
+        return self._policy_image(self.view)
+
+    def _policy_image(self, view: Image.Image) -> Image.Image:
+        if self.policy_max_side is None or max(view.size) <= self.policy_max_side:
+            return view
+        scale = self.policy_max_side / max(view.size)
+        size = (max(1, round(view.width * scale)), max(1, round(view.height * scale)))
+        return view.resize(size, Image.Resampling.BILINEAR)
+
+    @property
+    def view_size(self) -> tuple[float, float]:
+        """Width and height of the current view in original-image pixels."""
+        return float(self.view_box[2] - self.view_box[0]), float(self.view_box[3] - self.view_box[1])
+
+    # ------------------------------------------------------------------ internals
+    def _query_index(self, options: dict[str, Any]) -> int:
+        if "query_index" in options:
+            index = int(options["query_index"])
+            if not 0 <= index < len(self.pools):
+                raise IndexError(f"options['query_index']={index} is outside the dataset (0..{len(self.pools) - 1})")
+            return index
+        if "query_id" in options:
+            for index, pool in enumerate(self.pools):
+                if pool.query_id == options["query_id"]:
+                    return index
+            raise KeyError(f"options['query_id']={options['query_id']!r} is not in the dataset")
+        return int(self.np_random.integers(len(self.pools)))
+
+    def _stats(self, scores: np.ndarray) -> RankingStats:
+        return ranking_stats(scores, self.pool.positives, self.reward_config.ndcg_k)
+
+    def _outcomes(self, actions: list[Any]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = []
+        crops: list[tuple[int, np.ndarray]] = []
+        for i, action in enumerate(actions):
+            decision, box, reason = _read_action(action)
+            if decision is None and self.reward_config.malformed_as_full:
+                decision = FULL
+            if decision is None:
+                outcomes.append(Outcome("malformed", self.reward_config.malformed_penalty, True, reason=reason))
+            elif decision == FULL:
+                outcomes.append(self._stop_outcome())
+            else:
+                norm = clamp_norm_box(box)
+                if not is_valid_box(norm, self.view_size, self.min_box_side):
+                    reason = f"box {np.round(box, 4).tolist()} is empty or smaller than {self.min_box_side}px after clamping"
+                    outcomes.append(Outcome("invalid_box", self.reward_config.invalid_box_penalty, True, REGION, reason=reason))
+                else:
+                    outcomes.append(None)
+                    crops.append((i, view_box_to_image(norm, self.view_box)))
+        if crops:
+            views = [crop(self.image, image_box) for _, image_box in crops]
+            all_scores = self.scorer.score(views, self.pool)
+            for (i, image_box), scores in zip(crops, all_scores):
+                outcomes[i] = self._region_outcome(image_box, scores)
+        return outcomes
+
+    def _stop_outcome(self) -> Outcome:
+        if self.steps_taken == 0:
+            reward = float(full_reward(self.baseline_stats, self.reward_config))
+            return Outcome("full", reward, True, FULL)
+        if self.reward_mode == "terminal":
+            terms = region_reward(self.baseline_stats, self.stats, self.reward_config, self._iou(self.view_box))
+            return Outcome("stop", float(terms.reward), True, FULL, terms=terms)
+        return Outcome("stop", 0.0, True, FULL)
+
+    def _region_outcome(self, image_box: np.ndarray, scores: np.ndarray) -> Outcome:
+        stats = self._stats(scores)
+        last_step = self.steps_taken + 1 >= self.max_steps
+        if self.reward_mode == "incremental":
+            terms = region_reward(self.stats, stats, self.reward_config, self._iou(image_box))
+            reward = float(terms.reward)
+        else:
+            terms = region_reward(self.baseline_stats, stats, self.reward_config, self._iou(image_box))
+            reward = float(terms.reward) if last_step else 0.0
+        return Outcome("region", reward, last_step, REGION, image_box=image_box, scores=scores, stats=stats, terms=terms)
+
+    def _iou(self, image_box: np.ndarray) -> float:
+        if self.reward_config.w_iou == 0.0 or self.pool.box is None:
+            return 0.0
+        return float(box_iou(image_box, self.pool.box))
+
+    def _observation(self, policy_image: Image.Image) -> dict[str, Any]:
+        image = policy_image.resize((self.obs_size, self.obs_size), Image.Resampling.BILINEAR)
+        return {
+            "image": np.asarray(image.convert("RGB"), dtype=np.uint8),
+            "question": self.pool.question,
+            "step": self.steps_taken,
+        }
+
+    def _observation_and_info(self, outcome: Outcome | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        view = self.view
+        policy_image = self._policy_image(view)
+        info: dict[str, Any] = {
+            "query_id": self.pool.query_id,
+            "question": self.pool.question,
+            "view": view,
+            "policy_image": policy_image,
+            "view_box": self.view_box.copy(),
+            "baseline_rank": int(self.baseline_stats.rank),
+            "rank": int(self.stats.rank),
+            "baseline_scores": self.baseline_scores.copy(),
+            "scores": self.scores.copy(),
+            "has_positive": self.pool.has_positive,
+        }
+        if outcome is not None:
+            info["outcome"] = outcome.kind
+            info["decision"] = -1 if outcome.decision is None else outcome.decision
+            if outcome.reason:
+                info["reason"] = outcome.reason
+            if outcome.image_box is not None:
+                info["box"] = outcome.image_box.copy()
+            if outcome.terms is not None:
+                info["reward_terms"] = {k: float(v) for k, v in outcome.terms._asdict().items()}
+        return self._observation(policy_image), info
+
+
+def _read_action(action: Any) -> tuple[int | None, np.ndarray | None, str]:
+    """``(decision, box, reason)``; decision is None when the action is malformed."""
+    if isinstance(action, MalformedAction):
+        return None, None, action.reason
+    try:
+        decision = int(np.asarray(action["decision"]).item())
+        box = np.asarray(action["box"], dtype=np.float64).reshape(-1)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        return None, None, f"action {action!r} is not a dict with 'decision' and 'box': {err}"
+    if decision not in (FULL, REGION):
+        return None, None, f"decision {decision} is neither 0 (FULL) nor 1 (REGION)"
+    if decision == REGION and (box.shape != (4,) or not np.all(np.isfinite(box))):
+        return None, None, f"box {box.tolist()} is not 4 finite numbers"
+    return decision, box, ""
+
+
+def _resolve_dataset(dataset, split: str, purpose: str) -> Sequence[QueryPool]:
+    if dataset is None:
+        from envs.default import default_dataset
+
+        return default_dataset(split=split, purpose=purpose)
+    if isinstance(dataset, (str, os.PathLike)):
+        return load_query_pools(dataset, purpose=purpose)
+    return dataset
+
+
+def _default_scorer() -> Scorer:
+    from envs.default import default_scorer
+
+    return default_scorer()

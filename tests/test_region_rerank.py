@@ -1,0 +1,249 @@
+"""RegionRerankEnv: conformance, the reward wiring, multi-step zoom, batching and wrappers.
+
+The scorer is a real open_clip model (tiny, random weights, built by the tests); rewards
+are checked against :mod:`rewards` applied to that scorer's own scores of the same crop.
+"""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from PIL import Image
+
+import envs  # noqa: F401  (registers RegionRerank-v0)
+from envs.boxes import crop, from_norm, qwen_resized_size, view_box_to_image
+from envs.data import Candidate, QueryPool
+from envs.region_rerank import FULL, REGION, RegionRerankEnv
+from envs.text_actions import MalformedAction
+from envs.wrappers import FlatBoxAction, TextAction
+from rewards import RewardConfig, full_reward, ranking_stats, region_reward
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory) -> list[QueryPool]:
+    """Six queries: a coloured target patch in a noisy 160x120 scene, pools of 5."""
+    root = tmp_path_factory.mktemp("pools")
+    rng = np.random.default_rng(0)
+    colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (220, 220, 30), (200, 30, 200)]
+    for c, colour in enumerate(colours):
+        Image.new("RGB", (48, 48), colour).save(root / f"cand{c}.png")
+    pools = []
+    for q in range(6):
+        scene = rng.integers(0, 255, size=(120, 160, 3), dtype=np.uint8)
+        target = q % len(colours)
+        x, y = int(rng.integers(0, 110)), int(rng.integers(0, 70))
+        scene[y : y + 50, x : x + 50] = colours[target]
+        Image.fromarray(scene).save(root / f"q{q}.png")
+        candidates = tuple(
+            Candidate(id=f"c{c}", positive=(c == target and q != 5), image=root / f"cand{c}.png", text=f"colour {c}")
+            for c in range(len(colours))
+        )
+        pools.append(QueryPool(f"q{q}", f"What is the colour of square {q}?", root / f"q{q}.png", candidates, (x, y, x + 50, y + 50)))
+    return pools
+
+
+@pytest.fixture()
+def env(pools, tiny_scorer) -> RegionRerankEnv:
+    return RegionRerankEnv(pools, tiny_scorer)
+
+
+def region(box) -> dict:
+    return {"decision": REGION, "box": np.asarray(box, np.float32)}
+
+
+FULL_ACTION = {"decision": FULL, "box": np.zeros(4, np.float32)}
+
+
+def test_check_env_passes(pools, tiny_scorer):
+    env = gym.make("RegionRerank-v0", dataset=pools, scorer=tiny_scorer, render_mode="rgb_array")
+    check_env(env.unwrapped, skip_render_check=False)
+    check_env(RegionRerankEnv(pools, tiny_scorer, max_steps=3, policy_max_side=32))
+
+
+def test_gym_make_and_sync_vector_env(pools, tiny_scorer):
+    env = gym.make("RegionRerank-v0", dataset=pools, scorer=tiny_scorer)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (224, 224, 3)
+    vec = gym.make_vec("envs:RegionRerank-v0", num_envs=2, vectorization_mode="sync", dataset=pools, scorer=tiny_scorer)
+    obs, _ = vec.reset(seed=0)
+    assert obs["image"].shape == (2, 224, 224, 3)
+    actions = {"decision": np.array([FULL, REGION]), "box": np.array([[0, 0, 1, 1], [0.1, 0.1, 0.6, 0.7]], np.float32)}
+    _, rewards, terminated, truncated, infos = vec.step(actions)
+    assert rewards.shape == (2,) and terminated.all() and not truncated.any()
+    assert list(infos["outcome"]) == ["full", "region"]
+    vec.close()
+
+
+def test_reset_is_deterministic_and_selectable(env, pools):
+    ids = [env.reset(seed=7)[1]["query_id"] for _ in range(3)]
+    assert len(set(ids)) == 1
+    _, info = env.reset(options={"query_index": 3})
+    assert info["query_id"] == "q3"
+    _, info = env.reset(options={"query_id": "q4"})
+    assert info["query_id"] == "q4"
+    with pytest.raises(KeyError, match="nope"):
+        env.reset(options={"query_id": "nope"})
+    with pytest.raises(IndexError, match="query_index"):
+        env.reset(options={"query_index": 99})
+
+
+def test_full_reward_follows_the_baseline_rule(env, tiny_scorer, pools):
+    for q in range(len(pools)):
+        _, info = env.reset(options={"query_index": q})
+        baseline = tiny_scorer.score([Image.open(pools[q].image).convert("RGB")], pools[q])[0]
+        np.testing.assert_allclose(info["baseline_scores"], baseline, rtol=1e-5, atol=1e-6)
+        _, reward, terminated, _, info = env.step(FULL_ACTION)
+        expected = full_reward(ranking_stats(baseline, pools[q].positives))
+        assert reward == pytest.approx(float(expected)) and terminated and info["outcome"] == "full"
+
+
+def test_region_reward_is_the_reward_library_on_the_crop(env, tiny_scorer, pools):
+    _, info0 = env.reset(options={"query_index": 1})
+    box = np.array([0.25, 0.1, 0.75, 0.6])
+    _, reward, terminated, _, info = env.step(region(box))
+    image = Image.open(pools[1].image).convert("RGB")
+    image_box = view_box_to_image(box, (0, 0, image.width, image.height))
+    np.testing.assert_allclose(info["box"], [40, 12, 120, 72])
+    np.testing.assert_allclose(info["box"], image_box)
+    crop_scores = tiny_scorer.score([crop(image, image_box)], pools[1])[0]
+    positives = pools[1].positives
+    expected = region_reward(ranking_stats(info0["baseline_scores"], positives), ranking_stats(crop_scores, positives))
+    assert reward == pytest.approx(float(expected.reward), abs=1e-5)
+    assert info["reward_terms"]["d_margin"] == pytest.approx(float(expected.d_margin), abs=1e-5)
+    assert terminated and info["view"].size == (80, 60)
+
+
+@pytest.mark.parametrize(
+    "action, kind",
+    [
+        (region([0.5, 0.5, 0.5, 0.9]), "invalid_box"),  # zero width
+        (region([0.9, 0.1, 0.2, 0.8]), "invalid_box"),  # inverted
+        (region([1.2, 1.1, 1.5, 1.4]), "invalid_box"),  # outside the view: empty after clamping
+        (region([np.nan, 0, 1, 1]), "malformed"),
+        ({"decision": 7, "box": np.zeros(4)}, "malformed"),
+        ("crop the left half", "malformed"),
+        (MalformedAction("no box", "blah"), "malformed"),
+    ],
+)
+def test_bad_actions_are_penalties_not_crashes(env, action, kind):
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(action)
+    config = RewardConfig()
+    assert info["outcome"] == kind and terminated
+    assert reward == (config.invalid_box_penalty if kind == "invalid_box" else config.malformed_penalty)
+    assert info["reason"]
+
+
+def test_out_of_view_box_is_clamped(env):
+    env.reset(options={"query_index": 0})
+    _, _, _, _, info = env.step(region([-0.5, -0.2, 0.5, 1.3]))
+    assert info["outcome"] == "region"
+    np.testing.assert_allclose(info["box"], [0, 0, 80, 120])
+
+
+def test_malformed_as_full_option(pools, tiny_scorer):
+    env = RegionRerankEnv(pools, tiny_scorer, reward_config=RewardConfig(malformed_as_full=True))
+    _, info = env.reset(options={"query_index": 0})
+    _, reward, _, _, info = env.step(MalformedAction("unparseable", "???"))
+    assert info["outcome"] == "full"
+    assert reward == float(full_reward(ranking_stats(info["baseline_scores"], env.pool.positives)))
+
+
+def test_multi_step_zoom_composes_views(pools, tiny_scorer):
+    env = RegionRerankEnv(pools, tiny_scorer, max_steps=3, reward_mode="terminal")
+    obs, _ = env.reset(options={"query_index": 2})
+    obs, r1, term1, _, info1 = env.step(region([0.5, 0.5, 1.0, 1.0]))
+    assert (r1, term1, obs["step"]) == (0.0, False, 1)
+    np.testing.assert_allclose(info1["view_box"], [80, 60, 160, 120])
+    obs, r2, term2, _, info2 = env.step(region([0.0, 0.0, 0.5, 0.5]))
+    np.testing.assert_allclose(info2["box"], [80, 60, 120, 90])  # nested in the first crop
+    assert (r2, term2) == (0.0, False)
+    _, r3, term3, _, info3 = env.step(FULL_ACTION)  # stop: paid against the FULL baseline
+    positives = pools[2].positives
+    expected = region_reward(ranking_stats(info3["baseline_scores"], positives), ranking_stats(info2["scores"], positives))
+    assert term3 and info3["outcome"] == "stop" and r3 == pytest.approx(float(expected.reward), abs=1e-6)
+
+
+def test_multi_step_ends_at_max_steps_and_incremental_mode(pools, tiny_scorer):
+    env = RegionRerankEnv(pools, tiny_scorer, max_steps=2, reward_mode="incremental")
+    _, info0 = env.reset(options={"query_index": 0})
+    _, r1, term1, _, info1 = env.step(region([0.0, 0.0, 0.8, 0.8]))
+    _, r2, term2, _, info2 = env.step(region([0.1, 0.1, 0.9, 0.9]))
+    positives = pools[0].positives
+    stats = [ranking_stats(i["scores"], positives) for i in (info0, info1, info2)]
+    assert not term1 and term2
+    assert r1 == pytest.approx(float(region_reward(stats[0], stats[1]).reward), abs=1e-6)
+    assert r2 == pytest.approx(float(region_reward(stats[1], stats[2]).reward), abs=1e-6)
+
+
+def test_score_actions_is_one_batch_and_equals_step(env):
+    env.reset(options={"query_index": 1})
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0, 0.5, size=(8, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0.2, 0.5, size=(8, 2))], axis=1)
+    actions = [region(b) for b in boxes] + [FULL_ACTION, "garbage"]
+    forwards = env.scorer.stats.image_forwards
+    outcomes = env.score_actions(actions)
+    assert env.scorer.stats.image_forwards == forwards + 1
+    for action, outcome in zip(actions, outcomes):
+        env.reset(options={"query_index": 1})
+        _, reward, _, _, info = env.step(action)
+        assert (reward, info["outcome"]) == (pytest.approx(outcome.reward, abs=1e-6), outcome.kind)
+
+
+def test_information_gap_downscales_only_what_the_policy_sees(pools, tiny_scorer):
+    env = RegionRerankEnv(pools, tiny_scorer, policy_max_side=40)
+    _, info = env.reset(options={"query_index": 0})
+    assert info["policy_image"].size == (40, 30)
+    assert info["view"].size == (160, 120)
+    _, _, _, _, info = env.step(region([0, 0, 0.5, 0.5]))
+    assert info["view"].size == (80, 60)  # cut and scored at full resolution
+
+
+def test_render_draws_on_the_query_image(pools, tiny_scorer):
+    env = RegionRerankEnv(pools, tiny_scorer, max_steps=2, render_mode="rgb_array")
+    env.reset(options={"query_index": 0})
+    before = env.render()
+    env.step(region([0.2, 0.2, 0.7, 0.7]))
+    after = env.render()
+    assert before.shape == after.shape == (120, 160, 3) and before.dtype == np.uint8
+    assert not np.array_equal(before, after)  # the crop rectangle is drawn
+
+
+def test_constructor_rejects_bad_arguments(pools, tiny_scorer):
+    with pytest.raises(ValueError, match="max_steps"):
+        RegionRerankEnv(pools, tiny_scorer, max_steps=0)
+    with pytest.raises(ValueError, match="reward_mode"):
+        RegionRerankEnv(pools, tiny_scorer, reward_mode="sometimes")
+    with pytest.raises(ValueError, match="no query pools"):
+        RegionRerankEnv([], tiny_scorer)
+
+
+def test_flat_box_wrapper(pools, tiny_scorer):
+    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer))
+    assert env.action_space.shape == (5,)
+    env.reset(options={"query_index": 0})
+    _, _, _, _, info = env.step(np.array([0.9, 0.0, 0.0, 0.5, 0.5], np.float32))
+    assert info["outcome"] == "region"
+    np.testing.assert_allclose(info["box"], [0, 0, 80, 60])
+    env.reset(options={"query_index": 0})
+    assert env.step(np.array([0.1, 0, 0, 0, 0], np.float32))[4]["outcome"] == "full"
+    env.reset(options={"query_index": 0})
+    assert env.step(np.zeros(3, np.float32))[4]["outcome"] == "malformed"
+
+
+def test_text_wrapper_reads_qwen_boxes_in_the_resized_frame(pools, tiny_scorer):
+    env = TextAction(RegionRerankEnv(pools, tiny_scorer))
+    _, info = env.reset(options={"query_index": 0})
+    resized = qwen_resized_size(160, 120)
+    assert env.resized_size() == resized
+    x1, y1, x2, y2 = from_norm([0.25, 0.5, 0.75, 1.0], "resized", (160, 120), resized).round().astype(int)
+    text = f'<tool_call>{{"name": "image_zoom_in_tool", "arguments": {{"bbox_2d": [{x1}, {y1}, {x2}, {y2}]}}}}</tool_call>'
+    _, _, _, _, info = env.step(text)
+    assert info["outcome"] == "region"
+    np.testing.assert_allclose(info["box"], [40, 60, 120, 120], atol=160 / resized[0])
+    env.reset(options={"query_index": 0})
+    assert env.step("NO_CROP_NEEDED")[4]["outcome"] == "full"
+    env.reset(options={"query_index": 0})
+    _, reward, _, _, info = env.step("I would crop around the red thing")
+    assert info["outcome"] == "malformed" and reward == RewardConfig().malformed_penalty
