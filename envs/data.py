@@ -1,0 +1,408 @@
+"""Query pools: the data format every part of the project reads.
+
+A query-pool file is JSONL, one record per query::
+
+    {"query_id": "q1", "question": "Which building is this?", "image": "images/q1.jpg",
+     "box": [x1, y1, x2, y2],                       # optional, original-image pixels
+     "candidates": [{"id": "c1", "image": "kb/c1.jpg", "text": "...", "positive": true}, ...]}
+
+Paths are relative to the data root (by default the file's folder). A candidate has an
+image, a text, or both. Training keeps only queries whose pool holds a positive (as the
+paper does) and reports how many it dropped; evaluation keeps every query so CondR@1
+can be reported.
+
+:func:`load_query_pools` validates a file and returns a :class:`QueryDataset`;
+:func:`write_query_pools` writes pools back (adapters and generators use it);
+:func:`load_image` reads one image with a decompression-bomb guard and
+:func:`read_image_size` checks one from its header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+Purpose = Literal["train", "eval"]
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+"""Largest image (width x height) read before refusing it as a decompression bomb.
+
+Equal to Pillow's own default ``PIL.Image.MAX_IMAGE_PIXELS`` (about 0.25 GB of RGBA).
+Pillow also refuses images over twice its global limit when opening them, so a larger
+value here only takes effect if ``PIL.Image.MAX_IMAGE_PIXELS`` is raised as well.
+"""
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One entry of a candidate pool. Paths are absolute once loaded."""
+
+    id: str
+    positive: bool
+    image: Path | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryPool:
+    """One query: the question, its image, its candidate pool and an optional target box."""
+
+    query_id: str
+    question: str
+    image: Path
+    candidates: tuple[Candidate, ...]
+    box: tuple[float, float, float, float] | None = None
+    """Annotated target region in original-image pixels ``[x1, y1, x2, y2]``."""
+
+    @property
+    def positives(self) -> np.ndarray:
+        """Boolean relevance labels in pool order, shape ``(K,)``."""
+        return np.array([c.positive for c in self.candidates], dtype=bool)
+
+    @property
+    def has_positive(self) -> bool:
+        return any(c.positive for c in self.candidates)
+
+
+@dataclass
+class QueryDataset(Sequence[QueryPool]):
+    """The pools of one file plus what loading dropped (a ``Sequence`` of ``QueryPool``)."""
+
+    pools: list[QueryPool]
+    source: str = "<memory>"
+    dropped_without_positive: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.pools)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.pools[index]
+
+
+class _BadImage(Exception):
+    """Why an image file cannot be used; the caller adds where it was referenced."""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _open_image_header(path: Path, max_pixels: int) -> Image.Image:
+    """Open ``path`` lazily (Pillow reads only the header) and apply the pixel guard."""
+    if not path.is_file():
+        raise _BadImage(f"image file not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            # The size is checked against max_pixels below; Pillow's own warning would only
+            # repeat that check against its global default.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise _BadImage(f"image {path} exceeds Pillow's decompression-bomb limit ({exc})") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise _BadImage(f"unreadable image {path}: {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise _BadImage(
+            f"image {path} is {width}x{height} = {width * height} pixels, more than "
+            f"max_image_pixels={max_pixels} (decompression-bomb guard)"
+        )
+    return image
+
+
+def read_image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image, read from its header only (no pixel decoding).
+
+    Raises:
+        DataError: naming the path, if the file is missing, unreadable or has more than
+            ``max_pixels`` pixels.
+    """
+    try:
+        with _open_image_header(Path(path), max_pixels) as image:
+            return image.size
+    except _BadImage as exc:
+        raise DataError(str(exc)) from exc
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Read an image fully into memory as RGB.
+
+    The size is checked from the file header before any pixels are decoded, so an
+    oversized file (a decompression bomb) is refused cheaply. Pillow's global
+    ``MAX_IMAGE_PIXELS`` is left untouched.
+
+    Raises:
+        DataError: naming the path, if the file is missing, unreadable, truncated or has
+            more than ``max_pixels`` pixels.
+    """
+    path = Path(path)
+    try:
+        image = _open_image_header(path, max_pixels)
+    except _BadImage as exc:
+        raise DataError(str(exc)) from exc
+    try:
+        with image:
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as exc:  # truncated data only shows on decode
+        raise DataError(f"unreadable image {path}: {exc}") from exc
+
+
+def _require(record: dict, key: str, kind: type | tuple[type, ...], where: str, context: str = "") -> Any:
+    """``record[key]`` if present and of ``kind`` (bool is never accepted as a number)."""
+    name = f"{context}{key}"
+    if key not in record:
+        raise DataError(f"{where}: missing field '{name}'")
+    value = record[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise DataError(f"{where}: field '{name}' must be {expected}, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def _require_nonempty_str(record: dict, key: str, where: str, context: str = "") -> str:
+    value = _require(record, key, str, where, context)
+    if not value.strip():
+        raise DataError(f"{where}: field '{context}{key}' must be a non-empty string")
+    return value
+
+
+def _optional_str(record: dict, key: str, where: str, context: str = "") -> str | None:
+    if record.get(key) is None:
+        return None
+    return _require_nonempty_str(record, key, where, context)
+
+
+def _parse_box(value: Any, where: str) -> tuple[float, float, float, float]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise DataError(f"{where}: field 'box' must be a list of 4 numbers [x1, y1, x2, y2], got {_short(value)}")
+    x1, y1, x2, y2 = (float(v) for v in value)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or min(x1, y1) < 0 or not (x1 < x2 and y1 < y2):
+        raise DataError(
+            f"{where}: field 'box' must satisfy 0 <= x1 < x2 and 0 <= y1 < y2 in original-image pixels, "
+            f"got {_short(value)}"
+        )
+    return x1, y1, x2, y2
+
+
+def _absolute(base: Path, relative: str) -> Path:
+    # abspath normalises '..' without resolving symlinks (image folders are often links).
+    return Path(os.path.abspath(base / relative))
+
+
+def _parse_candidate(entry: Any, index: int, where: str, base: Path) -> Candidate:
+    context = f"candidates[{index}]."
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: field 'candidates[{index}]' must be an object, got {_short(entry)}")
+    candidate_id = _require_nonempty_str(entry, "id", where, context)
+    positive = _require(entry, "positive", bool, where, context)
+    image = _optional_str(entry, "image", where, context)
+    text = _optional_str(entry, "text", where, context)
+    if image is None and text is None:
+        raise DataError(f"{where}: field 'candidates[{index}]' (id {candidate_id!r}) has neither 'image' nor 'text'")
+    return Candidate(
+        id=candidate_id,
+        positive=positive,
+        image=_absolute(base, image) if image is not None else None,
+        text=text,
+    )
+
+
+def _parse_record(record: Any, where: str, base: Path) -> QueryPool:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a record must be a JSON object, got {_short(record)}")
+    query_id = _require_nonempty_str(record, "query_id", where)
+    question = _require(record, "question", str, where)
+    image = _require_nonempty_str(record, "image", where)
+    box = _parse_box(record["box"], where) if record.get("box") is not None else None
+    entries = _require(record, "candidates", list, where)
+    if not entries:
+        raise DataError(f"{where}: field 'candidates' is empty (query {query_id!r} has no candidate pool)")
+    candidates = tuple(_parse_candidate(entry, i, where, base) for i, entry in enumerate(entries))
+    first_index: dict[str, int] = {}
+    for i, candidate in enumerate(candidates):
+        if candidate.id in first_index:
+            raise DataError(
+                f"{where}: field 'candidates[{i}].id': duplicate candidate id {candidate.id!r} "
+                f"(also candidates[{first_index[candidate.id]}]) in query {query_id!r}"
+            )
+        first_index[candidate.id] = i
+    return QueryPool(
+        query_id=query_id,
+        question=question,
+        image=_absolute(base, image),
+        candidates=candidates,
+        box=box,
+    )
+
+
+def _verify_pool_images(pool: QueryPool, where: str, max_pixels: int, sizes: dict[Path, tuple[int, int]]) -> None:
+    """Check every image of ``pool`` from its header; ``sizes`` caches files already seen."""
+
+    def size_of(path: Path, field_name: str) -> tuple[int, int]:
+        if path not in sizes:
+            try:
+                with _open_image_header(path, max_pixels) as image:
+                    sizes[path] = image.size
+            except _BadImage as exc:
+                raise DataError(f"{where}: field '{field_name}': {exc}") from exc
+        return sizes[path]
+
+    width, height = size_of(pool.image, "image")
+    if pool.box is not None and (pool.box[2] > width or pool.box[3] > height):
+        raise DataError(f"{where}: field 'box' {list(pool.box)} lies outside the {width}x{height} query image")
+    for i, candidate in enumerate(pool.candidates):
+        if candidate.image is not None:
+            size_of(candidate.image, f"candidates[{i}].image")
+
+
+def load_query_pools(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    *,
+    purpose: Purpose = "eval",
+    verify_images: bool = True,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> QueryDataset:
+    """Read and validate a query-pool JSONL file.
+
+    Args:
+        path: the JSONL file (format in the module docstring). Blank lines are skipped.
+        root: folder the record paths are relative to; defaults to the file's folder.
+            Loaded paths are absolute.
+        purpose: ``"train"`` drops queries whose pool has no positive (as the paper does)
+            and logs how many; ``"eval"`` keeps every query so CondR@1 can be reported.
+        verify_images: check that every query and candidate image exists, is readable
+            and has at most ``max_image_pixels`` pixels. Only file headers are read.
+        max_image_pixels: decompression-bomb guard, see :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+
+    Returns:
+        The pools in file order; ``dropped_without_positive`` counts what ``"train"``
+        dropped.
+
+    Raises:
+        DataError: naming the file, the 1-based line and the field (and the value where
+            it helps) for a missing file, invalid JSON, a missing or mistyped field, a
+            duplicate query id (both lines named), a duplicate candidate id, an empty
+            pool, a malformed box, or a missing/unreadable/oversized image.
+    """
+    if purpose not in ("train", "eval"):
+        raise ValueError(f"purpose must be 'train' or 'eval', got {purpose!r}")
+    source = Path(path)
+    if not source.is_file():
+        raise DataError(f"{source}: query-pool file not found")
+    base = Path(os.path.abspath(root if root is not None else source.parent))
+    pools: list[QueryPool] = []
+    first_line: dict[str, int] = {}
+    sizes: dict[Path, tuple[int, int]] = {}
+    with source.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{source}:{line_number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+            pool = _parse_record(record, where, base)
+            if pool.query_id in first_line:
+                raise DataError(
+                    f"{where}: field 'query_id': duplicate query id {pool.query_id!r} "
+                    f"(first at line {first_line[pool.query_id]})"
+                )
+            first_line[pool.query_id] = line_number
+            if verify_images:
+                _verify_pool_images(pool, where, max_image_pixels, sizes)
+            pools.append(pool)
+    if not pools:
+        raise DataError(f"{source}: no query records")
+    dropped = 0
+    if purpose == "train":
+        kept = [pool for pool in pools if pool.has_positive]
+        dropped = len(pools) - len(kept)
+        if dropped:
+            logger.warning(
+                "%s: dropped %d of %d queries without a positive in their pool (purpose='train')",
+                source, dropped, len(pools),
+            )
+        pools = kept
+    return QueryDataset(pools=pools, source=str(source), dropped_without_positive=dropped)
+
+
+def _relative_to_root(path: Path, root: Path) -> str:
+    """POSIX path relative to ``root`` when inside it, else the absolute path."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(root).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def _pool_record(pool: QueryPool, root: Path) -> dict:
+    record: dict[str, Any] = {
+        "query_id": pool.query_id,
+        "question": pool.question,
+        "image": _relative_to_root(pool.image, root),
+    }
+    if pool.box is not None:
+        record["box"] = [float(v) for v in pool.box]
+    candidates = []
+    for candidate in pool.candidates:
+        entry: dict[str, Any] = {"id": candidate.id}
+        if candidate.image is not None:
+            entry["image"] = _relative_to_root(candidate.image, root)
+        if candidate.text is not None:
+            entry["text"] = candidate.text
+        entry["positive"] = bool(candidate.positive)
+        candidates.append(entry)
+    record["candidates"] = candidates
+    return record
+
+
+def write_query_pools(
+    pools: Iterable[QueryPool],
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+) -> Path:
+    """Write pools as query-pool JSONL that :func:`load_query_pools` reads back.
+
+    Image paths inside ``root`` (default: the output file's folder) are written relative
+    to it, so the data folder can be moved as a whole; paths outside it are written
+    absolute. The file is written to a temporary name and renamed, so a crash never
+    leaves a half-written file behind. Returns the output path.
+    """
+    out = Path(path)
+    base = Path(os.path.abspath(root if root is not None else out.parent))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for pool in pools:
+            handle.write(json.dumps(_pool_record(pool, base), ensure_ascii=False) + "\n")
+    os.replace(partial, out)
+    return out

@@ -1,0 +1,388 @@
+"""Frozen image-text scorers that rank a candidate pool against query views.
+
+A scorer embeds images and texts into L2-normalized vectors; similarity is cosine.
+Candidate embeddings are computed once per candidate and cached (in memory, and
+optionally on disk), so scoring a new view of the query costs one image forward.
+
+:class:`OpenClipScorer` wraps any open_clip model: a model-zoo name ("ViT-B-32", the
+paper's "EVA02-B-16", ...) or a custom config JSON in ``envs/assets/model_configs/``,
+with weights from a zoo tag, a local checkpoint file, or ``None`` for random weights.
+Nothing here downloads anything by itself: a zoo tag needs the model hub (set
+``HF_HUB_OFFLINE=1`` where it is unreachable so the failure is quick); a local file does
+not.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Protocol, Sequence, TypeVar, get_args
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from envs.data import Candidate, DataError, QueryPool, load_image
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
+"""Custom open_clip model configs shipped with the project (registered at import)."""
+
+if MODEL_CONFIG_DIR.is_dir():
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+CandidateFeatures = Literal["auto", "image", "text", "image+text"]
+Feature = Literal["image", "text"]
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
+
+T = TypeVar("T")
+
+
+class Scorer(Protocol):
+    """What the environment, the evaluator and the trainers need from a scorer."""
+
+    name: str
+    """Fingerprint of the model and its weights; namespaces every cache."""
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """``(n, d)`` float32 L2-normalized image embeddings."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``(n, d)`` float32 L2-normalized text embeddings."""
+        ...
+
+    def candidate_embeddings(self, pool: QueryPool) -> np.ndarray:
+        """``(K, d)`` float32 L2-normalized embeddings of the pool's candidates (cached)."""
+        ...
+
+    def score(self, views: Sequence[Image.Image], pool: QueryPool) -> np.ndarray:
+        """``(n, K)`` cosine similarities of each view to each candidate (one batched forward)."""
+        ...
+
+
+@dataclass
+class ScorerStats:
+    """Work counters, so tests and benchmarks can see what the caches saved."""
+
+    image_forwards: int = 0
+    """Batched forward passes of the image tower."""
+    text_forwards: int = 0
+    """Batched forward passes of the text tower."""
+    images_encoded: int = 0
+    texts_encoded: int = 0
+    cache_hits: int = 0
+    """Candidate features served from the in-memory cache."""
+    disk_hits: int = 0
+    """Candidate features loaded from the on-disk cache."""
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def candidate_feature_kinds(candidate: Candidate, mode: CandidateFeatures, query_id: str) -> tuple[Feature, ...]:
+    """Which embeddings make up a candidate's vector under ``mode``.
+
+    ``"auto"`` uses image and text when the candidate has both, else whichever it has.
+
+    Raises:
+        ValueError: naming the candidate and query, if the candidate lacks a requested
+            feature (or has neither).
+    """
+    available: tuple[Feature, ...] = tuple(
+        kind for kind, present in (("image", candidate.image is not None), ("text", candidate.text is not None)) if present
+    )
+    wanted = available if mode == "auto" else tuple(mode.split("+"))
+    missing = [kind for kind in wanted if kind not in available] or ([] if wanted else ["image or text"])
+    if missing:
+        raise ValueError(
+            f"candidate {candidate.id!r} of query {query_id!r} has no {' and no '.join(missing)}, "
+            f"which candidate_features={mode!r} requires"
+        )
+    return wanted  # type: ignore[return-value]
+
+
+def combine_features(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """Region-R1's candidate vector: the sum of normalized feature embeddings, re-normalized."""
+    return l2_normalize(np.sum(vectors, axis=0))
+
+
+def file_digest(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_digest(model: torch.nn.Module) -> str:
+    """SHA-256 hex digest of a model's parameters and buffers (identifies random weights)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer(model: str, text_config: str) -> Callable:
+    """open_clip's tokenizer for ``model``, shared: building the BPE tokenizer takes ~0.25 s.
+
+    ``text_config`` (the model's text config as JSON) is part of the cache key because a
+    re-registered config of the same name may change the context length.
+    """
+    return open_clip.get_tokenizer(model)
+
+
+def _resolve_pretrained(model: str, pretrained: str | os.PathLike | None) -> tuple[str | None, Literal["random", "file", "tag"]]:
+    """Classify ``pretrained`` as random weights, a checkpoint file or a zoo tag."""
+    if pretrained is None:
+        return None, "random"
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return str(path), "file"
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if not isinstance(pretrained, os.PathLike) and pretrained in tags:
+        return pretrained, "tag"
+    if isinstance(pretrained, os.PathLike) or os.sep in str(pretrained) or path.suffix in CHECKPOINT_SUFFIXES:
+        raise FileNotFoundError(f"open_clip checkpoint file not found: {path} (pretrained= for model {model!r})")
+    raise ValueError(
+        f"pretrained={pretrained!r} is neither an existing checkpoint file nor a known tag of model {model!r} "
+        f"(known tags: {tags or 'none'})"
+    )
+
+
+class OpenClipScorer:
+    """A frozen open_clip model as a :class:`Scorer`, with cached candidate embeddings.
+
+    Args:
+        model: an open_clip model name (``open_clip.list_models()``), including configs
+            in ``envs/assets/model_configs/`` or added with ``open_clip.add_model_config``.
+        pretrained: a zoo tag (needs the model hub), a local checkpoint file (``.pt``,
+            ``.bin``, ``.safetensors``, ...), or ``None`` for random weights.
+        device: torch device for the model and its inputs.
+        candidate_features: how a candidate becomes a vector: ``"image"``, ``"text"``,
+            ``"image+text"`` (sum of the normalized embeddings, re-normalized, as in
+            Region-R1) or ``"auto"`` (image+text when a candidate has both, else the one
+            it has).
+        cache_dir: folder for the on-disk candidate cache (one ``.npy`` per candidate
+            feature in a per-:attr:`name` subfolder), or ``None`` for memory only.
+        batch_size: most images or texts per forward pass.
+        num_threads: if given, sets torch's (process-wide) intra-op thread count.
+
+    Cached candidate features are keyed by candidate id together with the image path
+    or text they came from, so two datasets reusing an id do not share a vector. The
+    in-memory cache lives as long as the scorer and is not bounded.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        pretrained: str | os.PathLike | None = None,
+        *,
+        device: str = "cpu",
+        candidate_features: CandidateFeatures = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 64,
+        num_threads: int | None = None,
+    ) -> None:
+        if candidate_features not in get_args(CandidateFeatures):
+            raise ValueError(f"candidate_features={candidate_features!r}; expected one of {get_args(CandidateFeatures)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; expected >= 1")
+        model_config = open_clip.get_model_config(model)
+        if model_config is None:
+            raise ValueError(
+                f"unknown open_clip model {model!r}: see open_clip.list_models() for known names, "
+                f"or add a config JSON to {MODEL_CONFIG_DIR}"
+            )
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        weights, kind = _resolve_pretrained(model, pretrained)
+        try:
+            # pretrained_text=False: random weights must never fetch a text tower from the hub
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=weights, device=device, pretrained_text=False
+            )
+        except RuntimeError as exc:
+            if kind == "tag":
+                raise RuntimeError(
+                    f"could not load open_clip weights {model!r}/{weights!r}: zoo tags are downloaded from the "
+                    f"model hub; where it is unreachable, pass a local checkpoint file as pretrained=. ({exc})"
+                ) from exc
+            if kind == "file":
+                raise RuntimeError(f"checkpoint {weights} does not fit open_clip model {model!r}: {exc}") from exc
+            raise
+        self.model.eval().requires_grad_(False)
+        self.tokenizer = _tokenizer(model, json.dumps(model_config.get("text_cfg"), sort_keys=True))
+        self.device = torch.device(device)
+        self.candidate_features: CandidateFeatures = candidate_features
+        self.batch_size = batch_size
+        self.dim = int(model_config["embed_dim"])
+        self.stats = ScorerStats()
+
+        if kind == "random":  # random weights differ per instance; name them by their values
+            label, weight_id = "random", state_dict_digest(self.model)
+        elif kind == "file":
+            label, weight_id = Path(weights).name, file_digest(Path(weights))
+        else:
+            label, weight_id = weights, weights
+        digest = hashlib.sha256((json.dumps(model_config, sort_keys=True) + "\0" + weight_id).encode()).hexdigest()
+        self.name = f"{model}@{label}:{digest[:12]}"
+        self.cache_dir = None if cache_dir is None else Path(cache_dir) / re.sub(r"[^A-Za-z0-9._-]", "_", self.name)
+        self._memory: dict[tuple[Feature, str, str], np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return f"OpenClipScorer(name={self.name!r}, candidate_features={self.candidate_features!r}, device={str(self.device)!r})"
+
+    # ------------------------------------------------------------ embeddings
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """``(n, d)`` float32 L2-normalized embeddings, one forward per ``batch_size`` images."""
+        return self._encode(images, self._image_batch, self.model.encode_image, "image")
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``(n, d)`` float32 L2-normalized embeddings, one forward per ``batch_size`` texts."""
+        return self._encode(texts, self.tokenizer, self.model.encode_text, "text")
+
+    def _image_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocess(image) for image in images])
+
+    def _encode(self, items: Sequence, to_tensor: Callable, encode: Callable, kind: Feature) -> np.ndarray:
+        out = [np.zeros((0, self.dim), dtype=np.float32)]
+        for batch in _chunks(list(items), self.batch_size):
+            with torch.inference_mode():
+                features = encode(to_tensor(batch).to(self.device), normalize=True)
+            out.append(features.float().cpu().numpy())
+            if kind == "image":
+                self.stats.image_forwards += 1
+                self.stats.images_encoded += len(batch)
+            else:
+                self.stats.text_forwards += 1
+                self.stats.texts_encoded += len(batch)
+        return l2_normalize(np.concatenate(out))
+
+    # ------------------------------------------------------------ candidates
+    def candidate_embeddings(self, pool: QueryPool) -> np.ndarray:
+        """``(K, d)`` candidate vectors; only features not cached yet are encoded."""
+        plans = self._plans(pool)
+        found: dict[tuple[Feature, str, str], np.ndarray] = {}
+        missing: dict[tuple[Feature, str, str], Candidate] = {}
+        for candidate, kinds in plans:
+            for key in (self._key(candidate, kind) for kind in kinds):
+                if key in found or key in missing:
+                    continue
+                vector = self._memory.get(key)
+                if vector is not None:
+                    self.stats.cache_hits += 1
+                elif (vector := self._load_disk(key)) is not None:
+                    self.stats.disk_hits += 1
+                    self._memory[key] = vector
+                if vector is None:
+                    missing[key] = candidate
+                else:
+                    found[key] = vector
+        for key, vector in self._encode_features(missing, pool.query_id).items():
+            self._memory[key] = found[key] = vector
+            self._save_disk(key, vector)
+        return self._assemble(plans, found)
+
+    def score(self, views: Sequence[Image.Image], pool: QueryPool) -> np.ndarray:
+        """``(n, K)`` float32 cosine similarities; the ``n`` views share one batched forward."""
+        candidates = self.candidate_embeddings(pool)  # first: a bad pool fails before any view forward
+        return self.embed_images(views) @ candidates.T
+
+    def score_uncached(self, views: Sequence[Image.Image], pool: QueryPool) -> np.ndarray:
+        """Like :meth:`score`, but re-encodes every candidate on every call.
+
+        Baseline for benchmarks only: this is what the public Region-R1 reward does.
+        It neither reads nor fills the caches.
+        """
+        plans = self._plans(pool)
+        needed = {self._key(c, kind): c for c, kinds in plans for kind in kinds}
+        candidates = self._assemble(plans, self._encode_features(needed, pool.query_id))
+        return self.embed_images(views) @ candidates.T
+
+    def _plans(self, pool: QueryPool) -> list[tuple[Candidate, tuple[Feature, ...]]]:
+        return [(c, candidate_feature_kinds(c, self.candidate_features, pool.query_id)) for c in pool.candidates]
+
+    @staticmethod
+    def _key(candidate: Candidate, kind: Feature) -> tuple[Feature, str, str]:
+        source = str(candidate.image) if kind == "image" else str(candidate.text)
+        return kind, candidate.id, source
+
+    def _assemble(self, plans, vectors: dict[tuple[Feature, str, str], np.ndarray]) -> np.ndarray:
+        rows = [combine_features([vectors[self._key(c, kind)] for kind in kinds]) for c, kinds in plans]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _encode_features(self, wanted: dict[tuple[Feature, str, str], Candidate], query_id: str) -> dict:
+        """Encode the given candidate features, images and texts each in batched forwards."""
+        image_keys = [key for key in wanted if key[0] == "image"]
+        text_keys = [key for key in wanted if key[0] == "text"]
+        vectors: dict[tuple[Feature, str, str], np.ndarray] = {}
+        for keys in _chunks(image_keys, self.batch_size):
+            images = [self._candidate_image(wanted[key], query_id) for key in keys]
+            vectors.update(zip(keys, self.embed_images(images)))
+        for keys in _chunks(text_keys, self.batch_size):
+            vectors.update(zip(keys, self.embed_texts([key[2] for key in keys])))
+        return vectors
+
+    @staticmethod
+    def _candidate_image(candidate: Candidate, query_id: str) -> Image.Image:
+        try:
+            return load_image(candidate.image)  # type: ignore[arg-type]
+        except DataError as exc:
+            raise DataError(f"candidate {candidate.id!r} of query {query_id!r}: {exc}") from exc
+
+    # ------------------------------------------------------------ disk cache
+    def _disk_path(self, key: tuple[Feature, str, str]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        # hashed names: candidate ids and sources may hold any character
+        return self.cache_dir / f"{key[0]}-{hashlib.sha256(chr(0).join(key).encode()).hexdigest()[:32]}.npy"
+
+    def _load_disk(self, key: tuple[Feature, str, str]) -> np.ndarray | None:
+        path = self._disk_path(key)
+        if path is None or not path.is_file():
+            return None
+        vector = np.load(path)
+        return vector if vector.shape == (self.dim,) else None
+
+    def _save_disk(self, key: tuple[Feature, str, str], vector: np.ndarray) -> None:
+        path = self._disk_path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write-then-rename so concurrent workers never read a half-written file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, vector.astype(np.float32))
+        os.replace(tmp, path)
+
+
+def make_scorer(model: str | None = None, pretrained: str | os.PathLike | None = None, **kwargs) -> Scorer:
+    """An :class:`OpenClipScorer` for ``model``, or the embedded default scorer when ``model`` is None.
+
+    ``kwargs`` are :class:`OpenClipScorer`'s keyword arguments.
+    """
+    if model is None:
+        if pretrained is not None or kwargs:
+            raise ValueError("pretrained= and scorer options need a model name; model=None means the embedded default")
+        from envs.default import default_scorer
+
+        return default_scorer()
+    return OpenClipScorer(model, pretrained, **kwargs)

@@ -1,0 +1,329 @@
+"""Text actions: parse what a VLM policy writes into an env action, and format actions as text.
+
+A VLM answers either FULL (keep the current view) or REGION with a box to crop. The
+parser turns its text into :class:`ParsedAction` (decision and a 0-1 box of the current
+view) or :class:`MalformedAction` (with a reason); it never raises on a string.
+
+Accepted syntaxes (``source`` names the one that matched):
+
+``"tool_call"``    Qwen2.5 function calling, as in Region-R1 / DeepEyes::
+
+                       <tool_call>
+                       {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}
+                       </tool_call>
+
+                   Whitespace and newlines anywhere, ints or floats, an optional
+                   ``"label"`` (other extra arguments are ignored), ``"arguments"`` given
+                   as a JSON string, and trailing garbage after the JSON object are
+                   tolerated. A missing ``</tool_call>`` is tolerated too, because
+                   inference servers usually strip a stop string from the output. Any
+                   other tool name, a missing ``bbox_2d``, or a ``bbox_2d`` that is not 4
+                   finite numbers is malformed.
+``"box_tag"``      ``<box>x1, y1, x2, y2</box>``; brackets/parentheses around the
+``"bbox_tag"``     numbers are optional (``<box>[x1,y1,x2,y2]</box>``,
+``"box_special"``  ``<bbox>(x1,y1),(x2,y2)</bbox>``), likewise Qwen2-VL's
+                   ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``. Exactly 4 numbers.
+``"bbox_json"``    a bare ``"bbox_2d": [x1, y1, x2, y2]`` outside a tool call (Qwen2.5-VL's
+                   native grounding output, e.g. a JSON list of ``{"bbox_2d": ..., "label": ...}``).
+``"full_marker"``  ``NO_CROP_NEEDED`` (a whole word, any case): FULL.
+``"full_answer"``  ``<answer>FULL</answer>`` (any case, inner whitespace allowed): FULL.
+
+Tag names are matched in any case. Every box is read in the one ``frame`` the caller
+names (see :mod:`envs.boxes`), whatever its syntax, and is returned NOT clamped: the env
+clamps and validates it.
+
+Rules:
+
+* Reasoning is ignored: every ``<think>...</think>`` block is removed; if a stray
+  ``</think>`` remains (the prompt opened the block), only the text after the last one
+  counts; an unclosed ``<think>`` (reasoning cut off) drops everything after it.
+* The LAST action in the remaining text wins (models reason before they act), ordered
+  by where each action starts. An action nested inside another (a ``bbox_2d`` inside a
+  tool call) is part of the outer one. If the last action is itself broken (say a tool
+  call with 3 numbers), the result is malformed even when an earlier action was fine.
+* No action at all is malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from envs.boxes import FRAMES, Frame, from_norm, to_norm
+
+TOOL_NAME = "image_zoom_in_tool"
+"""The crop tool the policy calls (the name verl / DeepEyes / Region-R1 use)."""
+FULL_MARKER = "NO_CROP_NEEDED"
+"""The answer that keeps the current view (decision FULL / stop)."""
+FULL_ANSWER = "<answer>FULL</answer>"
+"""Alternative FULL answer for prompts that use ``<answer>`` tags."""
+
+STYLES: tuple[str, ...] = ("tool_call", "box_tag", "bbox_tag", "box_special")
+"""Text styles :func:`format_action_text` can write."""
+
+_INTEGER_FRAMES = ("pixel", "resized", "norm1000")
+_NORM_DECIMALS = 4
+_BOX_CONTENT_MAX_CHARS = 200  # a box is a few numbers; the cap keeps matching linear on junk
+_SNIPPET_CHARS = 60
+
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMBER_SEPARATORS = re.compile(r"[\s,()\[\]]+")
+
+_THINK_TAG = re.compile(r"<(/?)think>", re.I)
+
+# A tool call ends at its closing tag, at the next opening tag, or at the end of text.
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.S | re.I)
+_BOX_TAG = re.compile(rf"<(box|bbox)>([^<]{{0,{_BOX_CONTENT_MAX_CHARS}}}?)</\1>", re.I)
+_BOX_SPECIAL = re.compile(rf"<\|box_start\|>([^<]{{0,{_BOX_CONTENT_MAX_CHARS}}}?)<\|box_end\|>", re.I)
+_BBOX_JSON = re.compile(rf'"bbox_2d"\s*:\s*\[([^\[\]]{{0,{_BOX_CONTENT_MAX_CHARS}}})\]')
+_FULL_MARKER = re.compile(rf"\b{FULL_MARKER}\b", re.I)
+_FULL_ANSWER = re.compile(r"<answer>\s*FULL\s*</answer>", re.I)
+
+
+@dataclass(frozen=True, eq=False)
+class ParsedAction:
+    """A well-formed action read from text.
+
+    ``decision`` is 0 (FULL / stop) or 1 (REGION). ``box`` is ``[x1, y1, x2, y2]`` in 0-1
+    coordinates of the current view for REGION (not clamped: the env clamps and
+    validates), ``None`` for FULL. ``source`` names the syntax that matched.
+    """
+
+    decision: int
+    box: np.ndarray | None
+    source: str
+
+
+@dataclass(frozen=True)
+class MalformedAction:
+    """Text that holds no usable action; ``reason`` says why and quotes the text."""
+
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
+class _Match:
+    start: int
+    end: int
+    source: str
+    payload: str
+
+
+def _snippet(text: str) -> str:
+    short = text if len(text) <= _SNIPPET_CHARS else text[:_SNIPPET_CHARS] + "..."
+    return repr(short)
+
+
+def _json_snippet(value: Any, fallback: str) -> str:
+    try:
+        return _snippet(json.dumps(value))
+    except (ValueError, RecursionError):  # values json.loads accepts can still fail to dump
+        return _snippet(fallback)
+
+
+def _check_size(name: str, size: Any) -> None:
+    try:
+        w, h = (float(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (width, height) pair, got {size!r}") from None
+    if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+        raise ValueError(f"{name} must be positive and finite, got {size!r}")
+
+
+def _check_frame_args(frame: str, view_size: Any, resized_size: Any) -> None:
+    """Missing frame arguments are a caller bug, so they raise before any parsing."""
+    if frame not in FRAMES:
+        raise ValueError(f"unknown frame {frame!r}; choose from {FRAMES}")
+    if frame == "pixel" and view_size is None:
+        raise ValueError("frame 'pixel' needs view_size (width, height of the current view in pixels)")
+    if frame == "resized" and resized_size is None:
+        raise ValueError("frame 'resized' needs resized_size (width, height of the image the VLM saw)")
+    if view_size is not None:
+        _check_size("view_size", view_size)
+    if resized_size is not None:
+        _check_size("resized_size", resized_size)
+
+
+def _view_size_arg(view_size: tuple[float, float] | None) -> tuple[float, float]:
+    # envs.boxes reads view_size only for the "pixel" frame, which always has one here.
+    return view_size if view_size is not None else (1.0, 1.0)
+
+
+def _strip_reasoning(text: str) -> str:
+    """The text outside reasoning, in one pass over the think tags (a regex for whole
+    blocks goes quadratic on many unclosed ``<think>``)."""
+    kept: list[str] = []
+    start = 0  # where the text being kept began
+    inside = False
+    for tag in _THINK_TAG.finditer(text):
+        closing = tag.group(1) == "/"
+        if not closing and not inside:
+            kept.append(text[start : tag.start()])
+            inside = True
+        elif closing and inside:
+            inside = False
+            start = tag.end()
+        elif closing:  # a stray close: the prompt opened the block, so all before is reasoning
+            kept = []
+            start = tag.end()
+    if not inside:
+        kept.append(text[start:])
+    return " ".join(kept)
+
+
+def _find_actions(text: str) -> list[_Match]:
+    """All action-looking spans, outermost only, in order of their start."""
+    found: list[_Match] = []
+    found += [_Match(m.start(), m.end(), "tool_call", m.group(1)) for m in _TOOL_CALL.finditer(text)]
+    found += [_Match(m.start(), m.end(), f"{m.group(1).lower()}_tag", m.group(2)) for m in _BOX_TAG.finditer(text)]
+    found += [_Match(m.start(), m.end(), "box_special", m.group(1)) for m in _BOX_SPECIAL.finditer(text)]
+    found += [_Match(m.start(), m.end(), "bbox_json", m.group(1)) for m in _BBOX_JSON.finditer(text)]
+    found += [_Match(m.start(), m.end(), "full_marker", m.group(0)) for m in _FULL_MARKER.finditer(text)]
+    found += [_Match(m.start(), m.end(), "full_answer", m.group(0)) for m in _FULL_ANSWER.finditer(text)]
+    outer: list[_Match] = []
+    reach = -1  # furthest end of the spans kept so far: a span ending within it is nested
+    for m in sorted(found, key=lambda m: (m.start, -m.end)):
+        if m.end > reach:
+            outer.append(m)
+            reach = m.end
+    return outer
+
+
+def _four_numbers(content: str) -> list[float] | str:
+    """The 4 finite numbers of a box body, or the reason they are not there."""
+    tokens = [t for t in _NUMBER_SEPARATORS.split(content) if t]
+    bad = [t for t in tokens if not _NUMBER.fullmatch(t)]
+    if bad:
+        return f"box holds a non-number {_snippet(bad[0])}"
+    if len(tokens) != 4:
+        return f"box needs 4 numbers, got {len(tokens)} in {_snippet(content)}"
+    values = [float(t) for t in tokens]
+    if not all(math.isfinite(v) for v in values):
+        return f"box has a non-finite number in {_snippet(content)}"
+    return values
+
+
+def _tool_call_box(body: str) -> list[float] | str:
+    """The bbox_2d of an image_zoom_in_tool call body, or the reason it has none."""
+    start = body.find("{")
+    if start == -1:
+        return f"tool call holds no JSON object: {_snippet(body.strip())}"
+    try:
+        call, _ = json.JSONDecoder().raw_decode(body, start)
+    except (ValueError, RecursionError):
+        return f"tool call is not valid JSON: {_snippet(body.strip())}"
+    if not isinstance(call, dict):
+        return f"tool call is not a JSON object: {_snippet(body.strip())}"
+    name = call.get("name")
+    if name != TOOL_NAME:
+        shown = _snippet(name) if isinstance(name, str) else _snippet(body.strip())
+        return f"unknown tool {shown}; expected {TOOL_NAME!r}"
+    arguments = call.get("arguments")
+    if isinstance(arguments, str):  # OpenAI-style clients send arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError):
+            return f"tool call arguments are not valid JSON: {_snippet(arguments)}"
+    if not isinstance(arguments, dict) or "bbox_2d" not in arguments:
+        return f"tool call has no bbox_2d argument: {_snippet(body.strip())}"
+    bbox = arguments["bbox_2d"]
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        return f"bbox_2d must be a list of 4 numbers, got {_json_snippet(bbox, body.strip())}"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        return f"bbox_2d must hold numbers, got {_json_snippet(bbox, body.strip())}"
+    try:
+        values = [float(v) for v in bbox]
+    except OverflowError:  # JSON ints have no size limit
+        return f"bbox_2d has a number too large: {_snippet(body.strip())}"
+    if not all(math.isfinite(v) for v in values):
+        return f"bbox_2d has a non-finite number: {_snippet(body.strip())}"
+    return values
+
+
+def _action_from_match(
+    match: _Match, text: str, frame: Frame, view_size: tuple[float, float] | None, resized_size: tuple[int, int] | None
+) -> ParsedAction | MalformedAction:
+    if match.source in ("full_marker", "full_answer"):
+        return ParsedAction(decision=0, box=None, source=match.source)
+    coords = _tool_call_box(match.payload) if match.source == "tool_call" else _four_numbers(match.payload)
+    if isinstance(coords, str):
+        return MalformedAction(reason=f"{match.source}: {coords}", text=text)
+    box = to_norm(coords, frame, _view_size_arg(view_size), resized_size)
+    return ParsedAction(decision=1, box=box, source=match.source)
+
+
+def parse_action_text(
+    text: str,
+    frame: Frame = "resized",
+    view_size: tuple[float, float] | None = None,
+    resized_size: tuple[int, int] | None = None,
+) -> ParsedAction | MalformedAction:
+    """Read a FULL / REGION action from a VLM's reply (see the module docstring).
+
+    ``frame`` says what the box numbers mean: ``"resized"`` (pixels of the image the VLM
+    saw; needs ``resized_size``), ``"pixel"`` (pixels of the current view; needs
+    ``view_size``), ``"norm"`` (0-1) or ``"norm1000"`` (0-1000). A missing or bad frame
+    argument raises ``ValueError`` before parsing; any string ``text`` returns a
+    :class:`ParsedAction` or a :class:`MalformedAction`, never raises.
+    """
+    _check_frame_args(frame, view_size, resized_size)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    actions = _find_actions(_strip_reasoning(text))
+    if not actions:
+        return MalformedAction(reason=f"no action found in {_snippet(text.strip())}", text=text)
+    return _action_from_match(actions[-1], text, frame, view_size, resized_size)
+
+
+def _round_half_up(value: float) -> int:
+    return int(math.floor(value + 0.5))
+
+
+def format_action_text(
+    decision: int,
+    norm_box=None,
+    frame: Frame = "resized",
+    view_size: tuple[float, float] | None = None,
+    resized_size: tuple[int, int] | None = None,
+    style: str = "tool_call",
+) -> str:
+    """Canonical text for an action, which :func:`parse_action_text` reads back.
+
+    FULL (``decision`` 0) is written as ``NO_CROP_NEEDED`` in every style and ignores
+    ``norm_box``. REGION (1) converts the 0-1 ``norm_box`` of the current view to
+    ``frame`` and writes it in ``style`` (one of :data:`STYLES`). Pixel and 0-1000
+    frames are written as integers (rounded half up), as Qwen2.5-VL emits them; the
+    ``"norm"`` frame with 4 decimals. A round trip is therefore exact to half a unit of
+    the frame (0.5 px, 0.5/1000, or 0.00005).
+    """
+    _check_frame_args(frame, view_size, resized_size)
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {STYLES}")
+    if decision not in (0, 1):
+        raise ValueError(f"decision must be 0 (FULL) or 1 (REGION), got {decision!r}")
+    if int(decision) == 0:
+        return FULL_MARKER
+    if norm_box is None:
+        raise ValueError("decision 1 (REGION) needs norm_box")
+    box = np.asarray(norm_box, np.float64)
+    if box.shape != (4,) or not np.all(np.isfinite(box)):
+        raise ValueError(f"norm_box must be 4 finite numbers, got {norm_box!r}")
+    framed = from_norm(box, frame, _view_size_arg(view_size), resized_size)
+    if frame in _INTEGER_FRAMES:
+        numbers: list[float] = [_round_half_up(v) for v in framed]
+    else:
+        numbers = [round(float(v), _NORM_DECIMALS) for v in framed]
+    if style == "tool_call":
+        call = {"name": TOOL_NAME, "arguments": {"bbox_2d": numbers}}
+        return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+    x1, y1, x2, y2 = numbers
+    if style == "box_special":
+        return f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+    tag = "box" if style == "box_tag" else "bbox"
+    return f"<{tag}>{x1}, {y1}, {x2}, {y2}</{tag}>"

@@ -1,0 +1,130 @@
+"""Shared fixtures: a tiny random open_clip scorer and a small candidate pool.
+
+The tiny model is an open_clip config registered from a temporary folder; its random
+weights are saved to a checkpoint file and loaded through ``pretrained=<file>``, the same
+path users take for EVA-CLIP. It encodes a batch of 32 px images in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before open_clip imports huggingface_hub
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from envs.data import Candidate, QueryPool
+
+if TYPE_CHECKING:
+    from envs.scorer import OpenClipScorer
+
+# torch and open_clip are imported inside the fixtures: they take seconds to import,
+# and test files that need no scorer should not pay for them.
+
+TINY_MODEL = "rr-tiny-test"
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "layers": 1, "width": 32, "head_width": 16},
+    # vocab_size must match open_clip's built-in tokenizer
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_name(tmp_path_factory) -> str:
+    """Name of the tiny open_clip config, registered with ``open_clip.add_model_config``."""
+    config_path = tmp_path_factory.mktemp("model_configs") / f"{TINY_MODEL}.json"
+    config_path.write_text(json.dumps(TINY_CONFIG))
+    import open_clip
+
+    open_clip.add_model_config(config_path)
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def make_tiny_checkpoint(tiny_model_name, tmp_path_factory) -> Callable[[int], Path]:
+    """``make(seed) -> path``: random tiny-model weights (seeded) saved as a checkpoint file."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+
+    def make(seed: int = 0) -> Path:
+        path = folder / f"{tiny_model_name}-seed{seed}.pt"
+        if not path.exists():
+            with torch.random.fork_rng():  # leave the caller's global RNG untouched
+                torch.manual_seed(seed)
+                torch.save(open_clip.create_model(tiny_model_name, pretrained=None).state_dict(), path)
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(make_tiny_checkpoint) -> Path:
+    return make_tiny_checkpoint(0)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_scorer(tiny_model_name, tiny_checkpoint) -> Callable[..., OpenClipScorer]:
+    """``make(checkpoint=None, **kwargs)``: a fresh tiny scorer (own caches and stats).
+
+    One torch thread: tiny forwards are dominated by thread start-up, and on a busy
+    2-core machine two threads make them ~50x slower.
+    """
+
+    from envs.scorer import OpenClipScorer
+
+    def make(checkpoint: Path | None = None, **kwargs) -> OpenClipScorer:
+        kwargs.setdefault("num_threads", 1)
+        return OpenClipScorer(tiny_model_name, checkpoint or tiny_checkpoint, **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer(make_tiny_scorer) -> OpenClipScorer:
+    """A session-wide tiny scorer. Its caches and ``stats`` are shared: use ``make_tiny_scorer`` to count work."""
+    return make_tiny_scorer()
+
+
+def random_image(rng: np.random.Generator, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    """A noisy RGB image with a bright random rectangle, so images differ visibly."""
+    pixels = rng.integers(0, 80, size=(size[1], size[0], 3), dtype=np.uint8)
+    x, y = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
+    pixels[y : y + size[1] // 2, x : x + size[0] // 2] = rng.integers(100, 256, size=3, dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(tmp_path_factory) -> QueryPool:
+    """A 5-candidate pool: image+text, image-only and text-only candidates, one positive."""
+    root = tmp_path_factory.mktemp("tiny_pool")
+    rng = np.random.default_rng(0)
+
+    def image_file(name: str) -> Path:
+        path = root / f"{name}.png"
+        random_image(rng).save(path)
+        return path
+
+    candidates = (
+        Candidate("c0", True, image=image_file("c0"), text="a red square on a gray wall"),
+        Candidate("c1", False, image=image_file("c1"), text="a blue car"),
+        Candidate("c2", False, image=image_file("c2")),
+        Candidate("c3", False, text="a green tree in a park"),
+        Candidate("c/4 ünïcode?", False, image=image_file("c4"), text="odd id"),
+    )
+    return QueryPool("q0", "What is this?", image_file("query"), candidates)
+
+
+@pytest.fixture()
+def tiny_views() -> list[Image.Image]:
+    """Five distinct query views of different sizes."""
+    rng = np.random.default_rng(1)
+    return [random_image(rng, (32 + 8 * i, 40)) for i in range(5)]

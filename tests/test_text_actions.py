@@ -1,0 +1,405 @@
+"""Text actions: every syntax, the last-action rule, frames, round trips and robustness."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+
+from envs.boxes import FRAMES, qwen_resized_size, view_box_to_image
+from envs.text_actions import (
+    FULL_MARKER,
+    STYLES,
+    TOOL_NAME,
+    MalformedAction,
+    ParsedAction,
+    format_action_text,
+    parse_action_text,
+)
+
+RESIZED = (1008, 504)  # Qwen2.5-VL's view of a 1000 x 500 image (see the hand-computed test)
+
+
+def tool_call(bbox, name=TOOL_NAME, **extra) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": {"bbox_2d": bbox, **extra}}) + "\n</tool_call>"
+
+
+def parse_norm(text: str):
+    return parse_action_text(text, frame="norm")
+
+
+def assert_region(result, box, source):
+    assert isinstance(result, ParsedAction), result
+    assert result.decision == 1
+    assert result.source == source
+    np.testing.assert_allclose(result.box, box, atol=1e-12)
+
+
+def assert_full(result, source):
+    assert isinstance(result, ParsedAction), result
+    assert (result.decision, result.box, result.source) == (0, None, source)
+
+
+# --- the "resized" frame, computed by hand ------------------------------------------------
+
+
+def test_resized_frame_hand_computed_1000x500():
+    # smart_resize with factor 28: width 1000/28 = 35.71 -> 36 * 28 = 1008,
+    # height 500/28 = 17.86 -> 18 * 28 = 504; 1008 * 504 = 508,032 px lies within
+    # [4*28*28, 16384*28*28], so no further scaling.
+    assert qwen_resized_size(1000, 500) == (1008, 504)
+    # The VLM points at the middle half of what it saw: [252, 126, 756, 378] of 1008 x 504
+    # is [0.25, 0.25, 0.75, 0.75] of the view, i.e. [250, 125, 750, 375] original pixels.
+    result = parse_action_text(tool_call([252, 126, 756, 378]), frame="resized", resized_size=(1008, 504))
+    assert_region(result, [0.25, 0.25, 0.75, 0.75], "tool_call")
+    np.testing.assert_allclose(view_box_to_image(result.box, (0, 0, 1000, 500)), [250, 125, 750, 375])
+    # The same numbers read as original pixels would be off by 0.8% (the bug this frame avoids).
+    as_pixels = parse_action_text(tool_call([252, 126, 756, 378]), frame="pixel", view_size=(1000, 500))
+    np.testing.assert_allclose(as_pixels.box, [0.252, 0.252, 0.756, 0.756])
+
+
+def test_other_frames_hand_computed():
+    text = "<box>100, 50, 300, 150</box>"
+    np.testing.assert_allclose(parse_action_text(text, frame="pixel", view_size=(400, 200)).box, [0.25, 0.25, 0.75, 0.75])
+    np.testing.assert_allclose(parse_action_text(text, frame="norm1000").box, [0.1, 0.05, 0.3, 0.15])
+    np.testing.assert_allclose(parse_norm("<box>0.1, 0.2, 0.3, 0.4</box>").box, [0.1, 0.2, 0.3, 0.4])
+
+
+# --- round trips per frame ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+@pytest.mark.parametrize("style", STYLES)
+def test_format_then_parse_round_trip(frame, style):
+    """format -> parse returns the box to within half a unit of the frame: 0.5 px for
+    "pixel" / "resized", 0.5 for "norm1000", 0.00005 for "norm" (4 decimals)."""
+    rng = np.random.default_rng(1234)
+    for _ in range(200):
+        view = (int(rng.integers(28, 4000)), int(rng.integers(28, 4000)))
+        resized = qwen_resized_size(*view)
+        corners = np.sort(rng.uniform(-0.1, 1.1, size=(2, 2)), axis=0)  # out-of-view boxes too
+        box = np.array([corners[0, 0], corners[0, 1], corners[1, 0], corners[1, 1]])
+        text = format_action_text(1, box, frame, view_size=view, resized_size=resized, style=style)
+        result = parse_action_text(text, frame, view_size=view, resized_size=resized)
+        extent = {"norm": (1e4, 1e4), "norm1000": (1000, 1000), "pixel": view, "resized": resized}[frame]
+        tolerance = 0.5 / np.array([extent[0], extent[1], extent[0], extent[1]]) + 1e-12
+        assert isinstance(result, ParsedAction) and result.decision == 1, (text, result)
+        assert np.all(np.abs(result.box - box) <= tolerance), (frame, view, box, text, result.box)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_full_round_trip(style):
+    text = format_action_text(0, None, "resized", resized_size=RESIZED, style=style)
+    assert text == FULL_MARKER
+    assert_full(parse_action_text(text, "resized", resized_size=RESIZED), "full_marker")
+
+
+def test_format_canonical_texts():
+    box = [0.25, 0.25, 0.75, 0.75]
+    assert format_action_text(1, box, "resized", resized_size=RESIZED) == (
+        '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [252, 126, 756, 378]}}\n</tool_call>'
+    )
+    assert format_action_text(1, box, "norm1000", style="box_tag") == "<box>250, 250, 750, 750</box>"
+    assert format_action_text(1, box, "pixel", view_size=(10, 10), style="box_special") == (
+        "<|box_start|>(3,3),(8,8)<|box_end|>"  # 2.5 and 7.5 round half up
+    )
+    assert format_action_text(1, [0.123456, 0, 1, 0.5], "norm", style="bbox_tag") == "<bbox>0.1235, 0.0, 1.0, 0.5</bbox>"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(decision=2, norm_box=[0, 0, 1, 1]), "decision"),
+        (dict(decision=1, norm_box=None), "norm_box"),
+        (dict(decision=1, norm_box=[0, 0, 1]), "norm_box"),
+        (dict(decision=1, norm_box=[0, 0, np.nan, 1]), "norm_box"),
+        (dict(decision=1, norm_box=[0, 0, 1, 1], style="json"), "style"),
+        (dict(decision=1, norm_box=[0, 0, 1, 1], frame="resized"), "resized_size"),
+        (dict(decision=1, norm_box=[0, 0, 1, 1], frame="pixel"), "view_size"),
+    ],
+)
+def test_format_rejects_bad_arguments(kwargs, message):
+    kwargs.setdefault("frame", "norm")
+    with pytest.raises(ValueError, match=message):
+        format_action_text(**kwargs)
+
+
+# --- frame arguments ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(frame="resized"), "resized_size"),
+        (dict(frame="pixel"), "view_size"),
+        (dict(frame="pixels", view_size=(10, 10)), "unknown frame"),
+        (dict(frame="resized", resized_size=(0, 28)), "resized_size"),
+        (dict(frame="pixel", view_size=(10,)), "view_size"),
+        (dict(frame="norm", view_size=(10, float("nan"))), "view_size"),
+    ],
+)
+def test_missing_or_bad_frame_arguments_raise_before_parsing(kwargs, message):
+    for text in ("", "garbage", FULL_MARKER, tool_call([1, 2, 3, 4])):
+        with pytest.raises(ValueError, match=message):
+            parse_action_text(text, **kwargs)
+
+
+def test_non_string_text_is_a_type_error():
+    with pytest.raises(TypeError, match="text"):
+        parse_action_text(None, frame="norm")
+
+
+# --- syntaxes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, box",
+    [
+        (tool_call([1, 2, 3, 4]), [1, 2, 3, 4]),
+        (tool_call([1.5, 2.25, 3, 4e1]), [1.5, 2.25, 3, 40]),
+        (tool_call([1, 2, 3, 4], label="the red car"), [1, 2, 3, 4]),
+        ('<tool_call>{ "name" : "image_zoom_in_tool",\n\n "arguments" :{"bbox_2d":[ 1 ,\n2,3 , 4 ]}}</tool_call>', [1, 2, 3, 4]),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 3, 4]}}}</tool_call>', [1, 2, 3, 4]),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 3, 4]}} ok', [1, 2, 3, 4]),
+        ('<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 3, 4]}}', [1, 2, 3, 4]),
+        ('<tool_call>```json\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 3, 4]}}\n```</tool_call>', [1, 2, 3, 4]),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": "{\\"bbox_2d\\": [1, 2, 3, 4]}"}</tool_call>', [1, 2, 3, 4]),
+        ('<TOOL_CALL>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [-1, 2, 3, 4]}}</TOOL_CALL>', [-1, 2, 3, 4]),
+    ],
+)
+def test_tool_call_variants(text, box):
+    assert_region(parse_norm(text), box, "tool_call")
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (tool_call([1, 2, 3, 4], name="image_crop_tool"), "unknown tool 'image_crop_tool'"),
+        ('<tool_call>{"arguments": {"bbox_2d": [1, 2, 3, 4]}}</tool_call>', "unknown tool"),
+        (tool_call([1, 2, 3]), "4 numbers, got '[1, 2, 3]'"),
+        (tool_call([1, 2, 3, 4, 5]), "4 numbers"),
+        (tool_call([[1, 2, 3, 4]]), "4 numbers"),
+        (tool_call(["1", 2, 3, 4]), "must hold numbers"),
+        (tool_call([True, 2, 3, 4]), "must hold numbers"),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [NaN, 2, 3, 4]}}</tool_call>', "non-finite"),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1e999, 2, 3, 4]}}</tool_call>', "non-finite"),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1' + "0" * 400 + ', 2, 3, 4]}}</tool_call>', "too large"),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox": [1, 2, 3, 4]}}</tool_call>', "no bbox_2d"),
+        ('<tool_call>{"name": "image_zoom_in_tool"}</tool_call>', "no bbox_2d"),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": "{bad"}</tool_call>', "arguments are not valid JSON"),
+        ("<tool_call>image_zoom_in_tool(1, 2, 3, 4)</tool_call>", "no JSON object"),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2</tool_call>', "not valid JSON"),
+        ("<tool_call>" + "{" * 100000 + "</tool_call>", "not valid JSON"),
+    ],
+)
+def test_broken_tool_calls_are_malformed_with_a_reason(text, reason):
+    result = parse_norm(text)
+    assert isinstance(result, MalformedAction), result
+    assert result.text == text
+    assert reason in result.reason
+    assert len(result.reason) < 300
+
+
+@pytest.mark.parametrize(
+    "text, box, source",
+    [
+        ("<box>1, 2, 3, 4</box>", [1, 2, 3, 4], "box_tag"),
+        ("<box>[1,2,3,4]</box>", [1, 2, 3, 4], "box_tag"),
+        ("<box>(1,2),(3,4)</box>", [1, 2, 3, 4], "box_tag"),
+        ("<BOX> 1.5 2 3 4.25 </BOX>", [1.5, 2, 3, 4.25], "box_tag"),
+        ("<bbox>[0.1, 0.2, 0.3, 0.4]</bbox>", [0.1, 0.2, 0.3, 0.4], "bbox_tag"),
+        ("<|box_start|>(10,20),(30,40)<|box_end|>", [10, 20, 30, 40], "box_special"),
+        ("the dog <|box_start|>(10, 20), (30, 40)<|box_end|>.", [10, 20, 30, 40], "box_special"),
+        ('```json\n[{"bbox_2d": [5, 6, 7, 8], "label": "dog"}]\n```', [5, 6, 7, 8], "bbox_json"),
+    ],
+)
+def test_box_syntaxes(text, box, source):
+    assert_region(parse_norm(text), box, source)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("<box>1, 2, 3</box>", "4 numbers, got 3"),
+        ("<bbox>1, 2, 3, 4, 5</bbox>", "4 numbers, got 5"),
+        ("<box>the dog</box>", "non-number 'the'"),
+        ("<box>1, 2, 3, 1e999</box>", "non-finite"),
+        ('"bbox_2d": [1, 2, "3", 4]', "non-number"),
+    ],
+)
+def test_broken_boxes_are_malformed(text, reason):
+    result = parse_norm(text)
+    assert isinstance(result, MalformedAction) and reason in result.reason, result
+
+
+@pytest.mark.parametrize(
+    "text, source",
+    [
+        (FULL_MARKER, "full_marker"),
+        ("The bird fills the frame. no_crop_needed.", "full_marker"),
+        ("<answer>FULL</answer>", "full_answer"),
+        ("<Answer> full \n</Answer>", "full_answer"),
+        ("<answer>NO_CROP_NEEDED</answer>", "full_marker"),
+    ],
+)
+def test_full_answers(text, source):
+    assert_full(parse_norm(text), source)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "I am not sure.", "NO_CROP_NEEDEDS", "XNO_CROP_NEEDED", "<answer>REGION</answer>", "<answer>FULL image</answer>"],
+)
+def test_no_action_is_malformed(text):
+    result = parse_norm(text)
+    assert isinstance(result, MalformedAction) and "no action found" in result.reason, result
+
+
+# --- which action counts ------------------------------------------------------------------
+
+
+def test_last_action_wins():
+    box_then_full = "<box>1, 2, 3, 4</box> on second thought: NO_CROP_NEEDED"
+    assert_full(parse_norm(box_then_full), "full_marker")
+    full_then_call = "Not NO_CROP_NEEDED, the sign matters.\n" + tool_call([1, 2, 3, 4])
+    assert_region(parse_norm(full_then_call), [1, 2, 3, 4], "tool_call")
+    two_calls = tool_call([1, 2, 3, 4]) + "\n" + tool_call([5, 6, 7, 8])
+    assert_region(parse_norm(two_calls), [5, 6, 7, 8], "tool_call")
+    mixed = "<bbox>1 2 3 4</bbox> " + tool_call([5, 6, 7, 8]) + " <box>9, 10, 11, 12</box>"
+    assert_region(parse_norm(mixed), [9, 10, 11, 12], "box_tag")
+
+
+def test_a_broken_last_action_is_malformed_even_after_a_good_one():
+    result = parse_norm(tool_call([1, 2, 3, 4]) + tool_call([1, 2, 3]))
+    assert isinstance(result, MalformedAction) and "4 numbers" in result.reason
+
+
+def test_unclosed_tool_call_ends_at_the_next_one():
+    text = '<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 3, 4]}}\n' + tool_call([5, 6, 7, 8])
+    assert_region(parse_norm(text), [5, 6, 7, 8], "tool_call")
+
+
+def test_bbox_inside_a_tool_call_belongs_to_the_call():
+    # The wrong tool name decides; the nested "bbox_2d" is not read as a separate action.
+    result = parse_norm(tool_call([1, 2, 3, 4], name="other_tool"))
+    assert isinstance(result, MalformedAction) and "unknown tool" in result.reason
+    # Same for a marker inside a label.
+    assert_region(parse_norm(tool_call([1, 2, 3, 4], label=FULL_MARKER)), [1, 2, 3, 4], "tool_call")
+
+
+# --- reasoning ----------------------------------------------------------------------------
+
+
+def test_think_content_is_ignored():
+    text = "<think>Maybe " + tool_call([9, 9, 9, 9]) + " or NO_CROP_NEEDED? The bird is small.</think>\n" + tool_call([1, 2, 3, 4])
+    assert_region(parse_norm(text), [1, 2, 3, 4], "tool_call")
+    text = f"<think>I could crop <box>1,2,3,4</box> but the scene matters.</think> {FULL_MARKER}"
+    assert_full(parse_norm(text), "full_marker")
+
+
+def test_action_only_inside_think_is_malformed():
+    result = parse_norm(f"<think>{FULL_MARKER}</think>")
+    assert isinstance(result, MalformedAction) and "no action found" in result.reason
+
+
+def test_prompt_opened_think_and_cut_off_think():
+    # The chat template opened <think>, so the reply holds only the closing tag.
+    assert_full(parse_norm(f"<box>1,2,3,4</box> is tempting</think>{FULL_MARKER}"), "full_marker")
+    # Generation stopped inside reasoning: nothing after <think> counts.
+    result = parse_norm(f"<think>first {FULL_MARKER} hmm, maybe " + tool_call([1, 2, 3, 4]))
+    assert isinstance(result, MalformedAction)
+    assert_region(parse_norm("<box>1,2,3,4</box>\n<think>more"), [1, 2, 3, 4], "box_tag")
+    # Nested or repeated tags: the first close ends a block, a later stray close drops all before it.
+    assert_full(parse_norm(f"<think><think><box>1,2,3,4</box></think> 5,6,7,8</think>{FULL_MARKER}"), "full_marker")
+    assert isinstance(parse_norm(f"{FULL_MARKER}<think>a</think>b</think>c"), MalformedAction)
+    # Removing a block never glues the text around it into a marker.
+    assert isinstance(parse_norm("NO_CROP<think>x</think>_NEEDED"), MalformedAction)
+
+
+def test_boxes_are_not_clamped():
+    result = parse_action_text(tool_call([-50, 10, 2000, 600]), frame="resized", resized_size=RESIZED)
+    np.testing.assert_allclose(result.box, [-50 / 1008, 10 / 504, 2000 / 1008, 600 / 504])
+    inverted = parse_norm("<box>0.8, 0.8, 0.2, 0.2</box>")
+    np.testing.assert_allclose(inverted.box, [0.8, 0.8, 0.2, 0.2])
+
+
+# --- robustness ---------------------------------------------------------------------------
+
+_PIECES = [
+    "<tool_call>", "</tool_call>", "<box>", "</box>", "<bbox>", "</bbox>", "<|box_start|>", "<|box_end|>",
+    "<think>", "</think>", "<answer>", "</answer>", "FULL", FULL_MARKER, TOOL_NAME, '"name"', '"arguments"',
+    '"bbox_2d"', '"label"', "{", "}", "[", "]", "(", ")", ":", ",", '"', "\\", " ", "\n", "-", ".", "e",
+    "1e999", "NaN", "Infinity", "true", "null", "0", "7", "42", "3.5", "-0", "é", "İ", "\x00", "\u2028", "🙂",
+]  # fmt: skip
+
+
+def _check_result(result, text):
+    if isinstance(result, MalformedAction):
+        assert result.text == text and isinstance(result.reason, str) and result.reason
+        return
+    assert isinstance(result, ParsedAction)
+    assert result.decision in (0, 1)
+    if result.decision == 0:
+        assert result.box is None
+    else:
+        assert result.box.shape == (4,) and np.all(np.isfinite(result.box))
+
+
+def _mutate(text: str, rng: random.Random) -> str:
+    chars = list(text)
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(chars) + 1)
+        op = rng.random()
+        if op < 0.4 and i < len(chars):
+            del chars[i]
+        elif op < 0.7:
+            chars.insert(i, rng.choice(_PIECES))
+        elif i < len(chars):
+            chars[i] = rng.choice(_PIECES)
+    return "".join(chars)
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_never_raises_on_random_text(frame):
+    # hypothesis is not a project dependency, so a seeded generator plays its part.
+    rng = random.Random(frame)
+    valid = [
+        tool_call([1, 2, 3, 4], label="x"),
+        "<think>hm</think><box>[1, 2, 3, 4]</box>",
+        "<|box_start|>(1,2),(3,4)<|box_end|>",
+        f"<answer>FULL</answer> {FULL_MARKER}",
+    ]
+    kwargs = dict(view_size=(640, 480), resized_size=(644, 476))
+    for _ in range(1500):
+        if rng.random() < 0.5:
+            text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 40)))
+        else:
+            text = _mutate(rng.choice(valid), rng)
+        _check_result(parse_action_text(text, frame, **kwargs), text)
+    for _ in range(300):
+        text = "".join(chr(rng.randint(0, 0x10FFFF)) if rng.random() < 0.3 else rng.choice(_PIECES) for _ in range(60))
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        _check_result(parse_action_text(text, frame, **kwargs), text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<tool_call>" * 20000,
+        "<box>" * 20000 + "1,2,3,4",
+        "<box>" + "1," * 50000 + "</box>",
+        FULL_MARKER + " " * 200000 + "<box>1,2,3,4",
+        '"bbox_2d": [' * 20000,
+        "<think>" * 10000 + "</think>" * 10000,
+        "<think>" * 20000 + FULL_MARKER,
+        "<tool_call>" + "[" * 50000 + "</tool_call>",
+        "NO_CROP_NEEDED " * 20000,
+    ],
+)
+def test_long_pathological_text_parses_quickly(text):
+    start = time.perf_counter()
+    _check_result(parse_norm(text), text)
+    assert time.perf_counter() - start < 2.0
