@@ -128,3 +128,61 @@ def tiny_views() -> list[Image.Image]:
     """Five distinct query views of different sizes."""
     rng = np.random.default_rng(1)
     return [random_image(rng, (32 + 8 * i, 40)) for i in range(5)]
+
+
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (220, 220, 30), (200, 30, 200), (30, 200, 200)]
+
+
+def make_scene_pools(root: Path, n: int, seed: int, prefix: str, size: tuple[int, int] = (160, 120)) -> list[QueryPool]:
+    """``n`` queries: a coloured 50 px square at a random spot of a noisy scene, with its
+    annotated box; pools of one solid-colour candidate per colour (the last query's pool
+    has no positive, so evaluation sees the "absent" case)."""
+    rng = np.random.default_rng(seed)
+    for c, colour in enumerate(COLOURS):
+        if not (root / f"cand{c}.png").exists():
+            Image.new("RGB", (48, 48), colour).save(root / f"cand{c}.png")
+    pools = []
+    for q in range(n):
+        scene = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+        target = int(rng.integers(len(COLOURS)))
+        x, y = int(rng.integers(0, size[0] - 50)), int(rng.integers(0, size[1] - 50))
+        scene[y : y + 50, x : x + 50] = COLOURS[target]
+        path = root / f"{prefix}{q}.png"
+        Image.fromarray(scene).save(path)
+        candidates = tuple(
+            Candidate(f"c{c}", c == target and q != n - 1, image=root / f"cand{c}.png", text=f"colour {c}")
+            for c in range(len(COLOURS))
+        )
+        pools.append(QueryPool(f"{prefix}{q}", f"What colour is the square of scene {q}?", path, candidates, (x, y, x + 50, y + 50)))
+    return pools
+
+
+@pytest.fixture(scope="session")
+def scene_pools(tmp_path_factory) -> list[QueryPool]:
+    """Six small scene queries (see :func:`make_scene_pools`)."""
+    return make_scene_pools(tmp_path_factory.mktemp("scenes"), 6, seed=0, prefix="q")
+
+
+@pytest.fixture(scope="session")
+def scene_pool_files(tmp_path_factory) -> dict[str, Path]:
+    """``{"train": path, "val": path}``: JSONL query-pool files of scene queries."""
+    from envs.data import write_query_pools
+
+    root = tmp_path_factory.mktemp("scene-files")
+    files = {}
+    for split, n, seed in (("train", 12, 1), ("val", 6, 2)):
+        files[split] = write_query_pools(make_scene_pools(root, n, seed, split), root / f"{split}.jsonl", root)
+    return files
+
+
+def load_recipe(name: str):
+    """Import ``recipes/<name>.py`` as a module (recipes are scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"recipes_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

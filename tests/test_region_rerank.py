@@ -19,27 +19,9 @@ from envs.wrappers import FlatBoxAction, TextAction
 from rewards import RewardConfig, full_reward, ranking_stats, region_reward
 
 
-@pytest.fixture(scope="module")
-def pools(tmp_path_factory) -> list[QueryPool]:
-    """Six queries: a coloured target patch in a noisy 160x120 scene, pools of 5."""
-    root = tmp_path_factory.mktemp("pools")
-    rng = np.random.default_rng(0)
-    colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (220, 220, 30), (200, 30, 200)]
-    for c, colour in enumerate(colours):
-        Image.new("RGB", (48, 48), colour).save(root / f"cand{c}.png")
-    pools = []
-    for q in range(6):
-        scene = rng.integers(0, 255, size=(120, 160, 3), dtype=np.uint8)
-        target = q % len(colours)
-        x, y = int(rng.integers(0, 110)), int(rng.integers(0, 70))
-        scene[y : y + 50, x : x + 50] = colours[target]
-        Image.fromarray(scene).save(root / f"q{q}.png")
-        candidates = tuple(
-            Candidate(id=f"c{c}", positive=(c == target and q != 5), image=root / f"cand{c}.png", text=f"colour {c}")
-            for c in range(len(colours))
-        )
-        pools.append(QueryPool(f"q{q}", f"What is the colour of square {q}?", root / f"q{q}.png", candidates, (x, y, x + 50, y + 50)))
-    return pools
+@pytest.fixture()
+def pools(scene_pools) -> list[QueryPool]:
+    return scene_pools
 
 
 @pytest.fixture()

@@ -1,0 +1,130 @@
+"""Baseline policies of the paper's evaluation, and the policy interface they share.
+
+A policy is any callable ``policy(obs, info, env) -> action`` returning a native action
+``{"decision": 0|1, "box": [x1, y1, x2, y2]}`` (box normalized to the current view) or
+an :class:`envs.text_actions.MalformedAction` (a VLM policy parses its own text with
+:func:`envs.text_actions.parse_action_text`). ``env`` is the unwrapped :class:`envs.region_rerank.RegionRerankEnv`; learned
+policies use only ``obs``/``info``, while the annotated-box and oracle baselines read
+privileged state from it (the annotation; the scorer, via ``env.score_actions``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import numpy as np
+
+from envs.boxes import clamp_norm_box, image_box_to_view
+from envs.region_rerank import FULL, REGION, RegionRerankEnv
+
+Action = dict[str, Any]
+Policy = Callable[[dict, dict, RegionRerankEnv], Any]
+
+
+def full_action() -> Action:
+    return {"decision": FULL, "box": np.zeros(4, np.float32)}
+
+
+def region_action(box) -> Action:
+    return {"decision": REGION, "box": np.asarray(box, np.float32)}
+
+
+def centered_box(scale: float) -> np.ndarray:
+    """A 0-1 box of side ``scale`` (a fraction of each side) centred in the view."""
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"center-crop scale must be in (0, 1], got {scale}")
+    lo = (1.0 - scale) / 2.0
+    return np.array([lo, lo, lo + scale, lo + scale])
+
+
+def expand_box(box, margin: float) -> np.ndarray:
+    """Grow a 0-1 box by ``margin`` of its own width/height on every side, clamped."""
+    x1, y1, x2, y2 = np.asarray(box, np.float64)
+    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
+    return clamp_norm_box([x1 - dx, y1 - dy, x2 + dx, y2 + dy])
+
+
+def grid_boxes(scales=(0.3, 0.45, 0.6, 0.8), steps: int = 4) -> np.ndarray:
+    """Square-ish 0-1 boxes of each ``scale``, slid over a ``steps x steps`` grid."""
+    boxes = []
+    for scale in scales:
+        starts = np.linspace(0.0, 1.0 - scale, steps)
+        for x, y in itertools.product(starts, starts):
+            boxes.append([x, y, x + scale, y + scale])
+    return np.array(boxes)
+
+
+class FullPolicy:
+    """Always keep the full image: the scorer alone."""
+
+    name = "full"
+
+    def __call__(self, obs, info, env) -> Action:
+        return full_action()
+
+
+class CenterCropPolicy:
+    """Always crop the centre ``scale`` of the view (a heuristic the paper finds harmful)."""
+
+    def __init__(self, scale: float = 0.5):
+        self.box = centered_box(scale)
+        self.name = f"center-{scale:g}"
+
+    def __call__(self, obs, info, env) -> Action:
+        return region_action(self.box)
+
+
+class RandomCropPolicy:
+    """Crop a random box whose sides are 30-80% of the view's, seeded."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0, min_side: float = 0.3, max_side: float = 0.8):
+        self.rng = np.random.default_rng(seed)
+        self.min_side, self.max_side = min_side, max_side
+
+    def __call__(self, obs, info, env) -> Action:
+        size = self.rng.uniform(self.min_side, self.max_side, size=2)
+        corner = self.rng.uniform(0.0, 1.0 - size)
+        return region_action(np.concatenate([corner, corner + size]))
+
+
+class AnnotatedBoxPolicy:
+    """Crop the annotated target box (grown by ``margin``); FULL when a query has none."""
+
+    def __init__(self, margin: float = 0.0):
+        self.margin = margin
+        self.name = "annotated" if margin == 0 else f"annotated+{margin:g}"
+
+    def __call__(self, obs, info, env: RegionRerankEnv) -> Action:
+        if env.pool.box is None:
+            return full_action()
+        return region_action(expand_box(image_box_to_view(env.pool.box, env.view_box), self.margin))
+
+
+class OraclePolicy:
+    """The best of FULL and a grid of boxes, by the reward itself: the upper bound any
+    cropping policy can reach with this scorer. All candidates cost one batched forward."""
+
+    name = "oracle"
+
+    def __init__(self, boxes: np.ndarray | None = None):
+        self.boxes = grid_boxes() if boxes is None else np.asarray(boxes)
+
+    def __call__(self, obs, info, env: RegionRerankEnv) -> Action:
+        actions = [full_action()] + [region_action(b) for b in self.boxes]
+        if env.pool.box is not None:  # the annotation is one more candidate box
+            actions.append(region_action(image_box_to_view(env.pool.box, env.view_box)))
+        rewards = [outcome.reward for outcome in env.score_actions(actions)]
+        return actions[int(np.argmax(rewards))]
+
+
+BASELINES: dict[str, Callable[[], Policy]] = {
+    "full": FullPolicy,
+    "center": CenterCropPolicy,
+    "random": RandomCropPolicy,
+    "annotated": AnnotatedBoxPolicy,
+    "oracle": OraclePolicy,
+}
+"""Baseline name -> constructor with the evaluation's default settings."""

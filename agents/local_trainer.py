@@ -1,0 +1,328 @@
+"""Train a small cropping policy on CPU with verl's advantage estimators (r-GRPO by default).
+
+The loop is GRPO's: for each query of a batch, sample a group of ``group_size`` actions
+from the policy, make the group decision-balanced (:func:`agents.rgrpo.balance_group`:
+extra on-policy draws first, a forced decision with its token masked only when the
+budget is spent), score the whole group with ONE batched scorer call
+(:meth:`envs.region_rerank.RegionRerankEnv.score_actions`), and compute advantages with
+verl's own dispatch function, ``verl.trainer.ppo.ray_trainer.compute_advantage``, on a
+verl ``DataProto``, exactly as verl's trainer does. So ``estimator`` is any name in verl's
+estimator registry (``rgrpo``, ``grpo``, ``rloo``, ``reinforce_plus_plus``, ...), one switch,
+as in the verl recipe.
+
+An action is two tokens (decision, box; see :mod:`agents.local_policy`). The reward sits
+on the last unmasked token, as verl places a sequence reward on the last response token.
+Each batch is used for one gradient step, so the update is on-policy and PPO's ratio
+clipping would be the identity; the loss is verl's ``agg_loss`` of ``-A * log pi``
+("token-mean") minus an entropy bonus.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agents.evaluation import evaluate_policy
+from agents.local_policy import (
+    CropPolicyNet,
+    LocalPolicy,
+    PolicyConfig,
+    save_policy,
+    token_entropy,
+    token_log_probs,
+)
+from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
+from envs.region_rerank import FULL, REGION, RegionRerankEnv
+from envs.scorer import OpenClipScorer
+from rewards import RewardConfig
+
+NOT_SUPPORTED = {"gae": "needs a critic (values); use --backend verl", "remax": "needs a greedy-rollout baseline"}
+
+
+@dataclass
+class LocalTrainConfig:
+    """Everything the CPU backend needs; ``recipes/train_rgrpo.py`` exposes it as CLI flags."""
+
+    estimator: str = "rgrpo"
+    """verl advantage estimator by registry name: rgrpo, grpo, rloo, reinforce_plus_plus, ..."""
+    iterations: int = 250
+    """gradient steps (one batch of groups each)"""
+    queries_per_batch: int = 16
+    """queries per batch; each gets a group of group_size rollouts"""
+    group_size: int = 8
+    """rollouts per query (GRPO's n)"""
+    balance_budget: int = 8
+    """extra on-policy draws allowed to find a group's missing decision before forcing it"""
+    balance_groups: bool = True
+    """make every group hold both decisions (r-GRPO); off for plain GRPO-style sampling"""
+    lr: float = 2e-3
+    """Adam learning rate"""
+    entropy_coef: float = 0.01
+    """weight of the entropy bonus on both tokens"""
+    norm_adv_by_std: bool = True
+    """divide group-relative advantages by the group std (verl's norm_adv_by_std_in_grpo)"""
+    seed: int = 0
+    """seeds the policy init, query order and action sampling"""
+    eval_every: int = 50
+    """evaluate the greedy policy on the validation queries every N iterations (0: never)"""
+    eval_queries: int = 100
+    """validation queries per evaluation"""
+    time_budget_s: float | None = None
+    """stop early after this many seconds of training (the last checkpoint is kept)"""
+    data: Path | None = None
+    """training query pools (JSONL); default: the embedded benchmark's train split"""
+    val_data: Path | None = None
+    """validation query pools (JSONL); default: the embedded benchmark's val split"""
+    scorer_model: str | None = None
+    """open_clip scorer name; default: the embedded rr-tiny scorer"""
+    scorer_pretrained: str | None = None
+    """zoo tag or checkpoint file for scorer_model"""
+    obs_size: int = 64
+    """side of the observation image the policy sees"""
+    out: Path = Path("runs/local")
+    """output folder: policy.pt, metrics.csv, TensorBoard events, curves.png"""
+    threads: int = 2
+    """torch intra-op threads"""
+    progress: bool = True
+    """show progress bars"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """reward weights and penalties"""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """policy architecture"""
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def make_envs(config: LocalTrainConfig) -> tuple[RegionRerankEnv, RegionRerankEnv]:
+    """Training env (pools without a positive dropped) and validation env (all kept)."""
+    scorer = OpenClipScorer(config.scorer_model, config.scorer_pretrained) if config.scorer_model else None
+    common = dict(reward_config=config.reward, obs_size=config.obs_size)
+    train_env = RegionRerankEnv(config.data, scorer, split="train", purpose="train", **common)
+    val_env = RegionRerankEnv(config.val_data, train_env.scorer, split="val", purpose="eval", **common)
+    return train_env, val_env
+
+
+class GroupSampler:
+    """Samples decision-balanced groups of (decision, box) actions from one query's logits."""
+
+    def __init__(self, group_size: int, budget: int, balance: bool, generator: torch.Generator):
+        self.group_size, self.budget, self.balance = group_size, budget, balance
+        self.generator = generator
+
+    def _draw(self, probs: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.multinomial(probs, n, replacement=True, generator=self.generator)
+
+    def sample(self, decision_logits: torch.Tensor, box_logits: torch.Tensor):
+        """``(decisions, box_ids, decision_mask, balance_result)`` for one query."""
+        decision_probs, box_probs = decision_logits.softmax(-1), box_logits.softmax(-1)
+        decisions = self._draw(decision_probs, self.group_size).tolist()
+        box_ids = self._draw(box_probs, self.group_size).tolist()
+        decision_mask = [1.0] * self.group_size
+        if not self.balance or self.group_size < 2:
+            return decisions, box_ids, decision_mask, BalanceResult("balanced", tuple(decisions))
+        extra: list[tuple[int, int]] = []
+
+        def draw_extra() -> int:
+            extra.append((int(self._draw(decision_probs, 1)), int(self._draw(box_probs, 1))))
+            return extra[-1][0]
+
+        result = balance_group(decisions, draw_extra, self.budget)
+        if result.path == "resampled":
+            decisions[result.swap_out], box_ids[result.swap_out] = extra[result.swap_in_draw]
+        elif result.path == "forced":
+            # The decision was not sampled: keep it out of the loss. A forced REGION's box
+            # is still an on-policy sample, so its token stays in.
+            decisions[result.swap_out] = result.missing
+            decision_mask[result.swap_out] = 0.0
+        return decisions, box_ids, decision_mask, result
+
+
+def action_tokens(decisions, decision_mask, rewards) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token_level_rewards, response_mask)``, each ``(N, 2)``: tokens are (decision, box).
+
+    The box token counts only for a REGION action; the reward goes on the last token
+    that counts (token 0 if none does, so group statistics still see it).
+    """
+    decisions = torch.as_tensor(decisions)
+    mask = torch.stack([torch.as_tensor(decision_mask, dtype=torch.float32), (decisions == REGION).float()], dim=-1)
+    last = torch.where(mask[:, 1] > 0, 1, 0)
+    token_rewards = torch.zeros_like(mask)
+    token_rewards[torch.arange(len(decisions)), last] = torch.as_tensor(rewards, dtype=torch.float32)
+    return token_rewards, mask
+
+
+def compute_advantages(estimator: str, token_rewards, mask, uids, decisions, group_size: int, norm_by_std: bool):
+    """Advantages from verl's ``compute_advantage`` dispatch, as its trainer calls it."""
+    from verl import DataProto
+    from verl.trainer.config import AlgoConfig
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    from agents.verl_plugin import decisions_in_scope
+
+    uid_array = np.array(uids, dtype=object)
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": token_rewards, "response_mask": mask},
+        non_tensors={"uid": uid_array, "decision": np.array(decisions, dtype=object)},
+    )
+    config = AlgoConfig(adv_estimator=estimator, gamma=1.0, lam=1.0, norm_adv_by_std_in_grpo=norm_by_std)
+    with decisions_in_scope(uid_array, decisions):
+        data = compute_advantage(
+            data, adv_estimator=estimator, num_repeat=group_size, norm_adv_by_std_in_grpo=norm_by_std, config=config
+        )
+    return data.batch["advantages"]
+
+
+def check_estimator(name: str) -> None:
+    """Fail before training on a name verl does not know or this backend cannot run."""
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    if name in NOT_SUPPORTED:
+        raise ValueError(f"estimator {name!r} {NOT_SUPPORTED[name]}")
+    try:
+        get_adv_estimator_fn(name)
+    except ValueError as err:
+        raise ValueError(f"estimator {name!r} is not in verl's registry: {err}") from err
+
+
+def evaluate_greedy(net: CropPolicyNet, env: RegionRerankEnv, n_queries: int) -> dict[str, float]:
+    indices = range(min(n_queries, len(env.pools)))
+    summary, _ = evaluate_policy(env, LocalPolicy(net, greedy=True), indices, name="val", progress=False)
+    net.train()
+    return summary
+
+
+def train(config: LocalTrainConfig) -> TrainResult:
+    """Run the CPU r-GRPO loop; writes the checkpoint, metrics and curves to ``config.out``."""
+    from torch.utils.tensorboard import SummaryWriter
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    check_estimator(config.estimator)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    train_env, val_env = make_envs(config)
+    net = CropPolicyNet(config.policy)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, generator)
+    config.out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(config.out / "tb"))
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    n_batch = min(config.queries_per_batch, len(train_env.pools))
+
+    bar = tqdm(range(1, config.iterations + 1), desc=f"train {config.estimator}", disable=not config.progress)
+    for iteration in bar:
+        images, questions, rows = [], [], []
+        for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
+            obs, _ = train_env.reset(options={"query_index": int(q)})
+            with torch.no_grad():
+                out = net(torch.as_tensor(obs["image"])[None], [obs["question"]])
+            decisions, box_ids, decision_mask, balance = sampler.sample(out.decision_logits[0], out.box_logits[0])
+            boxes = net.boxes[box_ids].numpy()
+            actions = [{"decision": d, "box": b} for d, b in zip(decisions, boxes)]
+            outcomes = train_env.score_actions(actions)
+            images.append(obs["image"])
+            questions.append(obs["question"])
+            rows.append((int(q), decisions, box_ids, decision_mask, [o.reward for o in outcomes], balance))
+
+        group_of = [i for i, row in enumerate(rows) for _ in row[1]]
+        decisions = [d for row in rows for d in row[1]]
+        box_ids = torch.tensor([b for row in rows for b in row[2]])
+        decision_mask = [m for row in rows for m in row[3]]
+        rewards = [r for row in rows for r in row[4]]
+        uids = [f"{iteration}-{rows[g][0]}" for g in group_of]
+        token_rewards, mask = action_tokens(decisions, decision_mask, rewards)
+        advantages = compute_advantages(
+            config.estimator, token_rewards, mask, uids, decisions, config.group_size, config.norm_adv_by_std
+        )
+
+        out = net(torch.from_numpy(np.stack(images)), questions)
+        expand = torch.tensor(group_of)
+        per_action = type(out)(out.decision_logits[expand], out.box_logits[expand])
+        log_probs = token_log_probs(per_action, torch.tensor(decisions), box_ids)
+        entropy = token_entropy(per_action)
+        pg_loss = agg_loss(-advantages * log_probs, mask, loss_agg_mode="token-mean")
+        entropy_bonus = agg_loss(entropy, torch.ones_like(mask), loss_agg_mode="token-mean")
+        loss = pg_loss - config.entropy_coef * entropy_bonus
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+        paths = balance_path_rates(row[5] for row in rows)
+        metrics = {
+            "iteration": iteration,
+            "seconds": time.perf_counter() - start,
+            "reward": float(np.mean(rewards)),
+            "rc_rate": float(np.mean(np.asarray(decisions) == REGION)),
+            "loss": float(loss.detach()),
+            "entropy_decision": float(entropy[:, 0].mean().detach()),
+            "entropy_box": float(entropy[:, 1].mean().detach()),
+            **{f"balance_{k}": v for k, v in paths.items()},
+        }
+        if config.eval_every and (iteration % config.eval_every == 0 or iteration == config.iterations):
+            val = evaluate_greedy(net, val_env, config.eval_queries)
+            metrics.update({"val_MRR": val["MRR"], "val_R@1": val["R@1"], "val_RC": val["RC"], "val_reward": val["reward"]})
+        history.append(metrics)
+        for key, value in metrics.items():
+            if key != "iteration":
+                writer.add_scalar(key, value, iteration)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", rc=f"{metrics['rc_rate']:.2f}", **(
+            {"val_mrr": f"{metrics['val_MRR']:.3f}"} if "val_MRR" in metrics else {}
+        ))
+        if config.time_budget_s is not None and metrics["seconds"] > config.time_budget_s:
+            break
+
+    writer.close()
+    checkpoint = config.out / "policy.pt"
+    save_policy(net, checkpoint, train_config=_jsonable(asdict(config)))
+    write_history(history, config.out)
+    return TrainResult(checkpoint, history, time.perf_counter() - start)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def write_history(history: list[dict[str, float]], out: Path) -> None:
+    """``metrics.csv`` and ``curves.png`` (training reward, RC rate, validation MRR)."""
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "iteration", k))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = np.array([h["iteration"] for h in history])
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    for ax, key, title in zip(axes, ("reward", "rc_rate"), ("mean training reward", "training RC rate")):
+        values = np.array([h[key] for h in history])
+        window = max(1, len(values) // 20)
+        ax.plot(it, values, alpha=0.3)
+        ax.plot(it[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid"))
+        ax.set(title=title, xlabel="iteration")
+    val = [(h["iteration"], h["val_MRR"]) for h in history if "val_MRR" in h]
+    if val:
+        axes[2].plot(*zip(*val), marker="o")
+    axes[2].set(title="validation MRR (greedy)", xlabel="iteration")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,111 @@
+"""Evaluate cropping policies on a split: the paper's metrics for every baseline.
+
+Baselines: FULL (the scorer alone), center crop, random crop, the annotated box, and
+the oracle (best of FULL and a grid of boxes by the reward: the upper bound any cropping
+policy reaches with this scorer). Add a trained policy with ``--checkpoint`` (a policy
+saved by ``recipes/train_rgrpo.py``), any callable with ``--policy module:attr``, or the
+zero-shot Qwen2.5-VL baseline with ``--vlm /path/to/Qwen2.5-VL``.
+
+Writes ``results.md`` (the table), ``results.json`` (summaries and per-episode
+records) and ``rc_by_bucket.png`` / ``rank_before_after.png`` to ``--out``.
+
+    python recipes/evaluate.py                              # embedded default, test split
+    python recipes/evaluate.py --data pools.jsonl --scorer-model EVA02-B-16 --scorer-pretrained eva.pt
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import tyro
+
+from agents.baselines import BASELINES, AnnotatedBoxPolicy, CenterCropPolicy, RandomCropPolicy
+from agents.evaluation import evaluate_and_report
+from envs.region_rerank import RegionRerankEnv
+from envs.scorer import OpenClipScorer
+from rewards import RewardConfig
+
+
+@dataclass
+class Args:
+    split: str = "test"
+    """embedded-benchmark split, used when --data is not given"""
+    data: Path | None = None
+    """query-pool JSONL (all queries are kept, for CondR@1); default: the embedded benchmark"""
+    scorer_model: str | None = None
+    """open_clip model name (e.g. EVA02-B-16); default: the embedded rr-tiny scorer"""
+    scorer_pretrained: str | None = None
+    """zoo tag or local checkpoint file for --scorer-model"""
+    baselines: tuple[str, ...] = ("full", "center", "random", "annotated", "oracle")
+    """baselines to run, from: full, center, random, annotated, oracle"""
+    center_scale: float = 0.5
+    """side of the center crop as a fraction of the image side"""
+    annotated_margin: float = 0.0
+    """context kept around the annotated box, as a fraction of its size"""
+    checkpoint: Path | None = None
+    """a trained policy checkpoint (from recipes/train_rgrpo.py --backend local)"""
+    policy: str | None = None
+    """any policy callable as 'module:attribute' (called as policy(obs, info, env))"""
+    vlm: Path | None = None
+    """a Qwen2.5-VL model folder for the zero-shot VLM baseline"""
+    max_queries: int | None = None
+    """evaluate only the first N queries (quick checks)"""
+    max_steps: int = 1
+    """REGION steps per episode (1 is the paper's setting)"""
+    out: Path = Path("runs/eval")
+    """output folder for results.md, results.json and the plots"""
+    seed: int = 0
+    """seed of the random-crop baseline"""
+    threads: int = 2
+    """torch intra-op threads"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """reward weights and penalties (the mean reward column uses them)"""
+
+
+def build_policies(args: Args) -> dict[str, object]:
+    policies: dict[str, object] = {}
+    for name in args.baselines:
+        if name not in BASELINES:
+            raise SystemExit(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+        if name == "center":
+            policy = CenterCropPolicy(args.center_scale)
+        elif name == "random":
+            policy = RandomCropPolicy(args.seed)
+        elif name == "annotated":
+            policy = AnnotatedBoxPolicy(args.annotated_margin)
+        else:
+            policy = BASELINES[name]()
+        policies[policy.name] = policy
+    if args.checkpoint is not None:
+        from agents.local_policy import load_policy
+
+        policies["trained"] = load_policy(args.checkpoint)
+    if args.policy is not None:
+        module, _, attribute = args.policy.partition(":")
+        if not attribute:
+            raise SystemExit(f"--policy {args.policy!r} must look like 'module:attribute'")
+        policies[args.policy] = getattr(importlib.import_module(module), attribute)
+    if args.vlm is not None:
+        from agents.qwen_policy import QwenVLPolicy
+
+        policies["zero-shot VLM"] = QwenVLPolicy(args.vlm)
+    return policies
+
+
+def main(args: Args) -> dict[str, dict]:
+    torch.set_num_threads(args.threads)
+    scorer = OpenClipScorer(args.scorer_model, args.scorer_pretrained) if args.scorer_model else None
+    env = RegionRerankEnv(
+        args.data, scorer, split=args.split, purpose="eval", max_steps=args.max_steps, reward_config=args.reward
+    )
+    n = len(env.pools) if args.max_queries is None else min(args.max_queries, len(env.pools))
+    source = str(args.data) if args.data else f"embedded benchmark, {args.split} split"
+    summaries = evaluate_and_report(env, build_policies(args), range(n), args.out, source)
+    return summaries
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,93 @@
+"""Evaluation: the metric aggregation, the baselines, and the evaluate recipe end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agents.baselines import (
+    AnnotatedBoxPolicy,
+    CenterCropPolicy,
+    FullPolicy,
+    OraclePolicy,
+    RandomCropPolicy,
+    centered_box,
+    expand_box,
+    grid_boxes,
+)
+from agents.evaluation import evaluate_policy
+from conftest import load_recipe
+from envs.region_rerank import RegionRerankEnv
+from rewards.evaluation import EpisodeRecord, rank_bucket, summarize_episodes
+
+def record(baseline, final, cropped, has_positive=True, pool=20, reward=0.0) -> EpisodeRecord:
+    return EpisodeRecord("q", pool, has_positive, baseline, final, 0.0, cropped, reward, 1, "x")
+
+
+def test_summary_hand_computed():
+    records = [
+        record(1, 1, False, reward=1.0),
+        record(4, 2, True, reward=0.5),
+        record(8, 6, True),
+        record(21, 21, True, has_positive=False),  # positive not in the pool
+    ]
+    s = summarize_episodes(records)
+    assert s["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 6 + 0) / 4)
+    assert s["R@1"] == 0.25 and s["R@5"] == 0.5
+    assert s["CondR@1"] == pytest.approx(1 / 3)  # over the three queries with a positive
+    assert s["RC"] == 0.75
+    assert (s["RC[1]"], s["RC[2-5]"], s["RC[6-10]"], s["RC[absent]"]) == (0.0, 1.0, 1.0, 1.0)
+    assert np.isnan(s["RC[11-K]"]) and s["n[11-K]"] == 0
+    assert s["improved"] == 0.5 and s["worsened"] == 0.0 and s["reward"] == pytest.approx(0.375)
+
+
+def test_rank_buckets():
+    assert [rank_bucket(r, 20) for r in (1, 2, 5, 6, 10, 11, 20, 21)] == [
+        "1", "2-5", "2-5", "6-10", "6-10", "11-K", "11-K", "absent"
+    ]
+
+
+def test_box_helpers():
+    np.testing.assert_allclose(centered_box(0.5), [0.25, 0.25, 0.75, 0.75])
+    np.testing.assert_allclose(expand_box([0.2, 0.2, 0.6, 0.4], 0.5), [0.0, 0.1, 0.8, 0.5], atol=1e-12)
+    boxes = grid_boxes(scales=(0.5,), steps=3)
+    assert boxes.shape == (9, 4) and boxes.min() == 0.0 and boxes.max() == 1.0
+    with pytest.raises(ValueError, match="scale"):
+        centered_box(0.0)
+
+
+def test_baselines_do_what_they_say(scene_pools, tiny_scorer):
+    env = RegionRerankEnv(scene_pools, tiny_scorer)
+    obs, info = env.reset(options={"query_index": 0})
+    assert FullPolicy()(obs, info, env)["decision"] == 0
+    np.testing.assert_allclose(CenterCropPolicy(0.5)(obs, info, env)["box"], [0.25, 0.25, 0.75, 0.75])
+    x1, y1, x2, y2 = scene_pools[0].box
+    np.testing.assert_allclose(AnnotatedBoxPolicy()(obs, info, env)["box"], [x1 / 160, y1 / 120, x2 / 160, y2 / 120], atol=1e-6)
+    a, b = RandomCropPolicy(seed=3), RandomCropPolicy(seed=3)
+    np.testing.assert_array_equal(a(obs, info, env)["box"], b(obs, info, env)["box"])
+
+
+def test_oracle_is_an_upper_bound_of_every_baseline(scene_pools, tiny_scorer):
+    env = RegionRerankEnv(scene_pools, tiny_scorer)
+    rewards = {}
+    for policy in (FullPolicy(), CenterCropPolicy(), AnnotatedBoxPolicy(), OraclePolicy()):
+        _, records = evaluate_policy(env, policy, progress=False)
+        rewards[type(policy).__name__] = np.array([r.reward for r in records])
+    for name, values in rewards.items():
+        assert np.all(rewards["OraclePolicy"] >= values - 1e-9), name
+
+
+def test_evaluate_recipe_end_to_end(scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+    recipe = load_recipe("evaluate")
+    args = recipe.Args(
+        data=scene_pool_files["val"], scorer_model=tiny_model_name, scorer_pretrained=str(tiny_checkpoint), out=tmp_path
+    )
+    summaries = recipe.main(args)
+    assert list(summaries) == ["full", "center-0.5", "random", "annotated", "oracle"]
+    assert summaries["full"]["RC"] == 0.0 and summaries["center-0.5"]["RC"] == 1.0
+    assert summaries["oracle"]["reward"] >= max(s["reward"] for s in summaries.values())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summaries"]["full"]["MRR"] == summaries["full"]["MRR"]
+    assert len(saved["records"]["oracle"]) == 6
+    assert "| full |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "rc_by_bucket.png").stat().st_size > 0 and (tmp_path / "rank_before_after.png").exists()
