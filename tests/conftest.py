@@ -175,8 +175,13 @@ def scene_pool_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def load_recipe(name: str):
-    """Import ``recipes/<name>.py`` as a module (recipes are scripts, not a package)."""
+@pytest.fixture(scope="session")
+def load_recipe():
+    """``load_recipe(name)``: import ``recipes/<name>.py`` as a module (recipes are scripts, not a package)."""
+    return _load_recipe
+
+
+def _load_recipe(name: str):
     import importlib.util
     import sys
 

@@ -16,7 +16,6 @@ from agents.baselines import (
     grid_boxes,
 )
 from agents.evaluation import evaluate_policy
-from conftest import load_recipe
 from envs.region_rerank import RegionRerankEnv
 from rewards.evaluation import EpisodeRecord, rank_bucket, summarize_episodes
 
@@ -77,7 +76,7 @@ def test_oracle_is_an_upper_bound_of_every_baseline(scene_pools, tiny_scorer):
         assert np.all(rewards["OraclePolicy"] >= values - 1e-9), name
 
 
-def test_evaluate_recipe_end_to_end(scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+def test_evaluate_recipe_end_to_end(scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path, load_recipe):
     recipe = load_recipe("evaluate")
     args = recipe.Args(
         data=scene_pool_files["val"], scorer_model=tiny_model_name, scorer_pretrained=str(tiny_checkpoint), out=tmp_path
