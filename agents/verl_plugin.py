@@ -1,0 +1,221 @@
+"""verl plug-in: the r-GRPO advantage estimator ("rgrpo") and the path its decisions take.
+
+verl imports this module on ``import verl`` (entry point ``verl.plugins`` ->
+``region_rerank`` in pyproject.toml; in every Ray worker too). It registers
+:func:`compute_rgrpo_advantage` under ``algorithm.adv_estimator=rgrpo`` and, where verl's
+v1 trainer can run (the ``transfer_queue`` package is installed), the trainer modes
+``rgrpo_sync``, ``rgrpo_colocate_async`` and ``rgrpo_separate_async``.
+
+How per-sample decisions reach the estimator
+--------------------------------------------
+1. The agent loop sets ``AgentLoopOutput.extra_fields["decision"]`` (:data:`DECISION_KEY`)
+   to the sample's first decision, an int: 0 FULL, 1 REGION; any other int (the agent
+   loop uses -1 for a malformed answer) is one more class with its own mean in the
+   baseline, see :func:`agents.rgrpo.decision_balanced_baseline`. verl stores
+   ``extra_fields`` with the sample: the legacy trainer promotes each key to
+   ``DataProto.non_tensor_batch["decision"]``; the v1 trainer keeps the dict in the
+   TransferQueue field ``extra_fields``. Each row is one sample of its ``uid`` group, so
+   the loop returns one ``AgentLoopOutput`` per rollout (a multi-step zoom episode is
+   one multi-turn output, not one output per turn).
+2. verl 0.9.1's dispatcher (``ray_trainer.compute_advantage``) hands a registered
+   estimator only ``token_level_rewards``, ``response_mask``, ``config``, ``index`` (the
+   ``uid`` array) and ``reward_baselines``; ``non_tensor_batch`` goes to ``gdpo`` alone,
+   and the v1 trainer's ``_compute_advantage`` does not even fetch ``extra_fields``. So
+   whoever calls ``compute_advantage`` hands the decisions over with
+   :func:`decisions_in_scope`, a context manager holding ``(uids, decisions)`` for the
+   duration of the call; the estimator checks that the scoped ``uids`` equal the
+   ``index`` verl passes it, row for row, so decisions can never be applied to another
+   batch or a reordered one.
+3. For the v1 trainer that caller is :class:`DecisionHandoffMixin`: the registered
+   ``rgrpo_<mode>`` trainers subclass verl's own trainer of that mode and override only
+   ``_compute_advantage``, fetching ``uid`` and ``extra_fields`` from TransferQueue and
+   wrapping verl's method in :func:`decisions_in_scope`. Select one with
+   ``trainer.v1.trainer_mode=rgrpo_sync``.
+   verl's legacy trainer (``trainer.use_v1=false``) calls ``compute_advantage`` inline
+   in its ``fit`` loop, with no method to override around it: there ``rgrpo`` sees no
+   decisions and computes GRPO (with a warning).
+4. If verl forwards ``non_tensor_batch`` to the estimator (as it does for ``gdpo``, and
+   as verl PR #7473 proposes for every estimator that accepts it), the estimator reads
+   ``non_tensor_batch["decision"]`` directly and needs no scope.
+
+Why this path: it forks nothing and patches nothing in verl. The only verl extension
+points used are its estimator registry and its trainer registry (``register_trainer``),
+and the override calls verl's own ``_compute_advantage`` unchanged. The alternatives
+were worse: rewriting rewards cannot express the balanced baseline (it depends on the
+whole group's decisions, which per-sample rewards do not see, and GRPO's mean
+subtraction would undo any per-group shift); smuggling decisions through ``uid`` or
+``reward_baselines`` would change what other estimators (``remax``) and verl's metrics
+see; copying verl's trainer loop would fork it.
+
+Without decisions (the stock trainer modes, or a batch without the field) the estimator
+warns and computes verl's GRPO exactly, so the same config trains GRPO by accident only
+loudly. ``norm_adv_by_std_in_grpo`` is read from the ``algorithm`` config, as verl's other
+registered estimators do (the dispatcher passes its argument to the built-in ``grpo``
+only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Hashable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from agents.rgrpo import compute_rgrpo_outcome_advantage, validate_decisions
+from verl.trainer.ppo import core_algos
+
+ESTIMATOR_NAME = "rgrpo"
+"""``algorithm.adv_estimator`` value that selects r-GRPO."""
+DECISION_KEY = "decision"
+"""``AgentLoopOutput.extra_fields`` / ``non_tensor_batch`` key of the per-sample decision."""
+BASE_TRAINER_MODES = ("sync", "colocate_async", "separate_async")
+"""verl v1 trainer modes that get an ``rgrpo_<mode>`` counterpart."""
+
+_scoped_decisions: ContextVar[tuple[np.ndarray, list[Any]] | None] = ContextVar(
+    "rgrpo_scoped_decisions", default=None
+)
+
+
+@contextmanager
+def decisions_in_scope(uids: Sequence[Hashable], decisions: Sequence[Any]) -> Iterator[None]:
+    """Make ``decisions`` (row-aligned with ``uids``) visible to the rgrpo estimator.
+
+    Wrap the call to verl's ``compute_advantage`` (or a trainer's ``_compute_advantage``)
+    in it. ``uids`` must be the batch's ``uid`` column in the order verl will pass it as
+    ``index``; the estimator raises if it differs.
+    """
+    if len(uids) != len(decisions):
+        raise ValueError(f"decisions_in_scope: {len(uids)} uids but {len(decisions)} decisions")
+    token = _scoped_decisions.set((np.asarray(uids, dtype=object), list(decisions)))
+    try:
+        yield
+    finally:
+        _scoped_decisions.reset(token)
+
+
+def checked_decisions(decisions: Sequence[Any]) -> list[int]:
+    """Decisions as ints; raises ``ValueError`` naming the row without one."""
+    try:
+        return validate_decisions(decisions, name=DECISION_KEY)
+    except ValueError as error:
+        raise ValueError(
+            f"rgrpo: {error}; the agent loop must set AgentLoopOutput.extra_fields[{DECISION_KEY!r}] "
+            "to an int decision (0 FULL, 1 REGION, or another label such as -1 malformed) for every sample"
+        ) from error
+
+
+def decisions_for_batch(
+    index: Sequence[Hashable], non_tensor_batch: Mapping[str, Any] | None = None
+) -> list[int] | None:
+    """The per-sample decisions for the batch whose group ids are ``index``, or ``None``.
+
+    Read from ``non_tensor_batch[DECISION_KEY]`` when verl forwards it, else from the
+    active :func:`decisions_in_scope`, whose uids must match ``index`` row for row.
+    """
+    if non_tensor_batch is not None and DECISION_KEY in non_tensor_batch:
+        return checked_decisions(non_tensor_batch[DECISION_KEY])
+    scoped = _scoped_decisions.get()
+    if scoped is None:
+        return None
+    uids, decisions = scoped
+    if len(uids) != len(index) or not all(a == b for a, b in zip(uids, index)):
+        raise ValueError(
+            f"rgrpo: the decisions in scope belong to another batch: {len(uids)} scoped uids vs "
+            f"{len(index)} in index, or a different row order"
+        )
+    return checked_decisions(decisions)
+
+
+def compute_rgrpo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    config: Any = None,
+    index: np.ndarray | None = None,
+    non_tensor_batch: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl estimator ``rgrpo``: :func:`agents.rgrpo.compute_rgrpo_outcome_advantage`
+    with the decisions found by :func:`decisions_for_batch`.
+
+    Other keyword arguments verl may pass (``reward_baselines``, ``batch``) are ignored.
+    """
+    if index is None:
+        raise ValueError("rgrpo needs index (the batch's uid array) to form groups")
+    decisions = decisions_for_batch(index, non_tensor_batch)
+    if decisions is None:
+        warnings.warn(
+            f"rgrpo got no per-sample decisions (no non_tensor_batch[{DECISION_KEY!r}] and no "
+            "decisions_in_scope): computing plain GRPO advantages. Use trainer.v1.trainer_mode=rgrpo_sync.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    norm = config.get("norm_adv_by_std_in_grpo", True) if config is not None else True
+    return compute_rgrpo_outcome_advantage(
+        token_level_rewards, response_mask, index, decisions, norm_adv_by_std_in_grpo=norm
+    )
+
+
+def is_ours(obj: Any, reference: Any) -> bool:
+    """Whether ``obj`` is ``reference`` from this module or from an earlier import of it."""
+    return getattr(obj, "__module__", None) == __name__ and getattr(obj, "__qualname__", None) == getattr(
+        reference, "__qualname__", None
+    )
+
+
+def register_rgrpo_estimator() -> None:
+    """Register :func:`compute_rgrpo_advantage` as ``rgrpo``; a no-op when an import of
+    this module already did (verl raises on a second, different function object)."""
+    if not is_ours(core_algos.ADV_ESTIMATOR_REGISTRY.get(ESTIMATOR_NAME), compute_rgrpo_advantage):
+        core_algos.register_adv_est(ESTIMATOR_NAME)(compute_rgrpo_advantage)
+
+
+class DecisionHandoffMixin:
+    """Mixin for a verl v1 ``PPOTrainer``: hands the samples' decisions to ``rgrpo``.
+
+    It overrides only ``_compute_advantage``: when ``algorithm.adv_estimator`` is
+    ``rgrpo`` it reads ``uid`` and ``extra_fields`` of the batch from TransferQueue and
+    runs verl's own ``_compute_advantage`` inside :func:`decisions_in_scope`.
+    """
+
+    def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
+        if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
+            return super()._compute_advantage(batch, metrics)
+        import transfer_queue as tq
+
+        fields = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "extra_fields"]
+        )
+        uids = fields.get("uid").tolist()
+        decisions = [
+            extra.get(DECISION_KEY) if isinstance(extra, dict) else None
+            for extra in fields.get("extra_fields").tolist()
+        ]
+        with decisions_in_scope(uids, decisions):
+            return super()._compute_advantage(batch, metrics)
+
+
+def register_rgrpo_trainers() -> None:
+    """Register ``rgrpo_<mode>`` for each of verl's v1 trainer modes (needs ``transfer_queue``)."""
+    from verl.trainer.ppo.v1 import get_trainer_cls, register_trainer
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    for mode in BASE_TRAINER_MODES:
+        base = get_trainer_cls(mode)
+        name = f"{ESTIMATOR_NAME}_{mode}"
+        trainer_cls = type(
+            f"RGRPO{base.__name__}",
+            (DecisionHandoffMixin, base),
+            {"__module__": __name__, "__doc__": f"verl's {mode!r} v1 trainer with the r-GRPO decision hand-off."},
+        )
+        existing = TRAINER_REGISTRY.get(name)
+        if existing is None or not is_ours(existing, trainer_cls):
+            register_trainer(name)(trainer_cls)
+
+
+register_rgrpo_estimator()
+if importlib.util.find_spec("transfer_queue") is not None:
+    register_rgrpo_trainers()
