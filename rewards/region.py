@@ -64,16 +64,17 @@ class RewardConfig:
 
     @classmethod
     def ablation(cls, name: str, **overrides) -> "RewardConfig":
-        """The paper's reward ablation: ``mrr``, ``mrr+ndcg``, ``mrr+ndcg+rank``, ``full``."""
-        weights = {
-            "mrr": dict(w_mrr=1.0, w_ndcg=0.0, w_rank=0.0, w_margin=0.0),
-            "mrr+ndcg": dict(w_mrr=0.5, w_ndcg=0.5, w_rank=0.0, w_margin=0.0),
-            "mrr+ndcg+rank": dict(w_mrr=1 / 3, w_ndcg=1 / 3, w_rank=1 / 3, w_margin=0.0),
-            "full": {},
-        }
-        if name not in weights:
-            raise ValueError(f"unknown reward ablation {name!r}; choose from {sorted(weights)}")
-        return cls(**{**weights[name], **overrides})
+        """The paper's reward ablation: ``mrr``, ``mrr+ndcg``, ``mrr+ndcg+rank``, ``full``.
+
+        Each step switches one more term on at its default weight (the others are 0).
+        """
+        terms = {"mrr": 1, "mrr+ndcg": 2, "mrr+ndcg+rank": 3, "full": 4}
+        if name not in terms:
+            raise ValueError(f"unknown reward ablation {name!r}; choose from {sorted(terms)}")
+        default = cls()
+        weights = {w: getattr(default, w) for w in ("w_mrr", "w_ndcg", "w_rank", "w_margin")}
+        switched_off = {w: 0.0 for w in list(weights)[terms[name] :]}
+        return cls(**{**weights, **switched_off, **overrides})
 
 
 class RankingStats(NamedTuple):

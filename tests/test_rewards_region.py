@@ -43,9 +43,11 @@ def test_weights_are_configurable_for_the_ablation():
     old = ranking_stats([0.9, 0.5, 0.7, 0.1], POSITIVES)
     new = ranking_stats([0.6, 0.8, 0.7, 0.1], POSITIVES)
     only_mrr = RewardConfig.ablation("mrr")
-    assert region_reward(old, new, only_mrr).reward == pytest.approx(5 * (1 - 1 / 3))
+    assert region_reward(old, new, only_mrr).reward == pytest.approx(5 * 0.2 * (1 - 1 / 3))
     assert RewardConfig.ablation("full") == RewardConfig()
-    assert RewardConfig.ablation("mrr+ndcg+rank").w_margin == 0.0
+    no_margin = RewardConfig.ablation("mrr+ndcg+rank")
+    assert (no_margin.w_mrr, no_margin.w_ndcg, no_margin.w_rank, no_margin.w_margin) == (0.2, 0.2, 0.2, 0.0)
+    assert RewardConfig.ablation("mrr+ndcg").w_rank == 0.0
     with pytest.raises(ValueError, match="unknown reward ablation"):
         RewardConfig.ablation("margin-only")
 

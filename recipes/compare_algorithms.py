@@ -1,0 +1,58 @@
+"""r-GRPO vs GRPO vs RLOO vs REINFORCE++ on the embedded benchmark, same budget, several seeds.
+
+Every algorithm is the CPU backend of ``recipes/train_rgrpo.py`` with one value changed:
+the verl advantage estimator (and, for the GRPO-family baselines, plain on-policy
+groups instead of decision-balanced ones: balancing is part of r-GRPO). Each trained
+policy is evaluated greedily on the test split; the table gives mean ± std over seeds,
+the plot the training-reward curves.
+
+    python recipes/compare_algorithms.py                       # 4 algorithms x 3 seeds
+    python recipes/compare_algorithms.py --seeds 0 1 --iterations 100
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import tyro
+
+from agents.experiments import plot_learning_curves, run_variants, variants_table
+from agents.local_trainer import LocalTrainConfig
+
+
+@dataclass
+class Args:
+    algorithms: tuple[str, ...] = ("rgrpo", "grpo", "rloo", "reinforce_plus_plus")
+    """verl advantage-estimator names to compare"""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """training seeds per algorithm"""
+    iterations: int = 150
+    """training iterations per run (the shared budget)"""
+    test_queries: int | None = None
+    """evaluate on the first N test queries only (default: all)"""
+    out: Path = Path("runs/compare")
+    """output folder: results.md, results.json, curves_*.png and one folder per run"""
+    train: LocalTrainConfig = field(default_factory=lambda: LocalTrainConfig(eval_every=0, progress=False))
+    """every other training setting, shared by all algorithms"""
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(args.train.threads)
+    base = dataclasses.replace(args.train, iterations=args.iterations)
+    variants = {
+        name: dataclasses.replace(base, estimator=name, balance_groups=(name == "rgrpo")) for name in args.algorithms
+    }
+    results = run_variants(variants, args.seeds, args.out, test_queries=args.test_queries)
+    table = variants_table(results["summary"], len(args.seeds))
+    (args.out / "results.md").write_text(table + "\n")
+    plot_learning_curves(results["runs"], args.out)
+    plot_learning_curves(results["runs"], args.out, key="rc_rate", title="training RC rate")
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
