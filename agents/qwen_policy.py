@@ -1,0 +1,127 @@
+"""Qwen2.5-VL as a RegionRerank policy (zero-shot, or a checkpoint trained with verl).
+
+:class:`QwenVLPolicy` is a policy callable ``policy(obs, info, env) -> action`` (see
+:mod:`agents.baselines`), so ``recipes/evaluate.py --vlm PATH`` and
+:func:`agents.evaluation.evaluate_policy` run it like any baseline. It shows the model
+exactly what the verl agent loop shows it during training: the prompt of
+:mod:`agents.prompts` around ``info["policy_image"]``, resized by qwen-vl-utils with
+``min_pixels`` / ``max_pixels``; and it reads the answer with the same parser, in the
+``"resized"`` frame (pixels of the image the model saw). Multi-step zoom needs no
+memory: each step is a fresh conversation about the current view that says how many
+crops are left (``obs["step"]``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from agents.prompts import build_messages
+from envs.boxes import QWEN_MIN_PIXELS
+from envs.wrappers import TextAction
+
+DEFAULT_MAX_PIXELS = 1024 * 28 * 28
+"""Default pixel budget of a view shown to the policy: at most 1024 image tokens, which
+keeps a Qwen2.5-VL prompt on one GPU (the model's own limit is 16384 tokens)."""
+
+
+def _size_entry(size: Any, key: str) -> int | None:
+    """An entry of an image processor's ``size`` (a dict or transformers' ``SizeDict``)."""
+    try:
+        return size[key]
+    except (KeyError, TypeError):
+        return getattr(size, key, None)
+
+
+def check_pixel_limits(processor: Any, min_pixels: int, max_pixels: int) -> None:
+    """Raise unless ``[min_pixels, max_pixels]`` lies within the processor's own limits.
+
+    qwen-vl-utils resizes each image to multiples of 28 px within ``[min_pixels,
+    max_pixels]``; if that range left the processor's, the processor would resize again
+    and the model's box coordinates would refer to an image the parser does not know.
+    """
+    if not 0 < min_pixels <= max_pixels:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}")
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    low, high = _size_entry(size, "shortest_edge"), _size_entry(size, "longest_edge")
+    if (low is not None and min_pixels < low) or (high is not None and max_pixels > high):
+        raise ValueError(
+            f"min_pixels={min_pixels}, max_pixels={max_pixels} must lie within the processor's pixel limits "
+            f"[{low}, {high}], or the processor resizes the image again and the model's box coordinates no "
+            "longer match the image the parser assumes"
+        )
+
+
+class QwenVLPolicy:
+    """A Qwen2.5-VL checkpoint as a cropping policy, generating with transformers.
+
+    Args:
+        model_path: a Qwen2.5-VL folder (or hub id where the hub is reachable).
+        max_new_tokens: most tokens per answer.
+        device: torch device; default ``cuda`` when available, else ``cpu``.
+        min_pixels: least pixels of the view as shown to the model.
+        max_pixels: most pixels of the view as shown to the model (bounds its image tokens).
+        greedy: greedy decoding (default); otherwise sample with ``temperature``.
+        temperature: sampling temperature when not greedy.
+
+    The model loads once; ``last_text`` holds the latest answer, for inspection.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        max_new_tokens: int = 128,
+        device: str | None = None,
+        min_pixels: int = QWEN_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        greedy: bool = True,
+        temperature: float = 1.0,
+    ):
+        import torch
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.processor = AutoProcessor.from_pretrained(model_path)
+        check_pixel_limits(self.processor, min_pixels, max_pixels)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.greedy, self.temperature = greedy, temperature
+        self.name = f"qwen2.5-vl:{Path(model_path).name}"
+        self.last_text = ""
+
+    def messages(self, obs: dict, info: dict, env) -> list[dict]:
+        """The chat for the current step: the view the policy sees and the question."""
+        return build_messages(
+            info["question"], info["policy_image"], int(obs["step"]), env.unwrapped.max_steps,
+            min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+        )
+
+    def generate(self, messages: list[dict]) -> str:
+        """The model's answer to ``messages`` (special tokens removed)."""
+        import torch
+        from qwen_vl_utils import process_vision_info
+
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        patch_size = getattr(self.processor.image_processor, "patch_size", 14)
+        images, _ = process_vision_info(messages, image_patch_size=patch_size)
+        inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
+        sampling = {"do_sample": False} if self.greedy else {"do_sample": True, "temperature": self.temperature}
+        with torch.no_grad():
+            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+        answer = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(answer, skip_special_tokens=True)[0]
+
+    def action_from_text(self, text: str, env) -> Any:
+        """The env action for ``text``: a box in pixels of the image the model saw becomes
+        a 0-1 box of the current view; unparseable text a ``MalformedAction``."""
+        wrapper = TextAction(env.unwrapped, frame="resized", min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        return wrapper.action(text)
+
+    def __call__(self, obs: dict, info: dict, env) -> Any:
+        self.last_text = self.generate(self.messages(obs, info, env))
+        return self.action_from_text(self.last_text, env)

@@ -1,0 +1,199 @@
+"""A tiny, randomly initialised Qwen2.5-VL built offline: for tests and CPU demos.
+
+No model hub is reachable where this project is built, so the real Qwen2.5-VL cannot be
+downloaded. :func:`build_tiny_qwen` writes a folder that loads exactly like a real
+checkpoint (``Qwen2_5_VLForConditionalGeneration.from_pretrained``,
+``AutoProcessor.from_pretrained``, verl's ``hf_tokenizer`` / ``hf_processor``): the same
+architecture at toy sizes (about 0.2 M parameters), a byte-level BPE tokenizer trained
+on the project's prompt with Qwen's special tokens, the Qwen2-VL chat template, and
+Qwen2.5-VL's image processor with its real pixel limits. Every code path that touches
+the model (processor, chat template, vision placeholders, M-RoPE, generation, the
+text parser) therefore runs for real; only the weights are random, so the model writes
+gibberish unless a caller scripts its output.
+
+    python -m agents.tiny_qwen runs/tiny-qwen      # build the folder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from envs.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+
+QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+"""Qwen2.5-VL's special tokens that the chat template and the processor use."""
+
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""The chat template Qwen2-VL and Qwen2.5-VL ship (one ``<|image_pad|>`` per image, which
+the processor expands to the image's token count)."""
+
+_TEXT_SIZES = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=8192,
+)
+# M-RoPE splits head_dim / 2 = 8 rotary frequencies over (time, height, width).
+_MROPE_SECTION = [2, 3, 3]
+_VISION_SIZES = dict(
+    depth=2,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[1],
+)
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Text the BPE is trained on: the project's prompt and the answers it asks for, so
+    prompts tokenize compactly (digits stay single tokens, as in Qwen's pre-tokenizer)."""
+    from agents.prompts import CROP_EXAMPLE, SYSTEM_PROMPT
+    from envs.text_actions import FULL_MARKER
+
+    return [SYSTEM_PROMPT, CROP_EXAMPLE, FULL_MARKER, "system user assistant 0123456789 <think></think>"] * 2
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """A ``Qwen2Tokenizer`` with a byte-level BPE trained on :func:`_tokenizer_corpus`
+    and Qwen's special tokens (ids 0-7; ``<|im_end|>`` is EOS, ``<|endoftext|>`` pad)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_config(tokenizer):
+    """A ``Qwen2_5_VLConfig`` at toy sizes whose special token ids are ``tokenizer``'s."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    text = dict(
+        _TEXT_SIZES,
+        vocab_size=len(tokenizer),
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _MROPE_SECTION},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(_VISION_SIZES, out_hidden_size=_TEXT_SIZES["hidden_size"])
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def build_processor(tokenizer, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS):
+    """Qwen2.5-VL's processor around ``tokenizer`` (default pixel limits: the released
+    checkpoints').
+
+    The pixel limits go in ``size`` (passing ``min_pixels``/``max_pixels`` to the image
+    processor would change the class defaults for every later instance).
+    """
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(size=size),
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+
+
+def cached_tiny_qwen(root: str | os.PathLike, seed: int = 0) -> Path:
+    """``root/tiny-qwen-seed<seed>``, built by :func:`build_tiny_qwen` unless already there."""
+    path = Path(root) / f"tiny-qwen-seed{seed}"
+    if not (path / "model.safetensors").is_file():
+        build_tiny_qwen(path, seed)
+    return path
+
+
+def build_tiny_qwen(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny random Qwen2.5-VL (weights, config, tokenizer, processor) to ``path``.
+
+    The folder loads with ``from_pretrained`` and with verl's ``hf_processor`` under
+    ``HF_HUB_OFFLINE=1``; the weights are a pure function of ``seed``. Returns the path.
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    tokenizer.save_pretrained(out)
+    build_processor(tokenizer).save_pretrained(out)
+    model.save_pretrained(out)  # last: its weights file marks a complete folder
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m agents.tiny_qwen OUTPUT_FOLDER")
+    print(build_tiny_qwen(sys.argv[1]))

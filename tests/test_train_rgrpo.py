@@ -1,0 +1,126 @@
+"""recipes/train_rgrpo.py: verl's config composed with the project's defaults, one-override
+algorithm swaps, the dry run, and the two backends' entry points (no GPU needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+import tyro
+import yaml
+from omegaconf import OmegaConf
+
+from agents.agent_loop import AGENT_NAME, LoopSettings
+from agents.tiny_qwen import cached_tiny_qwen
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
+
+
+@pytest.fixture(scope="module")
+def recipe(load_recipe):
+    return load_recipe("train_rgrpo")
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    # validate_config instantiates the model configs, so the model path must load offline
+    return cached_tiny_qwen(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture()
+def verl_args(recipe, tiny_qwen_dir, tmp_path):
+    return recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path / "run")
+
+
+def test_defaults_compose_into_a_valid_verl_config(recipe, verl_args):
+    config = recipe.compose_verl_config(verl_args)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    rollout = config.actor_rollout_ref.rollout
+    assert config.algorithm.adv_estimator == "rgrpo" and not need_critic(config)
+    assert rollout.n == 8 and rollout.agent.default_agent_loop == AGENT_NAME
+    assert rollout.agent.agent_loop_config_path == str(recipe.agent_loop_file(verl_args))
+    assert rollout.limit_images == 1 and config.trainer.n_gpus_per_node == 1
+    assert config.trainer.v1.trainer_mode == "rgrpo_sync"
+    assert config.data.train_files == str(verl_args.train_files.resolve())
+    # the prompt holds the system prompt and the largest allowed image
+    assert config.data.max_prompt_length >= verl_args.max_pixels // (28 * 28) + 500
+
+
+@pytest.mark.parametrize("estimator", ["rgrpo", "grpo", "rloo", "reinforce_plus_plus", "remax", "gpg", "gae"])
+def test_one_override_swaps_the_algorithm(recipe, verl_args, estimator):
+    config = recipe.compose_verl_config(verl_args, [f"algorithm.adv_estimator={estimator}"])
+    assert config.algorithm.adv_estimator == estimator
+    recipe.check_estimator(estimator)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert need_critic(config) == (estimator == "gae")  # GAE brings verl's critic, on the same model
+
+
+def test_unknown_estimator_is_rejected_before_launch(recipe, verl_args):
+    args = recipe.Args(overrides=("algorithm.adv_estimator=not_an_estimator",), backend="verl", dry_run=True, verl=verl_args)
+    with pytest.raises(ValueError, match="not_an_estimator.*not a verl advantage estimator"):
+        recipe.main(args)
+
+
+def test_overrides_pass_through_after_the_defaults(recipe, verl_args):
+    config = recipe.compose_verl_config(
+        verl_args, ["actor_rollout_ref.rollout.n=4", "trainer.total_epochs=3", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"]
+    )
+    assert config.actor_rollout_ref.rollout.n == 4 and config.trainer.total_epochs == 3
+    assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+
+
+def test_multi_step_zoom_gets_room_for_every_view(recipe, tiny_qwen_dir, tmp_path):
+    one = recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path)
+    three = recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=3)
+    config = recipe.compose_verl_config(three)
+    assert config.actor_rollout_ref.rollout.limit_images == 3
+    image_tokens = three.max_pixels // (28 * 28)
+    assert recipe.sequence_lengths(three)[1] >= recipe.sequence_lengths(one)[1] * 3 + 2 * image_tokens
+
+
+def test_agent_loop_file_carries_the_env_settings(recipe, tiny_qwen_dir, tmp_path):
+    args = recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=2, scorer_model="EVA02-B-16", scorer_pretrained="eva.pt")
+    path = recipe.write_agent_loop_file(args)
+    (entry,) = yaml.safe_load(path.read_text())
+    assert entry["name"] == AGENT_NAME and entry["_target_"] == "agents.agent_loop.RegionRerankAgentLoop"
+    settings = LoopSettings.from_kwargs(**{k: v for k, v in entry.items() if k not in ("name", "_target_")})
+    assert (settings.max_steps, settings.scorer_model, settings.scorer_pretrained) == (2, "EVA02-B-16", "eva.pt")
+    assert settings.max_pixels == args.max_pixels and settings.reward == args.reward
+
+
+def test_dry_run_prints_the_resolved_config(recipe, verl_args, capsys):
+    recipe.main(recipe.Args(overrides=("algorithm.adv_estimator=rloo",), backend="verl", dry_run=True, verl=verl_args))
+    printed = capsys.readouterr().out
+    config_text, loop_text = printed.split("# agent loop")
+    config = OmegaConf.create(config_text)
+    assert config.algorithm.adv_estimator == "rloo"
+    assert config.actor_rollout_ref.model.path == verl_args.model_path
+    assert f"name: {AGENT_NAME}" in loop_text
+    assert not recipe.agent_loop_file(verl_args).exists()  # a dry run writes nothing
+
+
+def test_command_line_takes_flags_and_positional_overrides(recipe):
+    args = tyro.cli(
+        recipe.Args,
+        args=["--backend", "verl", "--dry-run", "--verl.max-steps", "2", "algorithm.adv_estimator=grpo", "trainer.total_epochs=2"],
+    )
+    assert args.backend == "verl" and args.dry_run and args.verl.max_steps == 2
+    assert args.overrides == ("algorithm.adv_estimator=grpo", "trainer.total_epochs=2")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
+def test_verl_backend_without_gpu_says_what_it_needs(recipe, verl_args):
+    with pytest.raises(SystemExit, match="(?s)NVIDIA GPU.*vllm.*--backend local"):
+        recipe.main(recipe.Args(backend="verl", verl=verl_args))
+    assert recipe.resolve_backend("auto") == "local"
+
+
+def test_local_backend_takes_the_estimator_override(recipe, capsys):
+    recipe.main(recipe.Args(overrides=("algorithm.adv_estimator=grpo",), backend="local", dry_run=True))
+    assert yaml.safe_load(capsys.readouterr().out)["estimator"] == "grpo"
+    with pytest.raises(SystemExit, match="trainer.total_epochs=2.*--local"):
+        recipe.main(recipe.Args(overrides=("trainer.total_epochs=2",), backend="local", dry_run=True))
