@@ -128,3 +128,19 @@ BASELINES: dict[str, Callable[[], Policy]] = {
     "oracle": OraclePolicy,
 }
 """Baseline name -> constructor with the evaluation's default settings."""
+
+
+def baseline_policies(
+    names=tuple(BASELINES), *, center_scale: float = 0.5, annotated_margin: float = 0.0, seed: int = 0
+) -> dict[str, Policy]:
+    """The named baselines, keyed by their display names (e.g. ``"center-0.5"``)."""
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+    settings = {
+        "center": lambda: CenterCropPolicy(center_scale),
+        "random": lambda: RandomCropPolicy(seed),
+        "annotated": lambda: AnnotatedBoxPolicy(annotated_margin),
+    }
+    policies = [settings.get(name, BASELINES[name])() for name in names]
+    return {policy.name: policy for policy in policies}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import tyro
 
-from agents.baselines import BASELINES, AnnotatedBoxPolicy, CenterCropPolicy, RandomCropPolicy
+from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import OpenClipScorer
@@ -66,19 +66,12 @@ class Args:
 
 
 def build_policies(args: Args) -> dict[str, object]:
-    policies: dict[str, object] = {}
-    for name in args.baselines:
-        if name not in BASELINES:
-            raise SystemExit(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
-        if name == "center":
-            policy = CenterCropPolicy(args.center_scale)
-        elif name == "random":
-            policy = RandomCropPolicy(args.seed)
-        elif name == "annotated":
-            policy = AnnotatedBoxPolicy(args.annotated_margin)
-        else:
-            policy = BASELINES[name]()
-        policies[policy.name] = policy
+    try:
+        policies = baseline_policies(
+            args.baselines, center_scale=args.center_scale, annotated_margin=args.annotated_margin, seed=args.seed
+        )
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     if args.checkpoint is not None:
         from agents.local_policy import load_policy
 

@@ -32,9 +32,14 @@ import tyro
 import yaml
 
 from agents.agent_loop import AGENT_NAME, agent_loop_config
+from agents.baselines import baseline_policies
+from agents.evaluation import evaluate_and_report
+from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
 from agents.qwen_policy import DEFAULT_MAX_PIXELS
 from envs.boxes import QWEN_MIN_PIXELS
+from envs.region_rerank import RegionRerankEnv
+from envs.scorer import OpenClipScorer
 from rewards import RewardConfig
 
 ESTIMATOR_KEY = "algorithm.adv_estimator"
@@ -128,6 +133,10 @@ class Args:
     """the verl backend"""
     local: LocalTrainConfig = field(default_factory=LocalTrainConfig)
     """the local (CPU) backend"""
+    test_data: Path | None = None
+    """local backend: query pools for the final test table (default: the embedded test split)"""
+    test_queries: int | None = None
+    """local backend: test queries in the final table (default: all; 0 skips the table)"""
 
 
 # --------------------------------------------------------------------------- verl backend
@@ -322,11 +331,26 @@ def local_config(args: Args):
 
 def run_local(args: Args) -> None:
     config = local_config(args)
+    if args.backend == "auto":
+        print("No GPU: training the small CPU policy on the embedded default (--backend local); "
+              "--backend verl trains Qwen2.5-VL on a GPU.")
     if args.dry_run:
         print(yaml.safe_dump(_jsonable(asdict(config)), sort_keys=False))
         return
     result = train(config)
-    print(f"policy: {result.checkpoint} ({result.seconds:.0f} s)")
+    print(f"policy: {result.checkpoint} ({result.seconds:.0f} s of training)")
+    if args.test_queries == 0:
+        return
+    test_env = RegionRerankEnv(args.test_data, training_scorer(config), split="test", purpose="eval", obs_size=config.obs_size)
+    n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
+    policies = {**baseline_policies(), "trained": load_policy(result.checkpoint)}
+    source = str(args.test_data) if args.test_data else "embedded benchmark, test split"
+    evaluate_and_report(test_env, policies, range(n), config.out / "test", source)
+
+
+def training_scorer(config: LocalTrainConfig):
+    """The scorer the training run used (None means the embedded default)."""
+    return OpenClipScorer(config.scorer_model, config.scorer_pretrained) if config.scorer_model else None
 
 
 def _jsonable(value):

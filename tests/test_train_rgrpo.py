@@ -124,3 +124,25 @@ def test_local_backend_takes_the_estimator_override(recipe, capsys):
     assert yaml.safe_load(capsys.readouterr().out)["estimator"] == "grpo"
     with pytest.raises(SystemExit, match="trainer.total_epochs=2.*--local"):
         recipe.main(recipe.Args(overrides=("trainer.total_epochs=2",), backend="local", dry_run=True))
+
+
+def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
+    recipe, scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path, capsys
+):
+    from agents.local_policy import PolicyConfig, load_policy
+    from agents.local_trainer import LocalTrainConfig
+
+    local = LocalTrainConfig(
+        data=scene_pool_files["train"], val_data=scene_pool_files["val"], scorer_model=tiny_model_name,
+        scorer_pretrained=str(tiny_checkpoint), iterations=4, queries_per_batch=4, group_size=4, eval_every=2,
+        eval_queries=3, obs_size=32, policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4),
+        out=tmp_path / "run", progress=False,
+    )
+    recipe.main(recipe.Args(backend="auto", local=local, test_data=scene_pool_files["val"]))
+    printed = capsys.readouterr().out
+    assert "No GPU" in printed and "--backend local" in printed
+    table = (tmp_path / "run" / "test" / "results.md").read_text()
+    for row in ("| full |", "| center-0.5 |", "| random |", "| annotated |", "| oracle |", "| trained |"):
+        assert row in table and row in printed
+    assert load_policy(tmp_path / "run" / "policy.pt").net.config.grid == 4
+    assert (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "metrics.csv").exists()
