@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make eval` (the main job on the embedded default)
+# Two commands on a fresh machine:  `make train` (the main job on the embedded default)
 # and `make test`. Both create .venv and install the project into it first.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +9,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all eval bench clean
+.PHONY: install test test-all train eval bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -24,6 +24,9 @@ test: install  ## the default test suite (fast; one end-to-end test included)
 
 test-all: install  ## every test, the slow end-to-end ones too
 	$(PY) -m pytest -q -m ''
+
+train: install  ## r-GRPO on the embedded benchmark (CPU backend without a GPU), then the test table
+	$(PY) recipes/train_rgrpo.py
 
 eval: install  ## evaluate every baseline on the embedded benchmark's test split
 	$(PY) recipes/evaluate.py
