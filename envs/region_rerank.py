@@ -162,6 +162,7 @@ class RegionRerankEnv(gym.Env):
         self.image: Image.Image | None = None
         self.view_box = np.zeros(4)
         self.steps_taken = 0
+        self.candidate_embeddings = np.zeros((0, 0), np.float32)
         self.baseline_scores = np.zeros(0)
         self.baseline_stats: RankingStats | None = None
         self.scores = np.zeros(0)
@@ -176,7 +177,9 @@ class RegionRerankEnv(gym.Env):
         self.view_box = np.array([0.0, 0.0, self.image.width, self.image.height])
         self.steps_taken = 0
         self.last_box = None
-        self.baseline_scores = self.scorer.score([self.image], self.pool)[0]
+        # The pool's embeddings are fetched once per query; a step then costs one image forward.
+        self.candidate_embeddings = self.scorer.candidate_embeddings(self.pool)
+        self.baseline_scores = self._score_views([self.image])[0]
         self.baseline_stats = self._stats(self.baseline_scores)
         self.scores, self.stats = self.baseline_scores, self.baseline_stats
         return self._observation_and_info(None)
@@ -255,6 +258,10 @@ class RegionRerankEnv(gym.Env):
             raise KeyError(f"options['query_id']={options['query_id']!r} is not in the dataset")
         return int(self.np_random.integers(len(self.pools)))
 
+    def _score_views(self, views: list[Image.Image]) -> np.ndarray:
+        """Cosine similarities ``(len(views), K)``: one batched image forward."""
+        return self.scorer.embed_images(views) @ self.candidate_embeddings.T
+
     def _stats(self, scores: np.ndarray) -> RankingStats:
         return ranking_stats(scores, self.pool.positives, self.reward_config.ndcg_k)
 
@@ -279,7 +286,7 @@ class RegionRerankEnv(gym.Env):
                     crops.append((i, view_box_to_image(norm, self.view_box)))
         if crops:
             views = [crop(self.image, image_box) for _, image_box in crops]
-            all_scores = self.scorer.score(views, self.pool)
+            all_scores = self._score_views(views)
             for (i, image_box), scores in zip(crops, all_scores):
                 outcomes[i] = self._region_outcome(image_box, scores)
         return outcomes
@@ -310,9 +317,9 @@ class RegionRerankEnv(gym.Env):
         return float(box_iou(image_box, self.pool.box))
 
     def _observation(self, policy_image: Image.Image) -> dict[str, Any]:
-        image = policy_image.resize((self.obs_size, self.obs_size), Image.Resampling.BILINEAR)
+        image = policy_image.resize((self.obs_size, self.obs_size), **_resize_filter(policy_image.size, self.obs_size))
         return {
-            "image": np.asarray(image.convert("RGB"), dtype=np.uint8),
+            "image": np.asarray(image, dtype=np.uint8),
             "question": self.pool.question,
             "step": self.steps_taken,
         }
@@ -342,6 +349,15 @@ class RegionRerankEnv(gym.Env):
             if outcome.terms is not None:
                 info["reward_terms"] = {k: float(v) for k, v in outcome.terms._asdict().items()}
         return self._observation(policy_image), info
+
+
+def _resize_filter(size: tuple[int, int], target: int) -> dict[str, Any]:
+    """PIL resize arguments for the observation: shrinking is antialiased (bilinear, with
+    a box pre-reduction that makes large images ~1.6x cheaper); enlarging adds no
+    information, so nearest is exact enough and ~8x cheaper than bilinear."""
+    if max(size) > target:
+        return {"resample": Image.Resampling.BILINEAR, "reducing_gap": 2.0}
+    return {"resample": Image.Resampling.NEAREST}
 
 
 def _read_action(action: Any) -> tuple[int | None, np.ndarray | None, str]:
