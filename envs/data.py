@@ -26,7 +26,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -278,6 +278,32 @@ def _verify_pool_images(pool: QueryPool, where: str, max_pixels: int, sizes: dic
             size_of(candidate.image, f"candidates[{i}].image")
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, str, Any]]:
+    """``(line_number, "file:line", record)`` for every non-blank line of a JSONL file.
+
+    Raises:
+        DataError: naming the file and 1-based line of a missing file, a line that is
+            not UTF-8, or one that is not valid JSON.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise DataError(f"{source}: file not found")
+    with source.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{source}:{line_number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+            yield line_number, where, record
+
+
 def load_query_pools(
     path: str | os.PathLike,
     root: str | os.PathLike | None = None,
@@ -317,29 +343,17 @@ def load_query_pools(
     pools: list[QueryPool] = []
     first_line: dict[str, int] = {}
     sizes: dict[Path, tuple[int, int]] = {}
-    with source.open("rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            where = f"{source}:{line_number}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-            pool = _parse_record(record, where, base)
-            if pool.query_id in first_line:
-                raise DataError(
-                    f"{where}: field 'query_id': duplicate query id {pool.query_id!r} "
-                    f"(first at line {first_line[pool.query_id]})"
-                )
-            first_line[pool.query_id] = line_number
-            if verify_images:
-                _verify_pool_images(pool, where, max_image_pixels, sizes)
-            pools.append(pool)
+    for line_number, where, record in iter_jsonl(source):
+        pool = _parse_record(record, where, base)
+        if pool.query_id in first_line:
+            raise DataError(
+                f"{where}: field 'query_id': duplicate query id {pool.query_id!r} "
+                f"(first at line {first_line[pool.query_id]})"
+            )
+        first_line[pool.query_id] = line_number
+        if verify_images:
+            _verify_pool_images(pool, where, max_image_pixels, sizes)
+        pools.append(pool)
     if not pools:
         raise DataError(f"{source}: no query records")
     dropped = 0

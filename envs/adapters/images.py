@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
 
-from envs.data import DataError
+from envs.data import DataError, iter_jsonl
 
 LandmarksLayout = Literal["nested", "flat"]
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".JPEG", ".jpeg", ".JPG", ".png")
@@ -112,17 +112,9 @@ def load_id2image(path: str | os.PathLike) -> dict[str, str]:
     if source.suffix == ".json":
         return load_inat_id2name(source)
     mapping: dict[str, str] = {}
-    with source.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{source}:{line_number}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
-            for field_name in ("image_id", "image_path"):
-                if not isinstance(entry, dict) or not isinstance(entry.get(field_name), str):
-                    raise DataError(f"{where}: field {field_name!r} must be a string")
-            mapping[entry["image_id"]] = entry["image_path"]
+    for _, where, entry in iter_jsonl(source):
+        for field_name in ("image_id", "image_path"):
+            if not isinstance(entry, dict) or not isinstance(entry.get(field_name), str):
+                raise DataError(f"{where}: field {field_name!r} must be a string")
+        mapping[entry["image_id"]] = entry["image_path"]
     return mapping

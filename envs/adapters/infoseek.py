@@ -23,7 +23,7 @@ from envs.adapters.images import QueryImageRoots
 from envs.adapters.kb import KbImages, entity_key
 from envs.adapters.pools import AdapterSummary, AnnotatedQuery, PoolOptions, build_pools, find_query_image
 from envs.adapters.retrieval import RetrievalResults
-from envs.data import DataError, QueryPool
+from envs.data import DataError, QueryPool, iter_jsonl
 
 ENTITY_ID_FIELDS: tuple[str, ...] = ("entity_id", "wikidata_id", "id")
 ENTITY_URL_FIELDS: tuple[str, ...] = ("wikipedia_url", "url")
@@ -62,18 +62,10 @@ def load_entity_map(path: str | os.PathLike) -> dict[str, str]:
             raise DataError(f"{source}: an entity map must be a JSON object {{entity_id: wikipedia_url}}")
         return dict(data)
     mapping: dict[str, str] = {}
-    with source.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{source}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: a record must be a JSON object")
-            mapping[_first_present(record, ENTITY_ID_FIELDS, where)] = _first_present(record, ENTITY_URL_FIELDS, where)
+    for _, where, record in iter_jsonl(source):
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: a record must be a JSON object")
+        mapping[_first_present(record, ENTITY_ID_FIELDS, where)] = _first_present(record, ENTITY_URL_FIELDS, where)
     return mapping
 
 
@@ -95,36 +87,28 @@ def read_infoseek_queries(
         raise DataError(f"{source}: annotation file not found")
     queries: list[AnnotatedQuery] = []
     first_line: dict[str, int] = {}
-    with source.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{source}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: a record must be a JSON object")
-            summary.queries_read += 1
-            query_id = _string(record, "data_id", where)
-            if query_id in first_line:
-                raise DataError(f"{where}: field 'data_id': duplicate query id {query_id!r} (first at line {first_line[query_id]})")
-            first_line[query_id] = line_number
-            question = _string(record, "question", where)
-            image_id = _string(record, "image_id", where)
-            entity_id = _string(record, entity_field, where, " (the gold entity is in the *_withkb.jsonl files)")
-            image = find_query_image(images, "infoseek", image_id, where, summary)
-            if image is None:
-                continue
-            gold = {entity_key(entity_id)}
-            if entity_urls is not None:
-                url = entity_urls.get(entity_id)
-                if url is None:
-                    summary.gold_entities_unmapped += 1
-                else:
-                    gold.add(entity_key(url))
-            queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=frozenset(gold)))
+    for line_number, where, record in iter_jsonl(source):
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: a record must be a JSON object")
+        summary.queries_read += 1
+        query_id = _string(record, "data_id", where)
+        if query_id in first_line:
+            raise DataError(f"{where}: field 'data_id': duplicate query id {query_id!r} (first at line {first_line[query_id]})")
+        first_line[query_id] = line_number
+        question = _string(record, "question", where)
+        image_id = _string(record, "image_id", where)
+        entity_id = _string(record, entity_field, where, " (the gold entity is in the *_withkb.jsonl files)")
+        image = find_query_image(images, "infoseek", image_id, where, summary)
+        if image is None:
+            continue
+        gold = {entity_key(entity_id)}
+        if entity_urls is not None:
+            url = entity_urls.get(entity_id)
+            if url is None:
+                summary.gold_entities_unmapped += 1
+            else:
+                gold.add(entity_key(url))
+        queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=frozenset(gold)))
     return queries
 
 
