@@ -42,10 +42,10 @@ class PolicyConfig:
     """hash buckets of the bag-of-words question encoder"""
     hidden: int = 128
     """width of the question embedding and the heads"""
-    grid: int = 8
+    grid: int = 4
     """box centres: cells of a grid x grid partition of the view"""
-    box_scales: tuple[float, ...] = (0.25, 0.4, 0.6)
-    """box sides, as fractions of the view's sides"""
+    box_scales: tuple[float, ...] = (0.3, 0.5)
+    """box sides, as fractions of the view's sides (few options: RL explores them faster)"""
 
 
 def question_features(question: str, buckets: int) -> list[int]:
@@ -81,7 +81,7 @@ class CropPolicyNet(nn.Module):
         super().__init__()
         self.config = config
         c = config.channels
-        # Three stride-2 convolutions take 64 px to 8x8: one feature vector per grid cell.
+        # Stride-2 convolutions take image_size down to grid x grid: one feature vector per cell.
         strides = int(np.log2(config.image_size // config.grid))
         layers: list[nn.Module] = []
         in_channels = 3

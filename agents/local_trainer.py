@@ -53,7 +53,7 @@ class LocalTrainConfig:
 
     estimator: str = "rgrpo"
     """verl advantage estimator by registry name: rgrpo, grpo, rloo, reinforce_plus_plus, ..."""
-    iterations: int = 250
+    iterations: int = 150
     """gradient steps (one batch of groups each)"""
     queries_per_batch: int = 16
     """queries per batch; each gets a group of group_size rollouts"""
@@ -63,12 +63,16 @@ class LocalTrainConfig:
     """extra on-policy draws allowed to find a group's missing decision before forcing it"""
     balance_groups: bool = True
     """make every group hold both decisions (r-GRPO); off for plain GRPO-style sampling"""
-    lr: float = 2e-3
+    lr: float = 3e-3
     """Adam learning rate"""
-    entropy_coef: float = 0.01
+    entropy_coef: float = 0.02
     """weight of the entropy bonus on both tokens"""
-    norm_adv_by_std: bool = True
-    """divide group-relative advantages by the group std (verl's norm_adv_by_std_in_grpo)"""
+    norm_adv_by_std: bool = False
+    """divide group-relative advantages by the group std (verl's norm_adv_by_std_in_grpo).
+    Off by default: most groups see crops lose a little (the reward floor) with a tiny
+    std, a few see a crop win big with a large std, so std-normalized advantages favour
+    FULL and the policy collapses to never cropping (measured on the embedded benchmark:
+    expected reward 0.28 -> 0.12 with it, 0.28 -> 0.91 without, 60 iterations)"""
     seed: int = 0
     """seeds the policy init, query order and action sampling"""
     eval_every: int = 50

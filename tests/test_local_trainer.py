@@ -1,11 +1,15 @@
 """The CPU r-GRPO backend: balanced groups, verl's estimators by name, a real learning signal."""
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from agents.local_policy import CropPolicyNet, PolicyConfig, load_policy, question_features, save_policy
 from agents.local_trainer import GroupSampler, LocalTrainConfig, action_tokens, compute_advantages, train
+from envs.region_rerank import RegionRerankEnv
 
 
 @pytest.fixture()
@@ -80,16 +84,49 @@ def test_unknown_or_critic_estimators_fail_before_training(pool_files, tiny_mode
         train(small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, estimator="gae"))
 
 
-def test_short_run_raises_mean_reward_and_is_reproducible(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
-    config = small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path)
+def expected_reward(net: CropPolicyNet, env: RegionRerankEnv) -> float:
+    """Exact mean over the env's queries of E_{a~pi}[r(s, a)]: every action is scored, no sampling noise."""
+    values = []
+    with torch.no_grad():
+        for q in range(len(env.pools)):
+            obs, _ = env.reset(options={"query_index": q})
+            out = net.eval()(torch.as_tensor(obs["image"])[None], [obs["question"]])
+            p_decision, p_box = out.decision_logits.softmax(-1)[0], out.box_logits.softmax(-1)[0]
+            actions = [{"decision": 0, "box": np.zeros(4)}] + [{"decision": 1, "box": b.numpy()} for b in net.boxes]
+            rewards = torch.tensor([o.reward for o in env.score_actions(actions)], dtype=torch.float32)
+            values.append(float(p_decision[0] * rewards[0] + p_decision[1] * (p_box * rewards[1:]).sum()))
+    return float(np.mean(values))
+
+
+@pytest.fixture(scope="module")
+def benchmark_file(tmp_path_factory) -> Path:
+    """40 queries of the embedded benchmark (its own seed), materialized into a temporary cache."""
+    from envs.default import CACHE_ENV, POOLS_FILE, benchmark_dir, default_dataset, default_scorer
+    from envs.synthetic import BenchmarkConfig
+
+    config = BenchmarkConfig(seed=5, train_queries=40, val_queries=8, test_queries=8)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        default_dataset("train", config=config)
+        return benchmark_dir(config, default_scorer().name) / "train" / POOLS_FILE
+
+
+def test_short_run_raises_the_expected_reward_and_is_reproducible(benchmark_file, tmp_path):
+    config = LocalTrainConfig(
+        data=benchmark_file, val_data=benchmark_file, iterations=30, queries_per_batch=8, eval_every=15,
+        eval_queries=8, out=tmp_path / "run", progress=False,
+    )
     result = train(config)
-    rewards = [h["reward"] for h in result.history]
-    assert np.mean(rewards[-8:]) > np.mean(rewards[:8]) + 0.05
+    env = RegionRerankEnv(benchmark_file, purpose="train", obs_size=config.obs_size)
+    torch.manual_seed(1)
+    untrained = expected_reward(CropPolicyNet(config.policy), env)
+    trained = expected_reward(load_policy(result.checkpoint).net, env)
+    assert trained > untrained + 0.1, (untrained, trained)
     assert (config.out / "metrics.csv").exists() and (config.out / "curves.png").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (config.out / "tb").iterdir())
     assert "val_MRR" in result.history[14]
-    again = train(small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path / "again", iterations=5))
-    assert [h["reward"] for h in again.history] == rewards[:5]
+    again = train(dataclasses.replace(config, iterations=5, out=tmp_path / "again"))
+    assert [h["reward"] for h in again.history] == [h["reward"] for h in result.history[:5]]
 
 
 def test_checkpoint_round_trip(tmp_path):
