@@ -1,0 +1,145 @@
+"""The embedded default: the synthetic benchmark and the small scorer trained on it.
+
+``gym.make("RegionRerank-v0")`` with no data or scorer uses these, so the whole
+Region-R1 mechanism runs anywhere on CPU without a model hub:
+
+- :func:`default_scorer`: the ``rr-tiny`` open_clip model with the checkpoint shipped in
+  ``envs/assets/rr-tiny-scorer.pt`` (trained by ``recipes/train_scorer.py``);
+- :func:`default_dataset`: a split of the :mod:`envs.synthetic` benchmark, written once
+  as PNGs plus query-pool JSONL into a cache folder and loaded from there afterwards.
+
+The cache folder is ``$REGION_RERANK_CACHE`` (default ``~/.cache/region-rerank``) /
+``v<version>-<hash>/<split>``, the hash covering the benchmark config and the scorer
+that mined the hard negatives, so a changed config or checkpoint never reuses stale
+files. A split is written to a temporary folder and renamed into place, so an
+interrupted run never leaves half a dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from envs.data import Candidate, Purpose, QueryDataset, QueryPool, load_query_pools, write_query_pools
+from envs.scorer import OpenClipScorer, Scorer
+from envs.synthetic import ENTITIES, BenchmarkConfig, build_pools, check_split, reference_image, render_scene, split_specs
+
+logger = logging.getLogger(__name__)
+
+SCORER_MODEL = "rr-tiny"
+"""open_clip config name of the default scorer (``envs/assets/model_configs/rr-tiny.json``)."""
+SCORER_CHECKPOINT = Path(__file__).parent / "assets" / "rr-tiny-scorer.pt"
+"""The shipped default scorer weights."""
+BENCHMARK_VERSION = 1
+"""Bump when generation changes in a way the config does not capture (it keys the cache)."""
+DEFAULT_CONFIG = BenchmarkConfig()
+"""The benchmark ``default_dataset`` materializes unless given another config."""
+CACHE_ENV = "REGION_RERANK_CACHE"
+"""Environment variable naming the cache root (default ``~/.cache/region-rerank``)."""
+POOLS_FILE = "pools.jsonl"
+
+
+def default_scorer(**kwargs) -> OpenClipScorer:
+    """The embedded default scorer; ``kwargs`` go to :class:`envs.scorer.OpenClipScorer`
+    (``device``, ``candidate_features``, ``cache_dir``, ``batch_size``, ``num_threads``)."""
+    return OpenClipScorer(SCORER_MODEL, SCORER_CHECKPOINT, **kwargs)
+
+
+def cache_root() -> Path:
+    """Root folder of materialized benchmarks: ``$REGION_RERANK_CACHE`` or ``~/.cache/region-rerank``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "region-rerank").expanduser()
+
+
+def benchmark_dir(config: BenchmarkConfig, scorer_name: str) -> Path:
+    """Cache folder of ``config`` mined with the scorer named ``scorer_name``."""
+    key = json.dumps({"config": asdict(config), "scorer": scorer_name}, sort_keys=True)
+    return cache_root() / f"v{BENCHMARK_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def knowledge_base_pool(root: Path) -> QueryPool:
+    """Every entity of the knowledge base as one pool (what the retriever searches)."""
+    return QueryPool(
+        query_id="knowledge-base",
+        question="",
+        image=root / "kb" / f"{ENTITIES[0].id}.png",
+        candidates=tuple(Candidate(e.id, False, root / "kb" / f"{e.id}.png", e.text) for e in ENTITIES),
+    )
+
+
+def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = DEFAULT_CONFIG, scorer: Scorer | None = None, batch: int = 64) -> Path:
+    """Render ``split`` of the benchmark into ``root`` and return its JSONL path.
+
+    Writes ``kb/<entity>.png`` (the knowledge base), ``images/<query_id>.png`` and
+    ``pools.jsonl``. Hard negatives are mined like a retriever would, by the FULL-image
+    similarity under ``scorer`` (default: :func:`default_scorer`).
+    """
+    root = Path(root)
+    scorer = scorer if scorer is not None else default_scorer()
+    (root / "kb").mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    kb = knowledge_base_pool(root)
+    for entity, candidate in zip(ENTITIES, kb.candidates):
+        reference_image(entity, config.seed, config.reference_size).save(candidate.image)
+    specs = split_specs(config, split)
+    similarity = np.zeros((len(specs), len(ENTITIES)), dtype=np.float32)
+    boxes = []
+    for start in range(0, len(specs), batch):
+        scenes = [render_scene(spec) for spec in specs[start : start + batch]]
+        for spec, scene in zip(specs[start : start + batch], scenes):
+            scene.image.save(root / "images" / f"{spec.query_id}.png")
+            boxes.append(tuple(float(v) for v in scene.target_box))
+        similarity[start : start + len(scenes)] = scorer.score([s.image for s in scenes], kb)
+    candidates = {c.id: c for c in kb.candidates}
+    pools = [
+        QueryPool(
+            query_id=spec.query_id,
+            question=spec.question,
+            image=root / "images" / f"{spec.query_id}.png",
+            candidates=tuple(
+                Candidate(ENTITIES[e].id, positive, candidates[ENTITIES[e].id].image, ENTITIES[e].text)
+                for e, positive in zip(pool.entities, pool.positive)
+            ),
+            box=box,
+        )
+        for spec, pool, box in zip(specs, build_pools(specs, similarity, config, split), boxes)
+    ]
+    return write_query_pools(pools, root / POOLS_FILE, root)
+
+
+def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: BenchmarkConfig | None = None) -> QueryDataset:
+    """A split of the embedded benchmark, materialized into the cache on first use.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (disjoint scenes, shared knowledge base).
+        purpose: ``"train"`` drops pools without a positive, ``"eval"`` keeps them (see
+            :func:`envs.data.load_query_pools`).
+        config: the benchmark to build (default :data:`DEFAULT_CONFIG`), e.g. with fewer
+            queries for a quick check.
+    """
+    check_split(split)
+    config = config if config is not None else DEFAULT_CONFIG
+    scorer = default_scorer()
+    folder = benchmark_dir(config, scorer.name) / split
+    if not (folder / POOLS_FILE).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("materializing the %s split of the embedded benchmark into %s", split, folder)
+        partial = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=folder.parent))
+        try:
+            write_split(partial, split, config, scorer)
+            os.rename(partial, folder)
+        except OSError:
+            if not (folder / POOLS_FILE).is_file():  # not a concurrent writer that finished first
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    dataset = load_query_pools(folder / POOLS_FILE, purpose=purpose)
+    dataset.extra.update(split=split, config=asdict(config), scorer=scorer.name)
+    return dataset

@@ -1,0 +1,102 @@
+"""The embedded default: the shipped scorer, and benchmark splits materialized into a cache."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from envs.boxes import crop
+from envs.data import load_image, load_query_pools
+from envs.default import CACHE_ENV, DEFAULT_CONFIG, POOLS_FILE, SCORER_CHECKPOINT, SCORER_MODEL, benchmark_dir, default_dataset, default_scorer
+from envs.synthetic import BenchmarkConfig, expand_box, render_scene, scene_spec
+from rewards.metrics import reciprocal_rank
+
+# A seed other than the default one the scorer was trained and calibrated on.
+SMALL = BenchmarkConfig(seed=11, train_queries=10, val_queries=10, test_queries=40)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("region-rerank-cache")
+        patch.setenv(CACHE_ENV, str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def small_test(cache):
+    return default_dataset("test", config=SMALL)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return default_scorer()
+
+
+def test_split_is_materialized_into_the_cache_and_loads(cache, small_test, scorer):
+    folder = benchmark_dir(SMALL, scorer.name) / "test"
+    assert folder.parent.parent == cache and (folder / POOLS_FILE).is_file()
+    assert [p.name for p in folder.parent.iterdir()] == ["test"]  # no partial folder left behind
+    assert len(small_test) == 40
+    assert all(len(pool.candidates) == SMALL.pool_size for pool in small_test)
+    assert sum(not pool.has_positive for pool in small_test) == 4
+    assert all(pool.positives.sum() <= 1 and pool.image.parent == folder / "images" for pool in small_test)
+    assert load_query_pools(folder / POOLS_FILE).pools == small_test.pools
+
+
+def test_second_call_reuses_the_files(cache, small_test):
+    pools_file = next(cache.glob(f"*/test/{POOLS_FILE}"))
+    written = pools_file.stat().st_mtime_ns
+    again = default_dataset("test", config=SMALL)
+    assert again.pools == small_test.pools and pools_file.stat().st_mtime_ns == written
+
+
+def test_training_purpose_drops_pools_without_the_positive(small_test):
+    train = default_dataset("test", purpose="train", config=SMALL)
+    assert len(train) == 36 and train.dropped_without_positive == 4
+
+
+def test_files_match_the_generator(small_test):
+    for i in (0, 17):
+        pool = small_test[i]
+        spec = scene_spec(SMALL, "test", i)
+        scene = render_scene(spec)
+        assert (pool.query_id, pool.question, pool.box) == (spec.query_id, spec.question, tuple(map(float, scene.target_box)))
+        assert load_image(pool.image).tobytes() == scene.image.tobytes()
+        assert [c.id for c in pool.candidates if c.positive] in ([], [spec.target.entity.id])
+
+
+def test_cropping_the_annotated_box_beats_the_full_image(small_test, scorer):
+    full, box = [], []
+    for pool in small_test:
+        image = load_image(pool.image)
+        view = crop(image, expand_box(pool.box, 0.1, image.width))
+        scores = scorer.score([image, view], pool)
+        full.append(reciprocal_rank(scores[0], pool.positives))
+        box.append(reciprocal_rank(scores[1], pool.positives))
+    assert np.mean(box) >= np.mean(full) + 0.15, (np.mean(full), np.mean(box))
+
+
+def test_the_checkpoint_loads_with_plain_open_clip(scorer):
+    import open_clip  # envs.scorer registered the shipped model configs
+    import torch
+
+    model, _, _ = open_clip.create_model_and_transforms(SCORER_MODEL, pretrained=str(SCORER_CHECKPOINT))
+    tokens = open_clip.get_tokenizer(SCORER_MODEL)(["a red striped hexagon"])
+    with torch.inference_mode():
+        text = model.eval().encode_text(tokens, normalize=True).numpy()
+    np.testing.assert_allclose(text, scorer.embed_texts(["a red striped hexagon"]), atol=1e-5)
+    assert SCORER_CHECKPOINT.stat().st_size < 8e6  # small enough to commit
+
+
+def test_cache_folder_depends_on_config_and_scorer(cache):
+    assert benchmark_dir(SMALL, "a") != benchmark_dir(DEFAULT_CONFIG, "a") != benchmark_dir(DEFAULT_CONFIG, "b")
+    assert benchmark_dir(dataclasses.replace(SMALL), "a") == benchmark_dir(SMALL, "a")
+    assert benchmark_dir(SMALL, "a").parent == cache
+
+
+def test_unknown_split_is_refused(cache):
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        default_dataset("dev")
