@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from envs.boxes import clamp_norm_box, image_box_to_view
+from envs.boxes import expand_box, image_box_to_view
 from envs.region_rerank import FULL, REGION, RegionRerankEnv
 
 Action = dict[str, Any]
@@ -36,13 +36,6 @@ def centered_box(scale: float) -> np.ndarray:
         raise ValueError(f"center-crop scale must be in (0, 1], got {scale}")
     lo = (1.0 - scale) / 2.0
     return np.array([lo, lo, lo + scale, lo + scale])
-
-
-def expand_box(box, margin: float) -> np.ndarray:
-    """Grow a 0-1 box by ``margin`` of its own width/height on every side, clamped."""
-    x1, y1, x2, y2 = np.asarray(box, np.float64)
-    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
-    return clamp_norm_box([x1 - dx, y1 - dy, x2 + dx, y2 + dy])
 
 
 def grid_boxes(scales=(0.3, 0.45, 0.6, 0.8), steps: int = 4) -> np.ndarray:
@@ -91,7 +84,8 @@ class RandomCropPolicy:
 
 
 class AnnotatedBoxPolicy:
-    """Crop the annotated target box (grown by ``margin``); FULL when a query has none."""
+    """Crop the annotated target box, grown by ``margin`` times its longer side; FULL when
+    a query has none."""
 
     def __init__(self, margin: float = 0.0):
         self.margin = margin
@@ -100,7 +94,8 @@ class AnnotatedBoxPolicy:
     def __call__(self, obs, info, env: RegionRerankEnv) -> Action:
         if env.pool.box is None:
             return full_action()
-        return region_action(expand_box(image_box_to_view(env.pool.box, env.view_box), self.margin))
+        box = expand_box(env.pool.box, self.margin, env.image.width, env.image.height)
+        return region_action(image_box_to_view(box, env.view_box))
 
 
 class OraclePolicy:

@@ -91,6 +91,14 @@ def is_valid_box(norm_box, view_size: tuple[float, float], min_side_px: float = 
     return bool(width_px >= min_side_px and height_px >= min_side_px)
 
 
+def expand_box(box, margin: float, width: float, height: float) -> np.ndarray:
+    """A pixel box grown by ``margin`` times its longer side on every side, clamped to a
+    ``width x height`` image: a crop with some context around an object."""
+    x1, y1, x2, y2 = np.asarray(box, np.float64)
+    pad = margin * max(x2 - x1, y2 - y1)
+    return np.array([max(0.0, x1 - pad), max(0.0, y1 - pad), min(float(width), x2 + pad), min(float(height), y2 + pad)])
+
+
 def view_box_to_image(norm_box, view: tuple[float, float, float, float]) -> np.ndarray:
     """Map a 0-1 box of ``view`` (original-image pixels) to original-image pixels."""
     x1, y1, x2, y2 = view

@@ -267,14 +267,6 @@ def check_split(split: str) -> str:
     return split
 
 
-def expand_box(box, margin: float, image_size: int) -> tuple[float, float, float, float]:
-    """``box`` grown by ``margin`` times its longer side on every side, clamped to the
-    image: a crop with some context around an object."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    pad = margin * max(x2 - x1, y2 - y1)
-    return max(0.0, x1 - pad), max(0.0, y1 - pad), min(float(image_size), x2 + pad), min(float(image_size), y2 + pad)
-
-
 def cell_of(point: tuple[float, float], image_size: int) -> tuple[int, int]:
     """The 3x3 grid cell ``(column, row)`` that holds ``point``."""
     col = min(int(3 * point[0] / image_size), 2)

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from envs.boxes import crop
-from envs.synthetic import ENTITIES, BenchmarkConfig, expand_box, reference_image, render_reference, render_scene, scene_spec
+from envs.boxes import expand_box
+from envs.synthetic import ENTITIES, BenchmarkConfig, reference_image, render_reference, render_scene, scene_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / "envs" / "assets"
 
@@ -159,7 +160,7 @@ def evaluate(model, preprocess, tokens: torch.Tensor, config: BenchmarkConfig, n
     for i in range(n_scenes):
         spec = scene_spec(config, "val", i)
         scene = render_scene(spec)
-        box_views.append(preprocess(crop(scene.image, expand_box(scene.target_box, 0.1, spec.image_size))))
+        box_views.append(preprocess(crop(scene.image, expand_box(scene.target_box, 0.1, spec.image_size, spec.image_size))))
         full_views.append(preprocess(scene.image))
         targets.append(spec.target.entity.index)
     targets = torch.tensor(targets)

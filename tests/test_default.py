@@ -10,7 +10,8 @@ import pytest
 from envs.boxes import crop
 from envs.data import load_image, load_query_pools
 from envs.default import CACHE_ENV, DEFAULT_CONFIG, POOLS_FILE, SCORER_CHECKPOINT, SCORER_MODEL, benchmark_dir, default_dataset, default_scorer
-from envs.synthetic import BenchmarkConfig, expand_box, render_scene, scene_spec
+from envs.boxes import expand_box
+from envs.synthetic import BenchmarkConfig, render_scene, scene_spec
 from rewards.metrics import reciprocal_rank
 
 # A seed other than the default one the scorer was trained and calibrated on.
@@ -72,7 +73,7 @@ def test_cropping_the_annotated_box_beats_the_full_image(small_test, scorer):
     full, box = [], []
     for pool in small_test:
         image = load_image(pool.image)
-        view = crop(image, expand_box(pool.box, 0.1, image.width))
+        view = crop(image, expand_box(pool.box, 0.1, image.width, image.height))
         scores = scorer.score([image, view], pool)
         full.append(reciprocal_rank(scores[0], pool.positives))
         box.append(reciprocal_rank(scores[1], pool.positives))

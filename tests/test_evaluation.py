@@ -12,7 +12,6 @@ from agents.baselines import (
     OraclePolicy,
     RandomCropPolicy,
     centered_box,
-    expand_box,
     grid_boxes,
 )
 from agents.evaluation import evaluate_policy
@@ -48,7 +47,6 @@ def test_rank_buckets():
 
 def test_box_helpers():
     np.testing.assert_allclose(centered_box(0.5), [0.25, 0.25, 0.75, 0.75])
-    np.testing.assert_allclose(expand_box([0.2, 0.2, 0.6, 0.4], 0.5), [0.0, 0.1, 0.8, 0.5], atol=1e-12)
     boxes = grid_boxes(scales=(0.5,), steps=3)
     assert boxes.shape == (9, 4) and boxes.min() == 0.0 and boxes.max() == 1.0
     with pytest.raises(ValueError, match="scale"):

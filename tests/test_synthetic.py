@@ -20,7 +20,6 @@ from envs.synthetic import (
     SceneConfig,
     build_pools,
     cell_of,
-    expand_box,
     reference_image,
     render_scene,
     scene_spec,
@@ -151,8 +150,10 @@ def test_pools_hold_the_positive_and_the_hardest_negatives():
 
 
 def test_expand_box_adds_context_and_stays_in_the_image():
-    assert expand_box((10, 20, 30, 60), 0.25, 100) == (0.0, 10.0, 40.0, 70.0)
-    assert expand_box((80, 80, 100, 100), 0.5, 100) == (70.0, 70.0, 100.0, 100.0)
+    from envs.boxes import expand_box
+
+    assert expand_box((10, 20, 30, 60), 0.25, 100, 100).tolist() == [0.0, 10.0, 40.0, 70.0]
+    assert expand_box((80, 80, 100, 100), 0.5, 100, 100).tolist() == [70.0, 70.0, 100.0, 100.0]
 
 
 @pytest.mark.parametrize(
