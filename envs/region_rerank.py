@@ -31,6 +31,8 @@ class Outcome:
     terminated: bool
     decision: int | None = None
     image_box: np.ndarray | None = None
+    view: Image.Image | None = None
+    """The crop a REGION outcome scored (kept so a step does not cut it twice)."""
     scores: np.ndarray | None = None
     stats: RankingStats | None = None
     terms: RewardTerms | None = None
@@ -167,7 +169,7 @@ class RegionRerankEnv(gym.Env):
         self.baseline_stats: RankingStats | None = None
         self.scores = np.zeros(0)
         self.stats: RankingStats | None = None
-        self.last_box: np.ndarray | None = None
+        self._view_image: Image.Image | None = None
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -176,7 +178,7 @@ class RegionRerankEnv(gym.Env):
         self.image = load_image(self.pool.image)
         self.view_box = np.array([0.0, 0.0, self.image.width, self.image.height])
         self.steps_taken = 0
-        self.last_box = None
+        self._view_image = None
         # The pool's embeddings are fetched once per query; a step then costs one image forward.
         self.candidate_embeddings = self.scorer.candidate_embeddings(self.pool)
         self.baseline_scores = self._score_views([self.image])[0]
@@ -190,7 +192,7 @@ class RegionRerankEnv(gym.Env):
         outcome = self._outcomes([action])[0]
         if outcome.kind == "region":
             self.view_box = outcome.image_box
-            self.last_box = outcome.image_box
+            self._view_image = outcome.view
             self.scores, self.stats = outcome.scores, outcome.stats
             self.steps_taken += 1
         observation, info = self._observation_and_info(outcome)
@@ -225,7 +227,7 @@ class RegionRerankEnv(gym.Env):
     def view(self) -> Image.Image:
         """The current view at full resolution (what crops are cut from and scored); a new
         image on every access, so callers may keep or modify it."""
-        return crop(self.image, self.view_box) if self.steps_taken else self.image.copy()
+        return (self.image if self._view_image is None else self._view_image).copy()
 
     @property
     def policy_image(self) -> Image.Image:
@@ -287,8 +289,8 @@ class RegionRerankEnv(gym.Env):
         if crops:
             views = [crop(self.image, image_box) for _, image_box in crops]
             all_scores = self._score_views(views)
-            for (i, image_box), scores in zip(crops, all_scores):
-                outcomes[i] = self._region_outcome(image_box, scores)
+            for (i, image_box), view, scores in zip(crops, views, all_scores):
+                outcomes[i] = self._region_outcome(image_box, view, scores)
         return outcomes
 
     def _stop_outcome(self) -> Outcome:
@@ -300,7 +302,7 @@ class RegionRerankEnv(gym.Env):
             return Outcome("stop", float(terms.reward), True, FULL, terms=terms)
         return Outcome("stop", 0.0, True, FULL)
 
-    def _region_outcome(self, image_box: np.ndarray, scores: np.ndarray) -> Outcome:
+    def _region_outcome(self, image_box: np.ndarray, view: Image.Image, scores: np.ndarray) -> Outcome:
         stats = self._stats(scores)
         last_step = self.steps_taken + 1 >= self.max_steps
         if self.reward_mode == "incremental":
@@ -309,7 +311,9 @@ class RegionRerankEnv(gym.Env):
         else:
             terms = region_reward(self.baseline_stats, stats, self.reward_config, self._iou(image_box))
             reward = float(terms.reward) if last_step else 0.0
-        return Outcome("region", reward, last_step, REGION, image_box=image_box, scores=scores, stats=stats, terms=terms)
+        return Outcome(
+            "region", reward, last_step, REGION, image_box=image_box, view=view, scores=scores, stats=stats, terms=terms
+        )
 
     def _iou(self, image_box: np.ndarray) -> float:
         if self.reward_config.w_iou == 0.0 or self.pool.box is None:

@@ -24,6 +24,7 @@ import tyro
 
 from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
+from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import OpenClipScorer
 from rewards import RewardConfig
@@ -101,4 +102,7 @@ def main(args: Args) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except DataError as err:  # bad input data: say which file/line/field, no traceback
+        raise SystemExit(f"error: {err}") from None

@@ -38,6 +38,7 @@ from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
 from agents.qwen_policy import DEFAULT_MAX_PIXELS
 from envs.boxes import QWEN_MIN_PIXELS
+from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import OpenClipScorer
 from rewards import RewardConfig
@@ -348,17 +349,17 @@ def run_local(args: Args) -> None:
     evaluate_and_report(test_env, policies, range(n), config.out / "test", source)
 
 
-def training_scorer(config: LocalTrainConfig):
-    """The scorer the training run used (None means the embedded default)."""
-    return OpenClipScorer(config.scorer_model, config.scorer_pretrained) if config.scorer_model else None
-
-
 def _jsonable(value):
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return str(value) if isinstance(value, Path) else value
+
+
+def training_scorer(config: LocalTrainConfig):
+    """The scorer the training run used (None means the embedded default)."""
+    return OpenClipScorer(config.scorer_model, config.scorer_pretrained) if config.scorer_model else None
 
 
 def resolve_backend(backend: str) -> str:
@@ -378,4 +379,7 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except DataError as err:  # bad input data: say which file/line/field, no traceback
+        raise SystemExit(f"error: {err}") from None
