@@ -19,7 +19,6 @@ from agents.evaluation import evaluate_policy
 from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
 from envs.region_rerank import RegionRerankEnv
-from envs.scorer import OpenClipScorer
 from rewards import RewardConfig
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
@@ -38,14 +37,14 @@ def run_variants(
     ``{"runs": [...], "summary": {variant: {metric: (mean, std)}}}``."""
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(variants.values()))
-    scorer = OpenClipScorer(first.scorer_model, first.scorer_pretrained) if first.scorer_model else None
+    scorer = first.make_scorer()
     test_env = RegionRerankEnv(test_data, scorer, split=test_split, purpose="eval", obs_size=first.obs_size)
     indices = range(len(test_env.pools) if test_queries is None else min(test_queries, len(test_env.pools)))
     runs = []
     for name, config in variants.items():
         for seed in seeds:
             run_dir = out / f"{name.replace('+', '_')}-seed{seed}"
-            result = train(dataclasses.replace(config, seed=seed, out=run_dir))
+            result = train(dataclasses.replace(config, seed=seed, out=run_dir), scorer)
             summary, _ = evaluate_policy(test_env, load_policy(result.checkpoint), indices, name=f"{name} s{seed}")
             runs.append({"variant": name, "seed": seed, "seconds": result.seconds, "test": summary, "history": result.history})
     summary = {

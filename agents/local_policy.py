@@ -1,9 +1,14 @@
 """A small cropping policy for CPU training: image + question -> decision and box.
 
-The network reads the observation image with a few strided convolutions and the
-question as a hashed bag of words and word pairs; the question modulates the image
-features (FiLM), so "the striped object in the lower left" can move the box. Its action
-is two "tokens", like a VLM's response:
+The network reads the observation image with a few strided convolutions down to one
+feature vector per cell of a ``grid x grid`` partition, and the question as a hashed bag
+of words and word pairs. The question picks the box the way a referring-expression
+grounder does: each cell's logit is the dot product of its image feature with a key made
+from the question ("the striped object" -> which features to look for), plus a per-cell
+bias made from the question ("in the lower left" -> where to look). Coordinates enter the
+trunk as two extra input channels (CoordConv), so features also know where they are.
+
+Its action is two "tokens", like a VLM's response:
 
 - the **decision** token: ``Categorical(2)`` (0 FULL, 1 REGION);
 - the **box** token (REGION only): a cell of a ``grid x grid`` partition of the view
@@ -30,6 +35,10 @@ from torch import nn
 from envs.region_rerank import FULL, REGION
 
 
+GROUPS = 8
+"""GroupNorm groups of the convolutional trunk."""
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Architecture of :class:`CropPolicyNet` (saved with every checkpoint)."""
@@ -46,6 +55,15 @@ class PolicyConfig:
     """box centres: cells of a grid x grid partition of the view"""
     box_scales: tuple[float, ...] = (0.3, 0.5)
     """box sides, as fractions of the view's sides (few options: RL explores them faster)"""
+
+    def __post_init__(self) -> None:
+        strides = self.image_size // self.grid
+        if self.image_size % self.grid or strides < 2 or strides & (strides - 1):
+            raise ValueError(f"PolicyConfig.image_size / grid must be a power of two >= 2, got {self.image_size} / {self.grid}")
+        if self.channels % GROUPS:
+            raise ValueError(f"PolicyConfig.channels must be a multiple of {GROUPS} (GroupNorm groups), got {self.channels}")
+        if not self.box_scales or not all(0.0 < s <= 1.0 for s in self.box_scales):
+            raise ValueError(f"PolicyConfig.box_scales must be fractions in (0, 1], got {self.box_scales}")
 
 
 def question_features(question: str, buckets: int) -> list[int]:
@@ -80,28 +98,33 @@ class CropPolicyNet(nn.Module):
     def __init__(self, config: PolicyConfig = PolicyConfig()):
         super().__init__()
         self.config = config
-        c = config.channels
+        c, h, scales = config.channels, config.hidden, len(config.box_scales)
+        cells = config.grid * config.grid
         # Stride-2 convolutions take image_size down to grid x grid: one feature vector per cell.
         strides = int(np.log2(config.image_size // config.grid))
         layers: list[nn.Module] = []
-        in_channels = 3
+        in_channels = 3 + 2  # RGB + (x, y) coordinates
         for _ in range(strides):
-            layers += [nn.Conv2d(in_channels, c, 3, stride=2, padding=1), nn.GELU()]
+            layers += [nn.Conv2d(in_channels, c, 3, stride=2, padding=1), nn.GroupNorm(GROUPS, c), nn.GELU()]
             in_channels = c
-        layers += [nn.Conv2d(c, c, 3, padding=1), nn.GELU()]
+        # Normalized features keep the key-feature dot products, and so the logits, in a
+        # trainable range: policy gradients otherwise grow them without bound.
+        layers += [nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(GROUPS, c)]
         self.trunk = nn.Sequential(*layers)
-        self.position = nn.Parameter(torch.zeros(1, c, config.grid, config.grid))
-        self.words = nn.EmbeddingBag(config.text_buckets, config.hidden, mode="mean")
-        self.film = nn.Linear(config.hidden, 2 * c)
-        self.cell_head = nn.Conv2d(c, len(config.box_scales), 1)
-        self.decision_head = nn.Sequential(nn.Linear(2 * c + config.hidden, config.hidden), nn.GELU(), nn.Linear(config.hidden, 2))
+        self.words = nn.EmbeddingBag(config.text_buckets, h, mode="mean")
+        self.question = nn.Sequential(nn.Linear(h, h), nn.LayerNorm(h), nn.GELU())
+        self.key = nn.Linear(h, scales * c)
+        self.where = nn.Linear(h, cells * scales)
+        self.decision_head = nn.Sequential(nn.Linear(2 * c + h, h), nn.GELU(), nn.Linear(h, 2))
         self.register_buffer("boxes", cell_boxes(config.grid, config.box_scales), persistent=False)
+        ramp = torch.linspace(-1.0, 1.0, config.image_size)
+        self.register_buffer("coords", torch.stack(torch.meshgrid(ramp, ramp, indexing="xy"))[None], persistent=False)
 
     def encode_questions(self, questions: list[str]) -> torch.Tensor:
         ids = [question_features(q, self.config.text_buckets) for q in questions]
         offsets = torch.tensor([0] + [len(i) for i in ids[:-1]]).cumsum(0)
         flat = torch.tensor([t for i in ids for t in i])
-        return self.words(flat, offsets)
+        return self.question(self.words(flat, offsets))
 
     def forward(self, images: torch.Tensor, questions: list[str]) -> PolicyOutput:
         """``images``: (B, H, W, 3) uint8 observations; ``questions``: B strings."""
@@ -109,13 +132,18 @@ class CropPolicyNet(nn.Module):
         size = self.config.image_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        features = self.trunk(x) + self.position
+        x = torch.cat([x, self.coords.expand(len(x), -1, -1, -1)], dim=1)
+        cells = self.trunk(x).flatten(2)  # (B, c, cells), cells in row-major order
         q = self.encode_questions(questions)
-        gamma, beta = self.film(q).chunk(2, dim=-1)
-        features = features * (1 + gamma[..., None, None]) + beta[..., None, None]
-        # (B, S, grid, grid) -> (B, cells * S) in the order of cell_boxes: cell-major, then scale.
-        box_logits = self.cell_head(F.gelu(features)).permute(0, 2, 3, 1).reshape(len(questions), -1)
-        pooled = torch.cat([features.mean((2, 3)), features.amax((2, 3)), q], dim=-1)
+        key = self.key(q).view(len(questions), -1, cells.shape[1])  # (B, S, c)
+        what = torch.einsum("bsc,bcn->bns", key, cells) / cells.shape[1] ** 0.5
+        where = self.where(q).view(len(questions), -1, key.shape[1])  # (B, cells, S)
+        # (B, cells, S) -> (B, cells * S) in the order of cell_boxes: cell-major, then scale.
+        box_logits = (what + where).reshape(len(questions), -1)
+        # Attention over cells by the question's key summarises "is the named object visible
+        # here, and how large" for the decision, next to the whole-image features.
+        attended = torch.einsum("bn,bcn->bc", what.mean(-1).softmax(-1), cells)
+        pooled = torch.cat([cells.mean(-1), attended, q], dim=-1)
         return PolicyOutput(self.decision_head(pooled), box_logits)
 
 

@@ -41,7 +41,7 @@ from agents.local_policy import (
 )
 from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
 from envs.region_rerank import FULL, REGION, RegionRerankEnv
-from envs.scorer import OpenClipScorer
+from envs.scorer import Scorer, make_scorer
 from rewards import RewardConfig
 
 NOT_SUPPORTED = {"gae": "needs a critic (values); use --backend verl", "remax": "needs a greedy-rollout baseline"}
@@ -53,19 +53,19 @@ class LocalTrainConfig:
 
     estimator: str = "rgrpo"
     """verl advantage estimator by registry name: rgrpo, grpo, rloo, reinforce_plus_plus, ..."""
-    iterations: int = 150
+    iterations: int = 400
     """gradient steps (one batch of groups each)"""
     queries_per_batch: int = 16
     """queries per batch; each gets a group of group_size rollouts"""
-    group_size: int = 8
+    group_size: int = 16
     """rollouts per query (GRPO's n)"""
     balance_budget: int = 8
     """extra on-policy draws allowed to find a group's missing decision before forcing it"""
     balance_groups: bool = True
     """make every group hold both decisions (r-GRPO); off for plain GRPO-style sampling"""
-    lr: float = 3e-3
+    lr: float = 1e-3
     """Adam learning rate"""
-    entropy_coef: float = 0.02
+    entropy_coef: float = 0.05
     """weight of the entropy bonus on both tokens"""
     norm_adv_by_std: bool = False
     """divide group-relative advantages by the group std (verl's norm_adv_by_std_in_grpo).
@@ -102,6 +102,10 @@ class LocalTrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """policy architecture"""
 
+    def make_scorer(self) -> Scorer:
+        """The scorer this config names: ``scorer_model`` if set, else the embedded rr-tiny."""
+        return make_scorer(self.scorer_model or None, self.scorer_pretrained)
+
 
 @dataclass
 class TrainResult:
@@ -110,12 +114,11 @@ class TrainResult:
     seconds: float
 
 
-def make_envs(config: LocalTrainConfig) -> tuple[RegionRerankEnv, RegionRerankEnv]:
+def make_envs(config: LocalTrainConfig, scorer: Scorer) -> tuple[RegionRerankEnv, RegionRerankEnv]:
     """Training env (pools without a positive dropped) and validation env (all kept)."""
-    scorer = OpenClipScorer(config.scorer_model, config.scorer_pretrained) if config.scorer_model else None
     common = dict(reward_config=config.reward, obs_size=config.obs_size)
     train_env = RegionRerankEnv(config.data, scorer, split="train", purpose="train", **common)
-    val_env = RegionRerankEnv(config.val_data, train_env.scorer, split="val", purpose="eval", **common)
+    val_env = RegionRerankEnv(config.val_data, scorer, split="val", purpose="eval", **common)
     return train_env, val_env
 
 
@@ -208,18 +211,23 @@ def evaluate_greedy(net: CropPolicyNet, env: RegionRerankEnv, n_queries: int) ->
     return summary
 
 
-def train(config: LocalTrainConfig) -> TrainResult:
-    """Run the CPU r-GRPO loop; writes the checkpoint, metrics and curves to ``config.out``."""
+def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult:
+    """Run the CPU r-GRPO loop; writes the checkpoint, metrics and curves to ``config.out``.
+
+    ``scorer``: the re-ranker to train against; ``None`` builds ``config.make_scorer()``.
+    Pass one to share a loaded model between training and evaluation.
+    """
     from torch.utils.tensorboard import SummaryWriter
     from verl.trainer.ppo.core_algos import agg_loss
 
     check_estimator(config.estimator)
     torch.set_num_threads(config.threads)
+    train_env, val_env = make_envs(config, scorer if scorer is not None else config.make_scorer())
+    # Seeded after the scorer is built (building one may draw from torch's global RNG), so
+    # the policy's initial weights depend on the seed alone.
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-
-    train_env, val_env = make_envs(config)
     net = CropPolicyNet(config.policy)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, generator)

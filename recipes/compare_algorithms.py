@@ -29,7 +29,7 @@ class Args:
     """verl advantage-estimator names to compare"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """training seeds per algorithm"""
-    iterations: int = 150
+    iterations: int = LocalTrainConfig.iterations
     """training iterations per run (the shared budget)"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""

@@ -25,7 +25,7 @@ from agents.local_trainer import LocalTrainConfig
 class Args:
     seeds: tuple[int, ...] = (0, 1)
     """training seeds per reward configuration"""
-    iterations: int = 150
+    iterations: int = LocalTrainConfig.iterations
     """training iterations per run (the shared budget)"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""

@@ -40,7 +40,6 @@ from agents.qwen_policy import DEFAULT_MAX_PIXELS
 from envs.boxes import QWEN_MIN_PIXELS
 from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
-from envs.scorer import OpenClipScorer
 from rewards import RewardConfig
 
 ESTIMATOR_KEY = "algorithm.adv_estimator"
@@ -338,11 +337,12 @@ def run_local(args: Args) -> None:
     if args.dry_run:
         print(yaml.safe_dump(_jsonable(asdict(config)), sort_keys=False))
         return
-    result = train(config)
+    scorer = config.make_scorer()
+    result = train(config, scorer)
     print(f"policy: {result.checkpoint} ({result.seconds:.0f} s of training)")
     if args.test_queries == 0:
         return
-    test_env = RegionRerankEnv(args.test_data, training_scorer(config), split="test", purpose="eval", obs_size=config.obs_size)
+    test_env = RegionRerankEnv(args.test_data, scorer, split="test", purpose="eval", obs_size=config.obs_size)
     n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
     policies = {**baseline_policies(), "trained": load_policy(result.checkpoint)}
     source = str(args.test_data) if args.test_data else "embedded benchmark, test split"
@@ -356,10 +356,6 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     return str(value) if isinstance(value, Path) else value
 
-
-def training_scorer(config: LocalTrainConfig):
-    """The scorer the training run used (None means the embedded default)."""
-    return OpenClipScorer(config.scorer_model, config.scorer_pretrained) if config.scorer_model else None
 
 
 def resolve_backend(backend: str) -> str:
