@@ -145,3 +145,37 @@ def test_checkpoint_round_trip(tmp_path):
 def test_question_features_are_stable_hashes():
     assert question_features("The RED square", 4096) == question_features("the red square!", 4096)
     assert question_features("", 16) == [0]
+
+
+def test_a_passed_scorer_is_used_and_does_not_change_the_run(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+    config = small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, iterations=4, eval_every=0)
+    scorer = config.make_scorer()
+    shared = train(dataclasses.replace(config, out=tmp_path / "shared"), scorer)
+    assert scorer.stats.image_forwards >= 4 * config.queries_per_batch  # one batched forward per group
+    # Building the scorer inside train() draws nothing the policy's initialisation sees.
+    own = train(dataclasses.replace(config, out=tmp_path / "own"))
+    assert [h["reward"] for h in own.history] == [h["reward"] for h in shared.history]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(channels=12), "multiple of 8"),
+        (dict(image_size=48, grid=4), "power of two"),
+        (dict(image_size=4, grid=4), "power of two"),
+        (dict(box_scales=(0.0, 0.5)), "box_scales"),
+    ],
+)
+def test_policy_config_rejects_shapes_the_network_cannot_build(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        PolicyConfig(**overrides)
+
+
+def test_the_question_moves_the_box():
+    """The same image under two questions gets different box distributions (the grounding path)."""
+    torch.manual_seed(0)
+    net = CropPolicyNet(PolicyConfig(image_size=32, channels=8, hidden=16, grid=4)).eval()
+    image = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    image[1] = image[0]
+    out = net(image, ["What is the red striped star in the upper left?", "Tell me about the blue plain circle at the bottom."])
+    assert not torch.allclose(out.box_logits[0].softmax(-1), out.box_logits[1].softmax(-1), atol=1e-3)
