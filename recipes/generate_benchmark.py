@@ -13,14 +13,16 @@ then serves the files.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default scorer is local; never ask the hub
+
+import tyro
 
 from envs.data import load_query_pools
 from envs.default import DEFAULT_CONFIG, default_scorer, write_split
@@ -30,35 +32,30 @@ from envs.synthetic import SPLITS, BenchmarkConfig
 
 @dataclass
 class Args:
-    out: str = field(default=MISSING, metadata={"help": "output folder (one subfolder per split)"})
-    split: str = field(default="all", metadata={"help": "train, val, test or all"})
-    seed: int = field(default=DEFAULT_CONFIG.seed, metadata={"help": "root seed of the benchmark (scenes and knowledge base)"})
-    train_queries: int = field(default=DEFAULT_CONFIG.train_queries, metadata={"help": "queries in the train split"})
-    val_queries: int = field(default=DEFAULT_CONFIG.val_queries, metadata={"help": "queries in the val split"})
-    test_queries: int = field(default=DEFAULT_CONFIG.test_queries, metadata={"help": "queries in the test split"})
-    pool_size: int = field(default=DEFAULT_CONFIG.pool_size, metadata={"help": "K, candidates per pool"})
-    missing_positive_fraction: float = field(default=DEFAULT_CONFIG.missing_positive_fraction, metadata={"help": "fraction of pools without the positive"})
-    image_size: int = field(default=DEFAULT_CONFIG.scene.image_size, metadata={"help": "side of the query images in pixels"})
-    clutter: float = field(default=DEFAULT_CONFIG.scene.clutter, metadata={"help": "background clutter level in [0, 1]"})
-    scorer_model: str = field(default="", metadata={"help": "open_clip model that mines hard negatives (empty: the embedded default)"})
-    scorer_pretrained: str = field(default="", metadata={"help": "its checkpoint file or zoo tag"})
-
-
-def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(Args):
-        required = f.default is MISSING
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=str if required else type(f.default),
-            required=required,
-            default=None if required else f.default,
-            help=f.metadata["help"],
-        )
-    args = Args(**vars(parser.parse_args()))
-    if args.split not in (*SPLITS, "all"):
-        parser.error(f"--split must be one of {SPLITS} or 'all', got {args.split!r}")
-    return args
+    out: Path
+    """output folder (one subfolder per split)"""
+    split: Literal["train", "val", "test", "all"] = "all"
+    """train, val, test or all"""
+    seed: int = DEFAULT_CONFIG.seed
+    """root seed of the benchmark (scenes and knowledge base)"""
+    train_queries: int = DEFAULT_CONFIG.train_queries
+    """queries in the train split"""
+    val_queries: int = DEFAULT_CONFIG.val_queries
+    """queries in the val split"""
+    test_queries: int = DEFAULT_CONFIG.test_queries
+    """queries in the test split"""
+    pool_size: int = DEFAULT_CONFIG.pool_size
+    """K, candidates per pool"""
+    missing_positive_fraction: float = DEFAULT_CONFIG.missing_positive_fraction
+    """fraction of pools without the positive"""
+    image_size: int = DEFAULT_CONFIG.scene.image_size
+    """side of the query images in pixels"""
+    clutter: float = DEFAULT_CONFIG.scene.clutter
+    """background clutter level in [0, 1]"""
+    scorer_model: str = ""
+    """open_clip model that mines hard negatives (empty: the embedded default)"""
+    scorer_pretrained: str = ""
+    """its checkpoint file or zoo tag"""
 
 
 def benchmark_config(args: Args) -> BenchmarkConfig:
@@ -75,8 +72,7 @@ def benchmark_config(args: Args) -> BenchmarkConfig:
     )
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: Args) -> None:
     config = benchmark_config(args)
     scorer = OpenClipScorer(args.scorer_model, args.scorer_pretrained or None) if args.scorer_model else default_scorer()
     print(f"benchmark {config}\nhard negatives mined with {scorer.name}")
@@ -89,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

@@ -23,11 +23,13 @@ A summary (queries read, kept, dropped by reason, images missing) is printed at 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Literal, Sequence, Union
+
+import tyro
 
 from envs.adapters import (
     AdapterSummary,
@@ -45,74 +47,93 @@ from envs.adapters import (
 from envs.data import DataError, QueryPool, write_query_pools
 
 
-def build_parser() -> argparse.ArgumentParser:
-    shared = argparse.ArgumentParser(add_help=False)
-    retriever = shared.add_argument_group("retriever and knowledge base")
-    retriever.add_argument("--retrieval", type=Path, required=True,
-                           help="retriever result JSON keyed by query id (EchoSight or OMGM)")
-    retriever.add_argument("--retrieval-format", choices=("auto", "echosight", "omgm"), default="auto",
-                           help="format of --retrieval; 'auto' tells EchoSight ('retrieved_entries') from "
-                                "OMGM ('retrieved_entities') (default: %(default)s)")
-    retriever.add_argument("--use-reranked", action="store_true",
-                           help="EchoSight only: take the pool from 'reranked_entries' instead of 'retrieved_entries'")
-    retriever.add_argument("--kb", type=Path, required=True,
-                           help="knowledge-base JSON {wikipedia_url: entry} (E-VQA's encyclopedic_kb_wiki.json or "
-                                "EchoSight's InfoSeek KB); streamed, only pool entities are kept")
+@dataclass(kw_only=True)
+class SharedArgs:
+    """Options of both subcommands: retriever and knowledge base, candidates, query images, output."""
 
-    pools = shared.add_argument_group("candidates")
-    pools.add_argument("--top-k", type=int, default=20,
-                       help="pool size: the first K distinct retrieved entities (default: %(default)s)")
-    pools.add_argument("--features", choices=("image", "text", "both"), default="image",
-                       help="what a candidate carries: its first KB image (text when it has none locally), "
-                            "title + lead section, or both (default: %(default)s)")
-    pools.add_argument("--max-text-chars", type=int, default=1000,
-                       help="cut candidate text at a word boundary to this length (default: %(default)s)")
-    pools.add_argument("--kb-image-root", type=Path,
-                       help="folder of downloaded KB images; mapped paths are relative to it, and an image URL's "
-                            "file name is looked up directly in it")
-    pools.add_argument("--kb-image-map", type=Path, action="append", default=[],
-                       help="KB-image mapping, repeatable: a JSON {image URL, article URL or title: path or [paths]} "
-                            "or OMGM's wiki_image_url_part_*_processed.csv")
+    # Retriever and knowledge base.
+    retrieval: Path
+    """retriever result JSON keyed by query id (EchoSight or OMGM)"""
+    retrieval_format: Literal["auto", "echosight", "omgm"] = "auto"
+    """format of --retrieval; 'auto' tells EchoSight ('retrieved_entries') from OMGM ('retrieved_entities')"""
+    use_reranked: bool = False
+    """EchoSight only: take the pool from 'reranked_entries' instead of 'retrieved_entries'"""
+    kb: Path
+    """knowledge-base JSON {wikipedia_url: entry} (E-VQA's encyclopedic_kb_wiki.json or EchoSight's InfoSeek KB); streamed, only pool entities are kept"""
 
-    images = shared.add_argument_group("query images")
-    images.add_argument("--inaturalist-root", type=Path, help="iNaturalist 2021 image folder (E-VQA)")
-    images.add_argument("--inat-id2name", type=Path,
-                        help="EchoSight's {image_id: file name} JSON for iNaturalist; without it images are "
-                             "looked up flat as <root>/<image_id>.jpg")
-    images.add_argument("--landmarks-root", type=Path, help="Google Landmarks v2 image folder (E-VQA)")
-    images.add_argument("--landmarks-layout", choices=("nested", "flat"), default="nested",
-                        help="'nested': <root>/a/b/c/abc123.jpg (the GLDv2 download); 'flat': <root>/abc123.jpg "
-                             "(default: %(default)s)")
-    images.add_argument("--infoseek-root", type=Path,
-                        help="InfoSeek/OVEN image folder: <root>/<image_id>.jpg or .JPEG, or the base of "
-                             "--infoseek-id2image paths")
-    images.add_argument("--infoseek-id2image", type=Path,
-                        help="InfoSeek id2image JSONL ({'image_id', 'image_path'} per line) or JSON object")
+    # Candidates.
+    top_k: int = 20
+    """pool size: the first K distinct retrieved entities"""
+    features: Literal["image", "text", "both"] = "image"
+    """what a candidate carries: its first KB image (text when it has none locally), title + lead section, or both"""
+    max_text_chars: int = 1000
+    """cut candidate text at a word boundary to this length"""
+    kb_image_root: Path | None = None
+    """folder of downloaded KB images; mapped paths are relative to it, and an image URL's file name is looked up directly in it"""
+    kb_image_map: tyro.conf.UseAppendAction[list[Path]] = field(default_factory=list)
+    """KB-image mapping (give the flag once per file): a JSON {image URL, article URL or title: path or [paths]} or OMGM's wiki_image_url_part_*_processed.csv"""
 
-    output = shared.add_argument_group("output")
-    output.add_argument("--purpose", choices=("train", "eval"), required=True,
-                        help="'train' drops queries without a positive in the top-K (as the paper does); "
-                             "'eval' keeps every query so CondR@1 can be reported")
-    output.add_argument("--out", type=Path, required=True, help="query-pool JSONL to write")
-    output.add_argument("--root", type=Path,
-                        help="data root the written paths are relative to (default: the folder of --out); "
-                             "paths outside it are written absolute")
+    # Query images.
+    inaturalist_root: Path | None = None
+    """iNaturalist 2021 image folder (E-VQA)"""
+    inat_id2name: Path | None = None
+    """EchoSight's {image_id: file name} JSON for iNaturalist; without it images are looked up flat as <root>/<image_id>.jpg"""
+    landmarks_root: Path | None = None
+    """Google Landmarks v2 image folder (E-VQA)"""
+    landmarks_layout: Literal["nested", "flat"] = "nested"
+    """'nested': <root>/a/b/c/abc123.jpg (the GLDv2 download); 'flat': <root>/abc123.jpg"""
+    infoseek_root: Path | None = None
+    """InfoSeek/OVEN image folder: <root>/<image_id>.jpg or .JPEG, or the base of --infoseek-id2image paths"""
+    infoseek_id2image: Path | None = None
+    """InfoSeek id2image JSONL ({'image_id', 'image_path'} per line) or JSON object"""
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sources = parser.add_subparsers(dest="source", required=True, metavar="{evqa,infoseek}")
-    evqa = sources.add_parser("evqa", parents=[shared], help="E-VQA-format CSV (E-VQA, or EchoSight's InfoSeek CSV)",
-                              description="Query pools from an E-VQA-format CSV; 2_hop questions are skipped and "
-                                          "E-VQA queries numbered E-VQA_<i> as EchoSight and OMGM do.")
-    evqa.add_argument("--annotations", type=Path, required=True, help="E-VQA train.csv / val.csv / test.csv")
-    infoseek = sources.add_parser("infoseek", parents=[shared], help="InfoSeek JSONL annotations",
-                                  description="Query pools from InfoSeek's *_withkb.jsonl annotations.")
-    infoseek.add_argument("--annotations", type=Path, required=True, help="infoseek_{train,val}_withkb.jsonl")
-    infoseek.add_argument("--entity-map", type=Path,
-                          help="gold entity id -> Wikipedia URL: JSON object, or JSONL with entity_id/wikidata_id "
-                               "and wikipedia_url/url; needed when the retriever ranks Wikipedia URLs")
-    infoseek.add_argument("--entity-field", default="entity_id",
-                          help="annotation field holding the gold entity id (default: %(default)s)")
-    return parser
+    # Output.
+    purpose: Literal["train", "eval"]
+    """'train' drops queries without a positive in the top-K (as the paper does); 'eval' keeps every query so CondR@1 can be reported"""
+    out: Path
+    """query-pool JSONL to write"""
+    root: Path | None = None
+    """data root the written paths are relative to (default: the folder of --out); paths outside it are written absolute"""
+
+    def __post_init__(self) -> None:
+        # A ValueError here is reported by tyro as a command-line error.
+        if self.features != "text" and self.kb_image_root is None and not self.kb_image_map:
+            raise ValueError(f"--features {self.features} needs --kb-image-root and/or --kb-image-map")
+        if self.top_k < 1 or self.max_text_chars < 1:
+            raise ValueError("--top-k and --max-text-chars must be positive")
+
+
+@dataclass(kw_only=True)
+class EvqaArgs(SharedArgs):
+    """Query pools from an E-VQA-format CSV (E-VQA, or EchoSight's InfoSeek CSV); 2_hop questions are skipped and
+    E-VQA queries numbered E-VQA_<i> as EchoSight and OMGM do."""
+
+    annotations: Path
+    """E-VQA train.csv / val.csv / test.csv"""
+
+
+@dataclass(kw_only=True)
+class InfoseekArgs(SharedArgs):
+    """Query pools from InfoSeek's JSONL annotations (*_withkb.jsonl)."""
+
+    annotations: Path
+    """infoseek_{train,val}_withkb.jsonl"""
+    entity_map: Path | None = None
+    """gold entity id -> Wikipedia URL: JSON object, or JSONL with entity_id/wikidata_id and wikipedia_url/url; needed when the retriever ranks Wikipedia URLs"""
+    entity_field: str = "entity_id"
+    """annotation field holding the gold entity id"""
+
+
+Source = Union[
+    Annotated[EvqaArgs, tyro.conf.subcommand("evqa")],
+    Annotated[InfoseekArgs, tyro.conf.subcommand("infoseek")],
+]
+"""The command line: one subcommand per annotation source, each with its own and the shared options."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> EvqaArgs | InfoseekArgs:
+    """The arguments of ``argv`` (default: the command line), exiting with a message when they are invalid."""
+    return tyro.cli(Source, description=__doc__, args=argv)
 
 
 def merged_image_maps(paths: Sequence[Path]) -> dict[str, list[str]]:
@@ -124,7 +145,7 @@ def merged_image_maps(paths: Sequence[Path]) -> dict[str, list[str]]:
     return merged
 
 
-def prepare(args: argparse.Namespace) -> tuple[list[QueryPool], AdapterSummary]:
+def prepare(args: EvqaArgs | InfoseekArgs) -> tuple[list[QueryPool], AdapterSummary]:
     """Run the adapter ``args`` name and return its pools and summary."""
     options = PoolOptions(top_k=args.top_k, features=args.features, max_text_chars=args.max_text_chars,
                           purpose=args.purpose)
@@ -140,7 +161,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[QueryPool], AdapterSummary]:
     if args.features != "text":
         kb_images = KbImages(root=args.kb_image_root, mapping=merged_image_maps(args.kb_image_map))
     retrieval = load_retrieval_results(args.retrieval, args.retrieval_format, use_reranked=args.use_reranked)
-    if args.source == "evqa":
+    if isinstance(args, EvqaArgs):
         return build_evqa_pools(args.annotations, retrieval, args.kb, images=images, kb_images=kb_images,
                                 options=options)
     entity_urls = load_entity_map(args.entity_map) if args.entity_map else None
@@ -148,13 +169,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[QueryPool], AdapterSummary]:
                                 entity_urls=entity_urls, entity_field=args.entity_field, options=options)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.features != "text" and args.kb_image_root is None and not args.kb_image_map:
-        parser.error(f"--features {args.features} needs --kb-image-root and/or --kb-image-map")
-    if args.top_k < 1 or args.max_text_chars < 1:
-        parser.error("--top-k and --max-text-chars must be positive")
+def main(args: EvqaArgs | InfoseekArgs) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         pools, summary = prepare(args)
@@ -171,4 +186,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(parse_args()))

@@ -25,10 +25,9 @@ The checkpoint is a plain fp16 state dict, which
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the config is local; never ask the hub
@@ -37,6 +36,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+import tyro
 from tqdm import tqdm
 
 from envs.boxes import crop
@@ -48,32 +48,44 @@ ASSETS = Path(__file__).resolve().parents[1] / "envs" / "assets"
 
 @dataclass
 class Args:
-    seed: int = field(default=0, metadata={"help": "seed of the data draws, initialisation and batch order"})
-    benchmark_seed: int = field(default=0, metadata={"help": "BenchmarkConfig.seed of the scenes and knowledge base to train on"})
-    model: str = field(default="rr-tiny", metadata={"help": "open_clip model config name"})
-    model_configs: str = field(default=str(ASSETS / "model_configs"), metadata={"help": "folder of extra open_clip model configs"})
-    output: str = field(default=str(ASSETS / "rr-tiny-scorer.pt"), metadata={"help": "where to write the fp16 state dict"})
-    train_scenes: int = field(default=3000, metadata={"help": "train-split scenes whose objects (target and distractors) give views"})
-    views_per_object: int = field(default=2, metadata={"help": "random context crops per object per scene"})
-    scene_views: int = field(default=3, metadata={"help": "wide views per scene: the FULL image and random crops of 40-100%% of it"})
-    reference_views: int = field(default=6, metadata={"help": "extra knowledge-base style renders per entity"})
-    max_context: float = field(default=1.0, metadata={"help": "largest context margin of a crop, as a fraction of the object's side"})
-    steps: int = field(default=1500, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=128, metadata={"help": "views per step"})
-    lr: float = field(default=4e-3, metadata={"help": "peak AdamW learning rate (cosine decay after warm-up)"})
-    warmup_steps: int = field(default=50, metadata={"help": "linear learning-rate warm-up steps"})
-    weight_decay: float = field(default=0.02, metadata={"help": "AdamW weight decay"})
-    bank_every: int = field(default=5, metadata={"help": "steps between refreshes of the knowledge-base image embeddings used as candidates"})
-    image_loss_weight: float = field(default=1.0, metadata={"help": "final weight of the view-vs-candidate-image loss, ramped up linearly from 0 (the view-vs-text loss has weight 1)"})
-    eval_scenes: int = field(default=250, metadata={"help": "val-split scenes for the held-out retrieval accuracy"})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
-
-
-def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(Args):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
-    return Args(**vars(parser.parse_args()))
+    seed: int = 0
+    """seed of the data draws, initialisation and batch order"""
+    benchmark_seed: int = 0
+    """BenchmarkConfig.seed of the scenes and knowledge base to train on"""
+    model: str = "rr-tiny"
+    """open_clip model config name"""
+    model_configs: str = str(ASSETS / "model_configs")
+    """folder of extra open_clip model configs"""
+    output: str = str(ASSETS / "rr-tiny-scorer.pt")
+    """where to write the fp16 state dict"""
+    train_scenes: int = 3000
+    """train-split scenes whose objects (target and distractors) give views"""
+    views_per_object: int = 2
+    """random context crops per object per scene"""
+    scene_views: int = 3
+    """wide views per scene: the FULL image and random crops of 40-100% of it"""
+    reference_views: int = 6
+    """extra knowledge-base style renders per entity"""
+    max_context: float = 1.0
+    """largest context margin of a crop, as a fraction of the object's side"""
+    steps: int = 1500
+    """optimizer steps"""
+    batch_size: int = 128
+    """views per step"""
+    lr: float = 4e-3
+    """peak AdamW learning rate (cosine decay after warm-up)"""
+    warmup_steps: int = 50
+    """linear learning-rate warm-up steps"""
+    weight_decay: float = 0.02
+    """AdamW weight decay"""
+    bank_every: int = 5
+    """steps between refreshes of the knowledge-base image embeddings used as candidates"""
+    image_loss_weight: float = 1.0
+    """final weight of the view-vs-candidate-image loss, ramped up linearly from 0 (the view-vs-text loss has weight 1)"""
+    eval_scenes: int = 250
+    """val-split scenes for the held-out retrieval accuracy"""
+    threads: int = 2
+    """torch CPU threads"""
 
 
 def random_view_box(box, image_size: int, max_context: float, rng: np.random.Generator) -> tuple[float, float, float, float]:
@@ -171,8 +183,7 @@ def evaluate(model, preprocess, tokens: torch.Tensor, config: BenchmarkConfig, n
     return result
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: Args) -> None:
     print(asdict(args))
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -232,4 +243,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,6 +376,7 @@ def load_recipe():
     path = Path(__file__).resolve().parents[1] / "recipes" / "prepare_data.py"
     spec = importlib.util.spec_from_file_location("prepare_data", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses (and tyro) resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -389,7 +391,7 @@ def test_recipe_writes_a_file_that_load_query_pools_reads(downloads: Downloads, 
         "--inat-id2name", str(d.root / "val_id2name.json"), "--kb-image-root", str(d.root / "kb_images"),
         "--features", "both", "--root", str(d.root),
     ]
-    assert recipe.main(["evqa", *common, "--purpose", "eval", "--out", str(out)]) == 0
+    assert recipe.main(recipe.parse_args(["evqa", *common, "--purpose", "eval", "--out", str(out)])) == 0
     printed = capsys.readouterr().out
     assert "read 5 queries, kept 3" in printed and "dropped 1: question_type=2_hop" in printed
     assert f"wrote 3 query pools to {out}" in printed
@@ -399,22 +401,23 @@ def test_recipe_writes_a_file_that_load_query_pools_reads(downloads: Downloads, 
     assert not json.loads(out.read_text().splitlines()[0])["image"].startswith("/")  # relative to --root
 
     train = d.root / "data" / "evqa" / "train.jsonl"
-    assert recipe.main(["evqa", *common, "--purpose", "train", "--out", str(train)]) == 0
+    assert recipe.main(recipe.parse_args(["evqa", *common, "--purpose", "train", "--out", str(train)])) == 0
     assert load_query_pools(train, root=d.root, purpose="train").dropped_without_positive == 0
     assert len(load_query_pools(train, root=d.root)) == 2
 
 
-def test_recipe_reports_errors_and_checks_options(downloads: Downloads, capsys) -> None:
+def test_recipe_reports_errors_and_checks_options(downloads: Downloads, capsys, monkeypatch) -> None:
     recipe = load_recipe()
     d = downloads
     args = ["evqa", "--annotations", str(d.root / "missing.csv"), "--retrieval", str(d.echosight), "--kb", str(d.kb),
             "--features", "text", "--purpose", "eval", "--out", str(d.root / "o.jsonl")]
-    assert recipe.main(args) == 2
+    monkeypatch.setenv("COLUMNS", "200")  # tyro boxes its errors to the terminal width; keep them on one line
+    assert recipe.main(recipe.parse_args(args)) == 2
     assert "missing.csv: annotation file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        recipe.main([a for a in args if a != "text" and a != "--features"])  # image features need KB images
+        recipe.main(recipe.parse_args([a for a in args if a != "text" and a != "--features"]))  # image features need KB images
     assert "--features image needs --kb-image-root" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        recipe.main(["infoseek", "--help"])
+        recipe.main(recipe.parse_args(["infoseek", "--help"]))
     assert exc.value.code == 0
     assert "--entity-map" in capsys.readouterr().out
