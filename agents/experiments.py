@@ -60,10 +60,13 @@ def run_variants(
 
 
 def variants_table(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: int) -> str:
-    """Markdown: one row per variant, ``mean ± std`` over seeds for each metric."""
-    lines = [f"| variant ({n_seeds} seeds) | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    """Markdown: one row per variant, ``mean ± std`` over seeds for each metric (the mean
+    alone for one seed, whose spread says nothing)."""
+    seeds = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
+    lines = [f"| variant ({seeds}) | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for name, metrics in summary.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in metrics.values()) + " |")
+        cells = (f"{m:.3f}" if n_seeds == 1 else f"{m:.3f} ± {s:.3f}" for m, s in metrics.values())
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -32,3 +32,10 @@ def test_run_variants_trains_and_evaluates_each_seed(scene_pool_files, tiny_mode
     table = variants_table(results["summary"], 2)
     assert table.splitlines()[0].startswith("| variant (2 seeds) | MRR") and "| grpo |" in table
     assert plot_learning_curves(results["runs"], tmp_path).stat().st_size > 0
+
+
+def test_one_seed_table_gives_means_without_a_spread():
+    table = variants_table({"mrr": {m: (0.25, 0.0) for m in ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")}}, 1)
+    header, _, row = table.splitlines()
+    assert header.startswith("| variant (1 seed) |")
+    assert row == "| mrr | " + " | ".join(["0.250"] * 6) + " |"
