@@ -10,6 +10,7 @@ returns the mean and spread of the metrics plus every learning curve.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -41,12 +42,13 @@ def run_variants(
     test_env = RegionRerankEnv(test_data, scorer, split=test_split, purpose="eval", obs_size=first.obs_size)
     indices = range(len(test_env.pools) if test_queries is None else min(test_queries, len(test_env.pools)))
     runs = []
-    for name, config in variants.items():
-        for seed in seeds:
-            run_dir = out / f"{name.replace('+', '_')}-seed{seed}"
-            result = train(dataclasses.replace(config, seed=seed, out=run_dir), scorer)
-            summary, _ = evaluate_policy(test_env, load_policy(result.checkpoint), indices, name=f"{name} s{seed}")
-            runs.append({"variant": name, "seed": seed, "seconds": result.seconds, "test": summary, "history": result.history})
+    for i, ((name, config), seed) in enumerate(itertools.product(variants.items(), seeds)):
+        run_dir = out / f"{name.replace('+', '_')}-seed{seed}"
+        if config.progress:
+            print(f"[{i + 1}/{len(variants) * len(seeds)}] {name}, seed {seed} -> {run_dir}", flush=True)
+        result = train(dataclasses.replace(config, seed=seed, out=run_dir), scorer)
+        summary, _ = evaluate_policy(test_env, load_policy(result.checkpoint), indices, name=f"{name} s{seed}")
+        runs.append({"variant": name, "seed": seed, "seconds": result.seconds, "test": summary, "history": result.history})
     summary = {
         name: {
             m: (float(np.mean(v)), float(np.std(v)))

@@ -235,7 +235,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     start = time.perf_counter()
     n_batch = min(config.queries_per_batch, len(train_env.pools))
 
-    bar = tqdm(range(1, config.iterations + 1), desc=f"train {config.estimator}", disable=not config.progress)
+    bar = tqdm(range(1, config.iterations + 1), desc=f"train {config.estimator} seed {config.seed}", disable=not config.progress)
     for iteration in bar:
         images, questions, rows = [], [], []
         for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):

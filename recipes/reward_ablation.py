@@ -31,7 +31,7 @@ class Args:
     """evaluate on the first N test queries only (default: all)"""
     out: Path = Path("runs/ablation")
     """output folder: results.md, results.json, curves_*.png and one folder per run"""
-    train: LocalTrainConfig = field(default_factory=lambda: LocalTrainConfig(eval_every=0, progress=False))
+    train: LocalTrainConfig = field(default_factory=lambda: LocalTrainConfig(eval_every=0))
     """every other training setting, shared by all reward configurations"""
 
 
