@@ -147,12 +147,6 @@ class CropPolicyNet(nn.Module):
         return PolicyOutput(self.decision_head(pooled), box_logits)
 
 
-class SampledActions(NamedTuple):
-    decisions: torch.Tensor  # (N,) long
-    box_ids: torch.Tensor  # (N,) long
-    boxes: torch.Tensor  # (N, 4) 0-1 boxes
-
-
 def token_log_probs(out: PolicyOutput, decisions: torch.Tensor, box_ids: torch.Tensor) -> torch.Tensor:
     """``(N, 2)`` log-probs of the decision token and the box token of each action."""
     decision_lp = torch.distributions.Categorical(logits=out.decision_logits).log_prob(decisions)

@@ -40,7 +40,7 @@ from agents.local_policy import (
     token_log_probs,
 )
 from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
-from envs.region_rerank import FULL, REGION, RegionRerankEnv
+from envs.region_rerank import REGION, RegionRerankEnv
 from envs.scorer import Scorer, make_scorer
 from rewards import RewardConfig
 
@@ -103,6 +103,10 @@ class LocalTrainConfig:
     def make_scorer(self) -> Scorer:
         """The scorer this config names: ``scorer_model`` if set, else the embedded rr-tiny."""
         return make_scorer(self.scorer_model or None, self.scorer_pretrained)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON types (paths as strings), for checkpoints and logs."""
+        return json.loads(json.dumps(asdict(self), default=str))
 
 
 @dataclass
@@ -299,13 +303,9 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
 
     writer.close()
     checkpoint = config.out / "policy.pt"
-    save_policy(net, checkpoint, train_config=_jsonable(asdict(config)))
+    save_policy(net, checkpoint, train_config=config.to_dict())
     write_history(history, config.out)
     return TrainResult(checkpoint, history, time.perf_counter() - start)
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def write_history(history: list[dict[str, float]], out: Path) -> None:

@@ -17,6 +17,7 @@ interrupted run never leaves half a dataset behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -51,6 +52,13 @@ def default_scorer(**kwargs) -> OpenClipScorer:
     """The embedded default scorer; ``kwargs`` go to :class:`envs.scorer.OpenClipScorer`
     (``device``, ``candidate_features``, ``cache_dir``, ``batch_size``, ``num_threads``)."""
     return OpenClipScorer(SCORER_MODEL, SCORER_CHECKPOINT, **kwargs)
+
+
+@functools.cache
+def default_scorer_name() -> str:
+    """:attr:`default_scorer`'s name (it keys the cache), computed once per process: a
+    dataset lookup should not load a model it does not use."""
+    return default_scorer().name
 
 
 def cache_root() -> Path:
@@ -126,14 +134,14 @@ def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: B
     """
     check_split(split)
     config = config if config is not None else DEFAULT_CONFIG
-    scorer = default_scorer()
-    folder = benchmark_dir(config, scorer.name) / split
+    scorer_name = default_scorer_name()
+    folder = benchmark_dir(config, scorer_name) / split
     if not (folder / POOLS_FILE).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         logger.info("materializing the %s split of the embedded benchmark into %s", split, folder)
         partial = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=folder.parent))
         try:
-            write_split(partial, split, config, scorer)
+            write_split(partial, split, config, default_scorer())
             os.rename(partial, folder)
         except OSError:
             if not (folder / POOLS_FILE).is_file():  # not a concurrent writer that finished first
@@ -141,5 +149,5 @@ def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: B
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     dataset = load_query_pools(folder / POOLS_FILE, purpose=purpose)
-    dataset.extra.update(split=split, config=asdict(config), scorer=scorer.name)
+    dataset.extra.update(split=split, config=asdict(config), scorer=scorer_name)
     return dataset

@@ -31,7 +31,7 @@ import tyro
 
 from envs.boxes import crop, view_box_to_image
 from envs.region_rerank import REGION, RegionRerankEnv
-from envs.scorer import OpenClipScorer
+from envs.scorer import make_scorer
 from rewards import ranking_stats, region_reward
 
 
@@ -77,10 +77,7 @@ def timed(fn) -> float:
 
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
-    scorer = None
-    if args.scorer_model is not None:
-        scorer = OpenClipScorer(args.scorer_model, args.scorer_pretrained)
-    env = RegionRerankEnv(args.data, scorer)
+    env = RegionRerankEnv(args.data, make_scorer(args.scorer_model, args.scorer_pretrained))
     rng = np.random.default_rng(args.seed)
     n_queries = min(args.queries, len(env.pools))
     order = rng.permutation(len(env.pools))[:n_queries]

@@ -26,7 +26,7 @@ from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
-from envs.scorer import OpenClipScorer
+from envs.scorer import make_scorer
 from rewards import RewardConfig
 
 
@@ -91,7 +91,7 @@ def build_policies(args: Args) -> dict[str, object]:
 
 def main(args: Args) -> dict[str, dict]:
     torch.set_num_threads(args.threads)
-    scorer = OpenClipScorer(args.scorer_model, args.scorer_pretrained) if args.scorer_model else None
+    scorer = make_scorer(args.scorer_model, args.scorer_pretrained)
     env = RegionRerankEnv(
         args.data, scorer, split=args.split, purpose="eval", max_steps=args.max_steps, reward_config=args.reward
     )

@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default scorer is local; nev
 import tyro
 
 from envs.data import load_query_pools
-from envs.default import DEFAULT_CONFIG, default_scorer, write_split
-from envs.scorer import OpenClipScorer
+from envs.default import DEFAULT_CONFIG, write_split
+from envs.scorer import make_scorer
 from envs.synthetic import SPLITS, BenchmarkConfig
 
 
@@ -52,9 +52,9 @@ class Args:
     """side of the query images in pixels"""
     clutter: float = DEFAULT_CONFIG.scene.clutter
     """background clutter level in [0, 1]"""
-    scorer_model: str = ""
-    """open_clip model that mines hard negatives (empty: the embedded default)"""
-    scorer_pretrained: str = ""
+    scorer_model: str | None = None
+    """open_clip model that mines hard negatives (default: the embedded rr-tiny)"""
+    scorer_pretrained: str | None = None
     """its checkpoint file or zoo tag"""
 
 
@@ -74,7 +74,7 @@ def benchmark_config(args: Args) -> BenchmarkConfig:
 
 def main(args: Args) -> None:
     config = benchmark_config(args)
-    scorer = OpenClipScorer(args.scorer_model, args.scorer_pretrained or None) if args.scorer_model else default_scorer()
+    scorer = make_scorer(args.scorer_model, args.scorer_pretrained)
     print(f"benchmark {config}\nhard negatives mined with {scorer.name}")
     for split in SPLITS if args.split == "all" else (args.split,):
         start = time.perf_counter()

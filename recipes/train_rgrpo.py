@@ -335,7 +335,7 @@ def run_local(args: Args) -> None:
         print("No GPU: training the small CPU policy on the embedded default (--backend local); "
               "--backend verl trains Qwen2.5-VL on a GPU.")
     if args.dry_run:
-        print(yaml.safe_dump(_jsonable(asdict(config)), sort_keys=False))
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return
     scorer = config.make_scorer()
     result = train(config, scorer)
@@ -347,15 +347,6 @@ def run_local(args: Args) -> None:
     policies = {**baseline_policies(), "trained": load_policy(result.checkpoint)}
     source = str(args.test_data) if args.test_data else "embedded benchmark, test split"
     evaluate_and_report(test_env, policies, range(n), config.out / "test", source)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
-
 
 
 def resolve_backend(backend: str) -> str:

@@ -39,8 +39,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-from envs.boxes import crop
-from envs.boxes import expand_box
+from envs.boxes import crop, expand_box
 from envs.synthetic import ENTITIES, BenchmarkConfig, reference_image, render_reference, render_scene, scene_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / "envs" / "assets"
@@ -159,12 +158,14 @@ def frozen_image_embeddings(model, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model, preprocess, tokens: torch.Tensor, config: BenchmarkConfig, n_scenes: int) -> dict[str, float]:
+def evaluate(
+    model, preprocess, tokens: torch.Tensor, kb_images: torch.Tensor, config: BenchmarkConfig, n_scenes: int
+) -> dict[str, float]:
     """Held-out retrieval over the whole knowledge base on val-split scenes: R@1 of the
     target crop (annotated box, 10% context) per candidate kind, and of the FULL image
-    (which the scene's other entities often lead: what cropping fixes)."""
+    (which the scene's other entities often lead: what cropping fixes). ``tokens`` and
+    ``kb_images`` are the knowledge base's texts and reference images, preprocessed."""
     model.eval()
-    kb_images = torch.stack([preprocess(reference_image(e, config.seed, config.reference_size)) for e in ENTITIES])
     image_emb = encode(model, kb_images)
     text_emb = F.normalize(model.encode_text(tokens), dim=-1)
     candidates = {"image": image_emb, "text": text_emb, "image+text": F.normalize(image_emb + text_emb, dim=-1)}
@@ -234,7 +235,7 @@ def main(args: Args) -> None:
             progress.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
     train_time = time.perf_counter() - train_start
 
-    metrics = evaluate(model, preprocess, tokens, config, args.eval_scenes)
+    metrics = evaluate(model, preprocess, tokens, kb_images, config, args.eval_scenes)
     print("held-out (val split, whole knowledge base of", len(ENTITIES), "entities):", {k: round(v, 3) for k, v in metrics.items()})
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

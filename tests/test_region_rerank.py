@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 from PIL import Image
 
 import envs  # noqa: F401  (registers RegionRerank-v0)
-from envs.boxes import crop, from_norm, qwen_resized_size, view_box_to_image
+from envs.boxes import crop, expand_box, from_norm, qwen_resized_size, view_box_to_image
 from envs.data import Candidate, QueryPool
 from envs.region_rerank import FULL, REGION, RegionRerankEnv
 from envs.text_actions import MalformedAction
@@ -229,3 +229,9 @@ def test_text_wrapper_reads_qwen_boxes_in_the_resized_frame(pools, tiny_scorer):
     env.reset(options={"query_index": 0})
     _, reward, _, _, info = env.step("I would crop around the red thing")
     assert info["outcome"] == "malformed" and reward == RewardConfig().malformed_penalty
+
+
+def test_expand_box_adds_context_and_stays_in_the_image():
+    # margin x the longer side (40 px) on every side, clamped to the 100 x 100 image
+    assert expand_box((10, 20, 30, 60), 0.25, 100, 100).tolist() == [0.0, 10.0, 40.0, 70.0]
+    assert expand_box((80, 80, 100, 100), 0.5, 100, 100).tolist() == [70.0, 70.0, 100.0, 100.0]

@@ -149,13 +149,6 @@ def test_pools_hold_the_positive_and_the_hardest_negatives():
         build_pools(specs, similarity[:, :10], config, "test")
 
 
-def test_expand_box_adds_context_and_stays_in_the_image():
-    from envs.boxes import expand_box
-
-    assert expand_box((10, 20, 30, 60), 0.25, 100, 100).tolist() == [0.0, 10.0, 40.0, 70.0]
-    assert expand_box((80, 80, 100, 100), 0.5, 100, 100).tolist() == [70.0, 70.0, 100.0, 100.0]
-
-
 @pytest.mark.parametrize(
     ("make", "field"),
     [
