@@ -52,6 +52,10 @@ class Args:
     seed: int = 0
     """seed of the query order and the random boxes"""
 
+    def __post_init__(self) -> None:
+        if self.scorer_pretrained and not self.scorer_model:  # tyro reports this as a usage error
+            raise ValueError(f"--scorer-pretrained {self.scorer_pretrained} needs --scorer-model (the weights' open_clip model)")
+
 
 def random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` random 0-1 boxes covering 20-80% of each side of the view."""

@@ -65,6 +65,10 @@ class Args:
     reward: RewardConfig = field(default_factory=RewardConfig)
     """reward weights and penalties (the mean reward column uses them)"""
 
+    def __post_init__(self) -> None:
+        if self.scorer_pretrained and not self.scorer_model:  # tyro reports this as a usage error
+            raise ValueError(f"--scorer-pretrained {self.scorer_pretrained} needs --scorer-model (the weights' open_clip model)")
+
 
 def build_policies(args: Args) -> dict[str, object]:
     try:

@@ -57,6 +57,10 @@ class Args:
     scorer_pretrained: str | None = None
     """its checkpoint file or zoo tag"""
 
+    def __post_init__(self) -> None:
+        if self.scorer_pretrained and not self.scorer_model:  # tyro reports this as a usage error
+            raise ValueError(f"--scorer-pretrained {self.scorer_pretrained} needs --scorer-model (the weights' open_clip model)")
+
 
 def benchmark_config(args: Args) -> BenchmarkConfig:
     """The :class:`BenchmarkConfig` the arguments describe (defaults elsewhere)."""

@@ -8,9 +8,7 @@ an id2image mapping, OMGM's wiki-image CSV.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,17 +370,8 @@ def test_entity_map_jsonl(tmp_path: Path) -> None:
         load_entity_map(path)
 
 
-def load_recipe():
-    path = Path(__file__).resolve().parents[1] / "recipes" / "prepare_data.py"
-    spec = importlib.util.spec_from_file_location("prepare_data", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses (and tyro) resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_recipe_writes_a_file_that_load_query_pools_reads(downloads: Downloads, capsys) -> None:
-    recipe = load_recipe()
+def test_recipe_writes_a_file_that_load_query_pools_reads(downloads: Downloads, capsys, load_recipe) -> None:
+    recipe = load_recipe("prepare_data")
     d = downloads
     out = d.root / "data" / "evqa" / "eval.jsonl"
     common = [
@@ -406,8 +395,8 @@ def test_recipe_writes_a_file_that_load_query_pools_reads(downloads: Downloads, 
     assert len(load_query_pools(train, root=d.root)) == 2
 
 
-def test_recipe_reports_errors_and_checks_options(downloads: Downloads, capsys, monkeypatch) -> None:
-    recipe = load_recipe()
+def test_recipe_reports_errors_and_checks_options(downloads: Downloads, capsys, monkeypatch, load_recipe) -> None:
+    recipe = load_recipe("prepare_data")
     d = downloads
     args = ["evqa", "--annotations", str(d.root / "missing.csv"), "--retrieval", str(d.echosight), "--kb", str(d.kb),
             "--features", "text", "--purpose", "eval", "--out", str(d.root / "o.jsonl")]

@@ -88,3 +88,11 @@ def test_evaluate_recipe_end_to_end(scene_pool_files, tiny_model_name, tiny_chec
     assert len(saved["records"]["oracle"]) == 6
     assert "| full |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "rc_by_bucket.png").stat().st_size > 0 and (tmp_path / "rank_before_after.png").exists()
+
+
+@pytest.mark.parametrize("name", ["evaluate", "bench_env", "generate_benchmark"])
+def test_recipes_refuse_scorer_weights_without_a_model(name, load_recipe, tmp_path):
+    recipe = load_recipe(name)
+    extra = {"out": tmp_path} if name == "generate_benchmark" else {}
+    with pytest.raises(ValueError, match=r"--scorer-pretrained w\.pt needs --scorer-model"):
+        recipe.Args(scorer_pretrained="w.pt", **extra)
