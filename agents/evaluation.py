@@ -1,4 +1,5 @@
-"""Run a policy over every query of a split and collect :class:`rewards.evaluation.EpisodeRecord`s."""
+"""Run a policy over every query of a split and collect :class:`rewards.evaluation.EpisodeRecord`s
+(and, for the per-query outputs and the gallery, :class:`agents.gallery.EpisodeTrace`s)."""
 
 from __future__ import annotations
 
@@ -11,36 +12,93 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from envs.region_rerank import REGION, RegionRerankEnv
+from agents.baselines import AnnotatedBoxPolicy, CenterCropPolicy, FullPolicy, OraclePolicy, RandomCropPolicy
+from agents.gallery import (
+    DECISION_NAMES,
+    EpisodeTrace,
+    GalleryConfig,
+    Panel,
+    draw_gallery,
+    gallery_filename,
+    gallery_policies,
+    per_query_row,
+    select_panels,
+    write_per_query,
+)
+from envs.region_rerank import RegionRerankEnv
 from rewards.evaluation import RANK_BUCKETS, EpisodeRecord, summarize_episodes
 
 COLUMNS = ("MRR", "R@1", "R@5", "NDCG", "CondR@1", "RC", "reward", "improved", "worsened")
 """Summary columns of the results table, in order (plus the RC rate per rank bucket)."""
 
+BASELINE_TYPES = (FullPolicy, CenterCropPolicy, RandomCropPolicy, AnnotatedBoxPolicy, OraclePolicy)
+"""Policies the gallery treats as baselines: it draws a learned policy in preference."""
 
-def run_episode(env: RegionRerankEnv, policy, query_index: int) -> EpisodeRecord:
-    """Play one episode of ``policy`` on query ``query_index`` (no randomness in the env)."""
+
+def trace_episode(env: RegionRerankEnv, policy, query_index: int) -> tuple[EpisodeRecord, EpisodeTrace]:
+    """Play one episode of ``policy`` on query ``query_index`` (no randomness in the env);
+    return its record and its trace (decisions, chain of views, reward terms)."""
     obs, info = env.reset(options={"query_index": query_index})
-    total, steps, first_decision, outcome = 0.0, 0, None, ""
+    total, steps, outcome = 0.0, 0, ""
+    decisions: list[str] = []
+    views: list[tuple[float, ...]] = []
+    terms = None
     terminated = truncated = False
     while not (terminated or truncated):
         obs, reward, terminated, truncated, info = env.step(policy(obs, info, env))
         total += reward
         steps += 1
-        first_decision = info["decision"] if first_decision is None else first_decision
+        decisions.append(DECISION_NAMES[info["decision"]])
+        if info["outcome"] == "region":
+            views.append(tuple(float(v) for v in info["box"]))
+        terms = info.get("reward_terms", terms)
         outcome = info["outcome"]
-    return EpisodeRecord(
+    record = EpisodeRecord(
         query_id=info["query_id"],
         pool_size=len(env.pool.candidates),
         has_positive=env.pool.has_positive,
         baseline_rank=info["baseline_rank"],
         final_rank=info["rank"],
         final_ndcg=float(env.stats.ndcg),
-        cropped=first_decision == REGION,
+        cropped=decisions[0] == "REGION",
         reward=total,
         steps=steps,
         outcome=outcome,
     )
+    box = env.pool.box
+    trace = EpisodeTrace(
+        query_index=int(query_index),
+        question=env.pool.question,
+        image=str(env.pool.image),
+        image_size=(env.image.width, env.image.height),
+        annotated_box=None if box is None else tuple(float(v) for v in box),
+        decisions=tuple(decisions),
+        views=tuple(views),
+        reward_terms=terms,
+    )
+    return record, trace
+
+
+def run_episode(env: RegionRerankEnv, policy, query_index: int) -> EpisodeRecord:
+    """Play one episode of ``policy`` on query ``query_index`` (no randomness in the env)."""
+    return trace_episode(env, policy, query_index)[0]
+
+
+def trace_policy(
+    env: RegionRerankEnv,
+    policy,
+    query_indices: Sequence[int] | None = None,
+    *,
+    name: str = "policy",
+    progress: bool = True,
+) -> tuple[list[EpisodeRecord], list[EpisodeTrace]]:
+    """Every query (or ``query_indices``) once, in order: the records and the traces."""
+    indices = range(len(env.pools)) if query_indices is None else query_indices
+    episodes = [
+        trace_episode(env, policy, int(i))
+        for i in tqdm(indices, desc=f"eval {name}", disable=not progress, leave=False)
+    ]
+    return [record for record, _ in episodes], [trace for _, trace in episodes]
 
 
 def evaluate_policy(
@@ -52,11 +110,7 @@ def evaluate_policy(
     progress: bool = True,
 ) -> tuple[dict, list[EpisodeRecord]]:
     """Every query (or ``query_indices``) once, in order; returns the summary and the records."""
-    indices = range(len(env.pools)) if query_indices is None else query_indices
-    records = [
-        run_episode(env, policy, int(i))
-        for i in tqdm(indices, desc=f"eval {name}", disable=not progress, leave=False)
-    ]
+    records, _ = trace_policy(env, policy, query_indices, name=name, progress=progress)
     return summarize_episodes(records), records
 
 
@@ -105,31 +159,94 @@ def plot_results(summaries: dict[str, dict], records: dict[str, list[EpisodeReco
     plt.close(fig)
 
 
+def baseline_names(policies: dict[str, object]) -> list[str]:
+    """Names of the policies that are :mod:`agents.baselines` baselines (not learned)."""
+    return [name for name, policy in policies.items() if isinstance(policy, BASELINE_TYPES)]
+
+
+def write_galleries(
+    env: RegionRerankEnv,
+    policies: dict[str, object],
+    records: dict[str, list[EpisodeRecord]],
+    traces: dict[str, list[EpisodeTrace]],
+    out: Path,
+    config: GalleryConfig,
+    title: str = "",
+) -> list[Path]:
+    """``gallery.png`` for the main policy and ``gallery_<name>.png`` for the others that
+    :func:`agents.gallery.gallery_policies` picks. The oracle's box comes from its own
+    evaluation when it was run; otherwise the oracle plays only the shown queries (a
+    dozen batched forwards, not a split's worth)."""
+    # Without a learned policy, a cropping baseline is the one worth looking at: FULL
+    # never crops, and the oracle's box is drawn on every panel anyway.
+    fallbacks = [n for n, p in policies.items() if isinstance(p, (CenterCropPolicy, RandomCropPolicy, AnnotatedBoxPolicy))]
+    names = gallery_policies(list(policies), baseline_names(policies), fallbacks, config)
+    oracle_name = next((n for n, p in policies.items() if isinstance(p, OraclePolicy)), None)
+    oracle_policy = OraclePolicy()
+    paths = []
+    for k, name in enumerate(names):
+        panels = []
+        for category, i in select_panels(records[name], config):
+            trace = traces[name][i]
+            if oracle_name is not None:
+                oracle = records[oracle_name][i], traces[oracle_name][i]
+            else:
+                oracle = trace_episode(env, oracle_policy, trace.query_index)
+            panels.append(Panel(category, records[name][i], trace, oracle))
+        if panels:
+            path = out / gallery_filename(name, main=k == 0)
+            paths.append(draw_gallery(panels, path, name, config.columns, title))
+    return paths
+
+
 def evaluate_and_report(
-    env: RegionRerankEnv, policies: dict[str, object], query_indices: Sequence[int], out: Path, source: str
+    env: RegionRerankEnv,
+    policies: dict[str, object],
+    query_indices: Sequence[int],
+    out: Path,
+    source: str,
+    gallery: GalleryConfig | None = None,
 ) -> dict[str, dict]:
-    """Evaluate every policy on the same queries; write ``results.md``, ``results.json``
-    and the plots to ``out``; print the table. Returns the summaries by policy name."""
+    """Evaluate every policy on the same queries; write ``results.md``, ``results.json``,
+    ``per_query.jsonl``, the plots and the gallery (see :mod:`agents.gallery`) to ``out``;
+    print the table and how long evaluation and drawing took. Returns the summaries by
+    policy name."""
+    gallery = gallery or GalleryConfig()
     summaries: dict[str, dict] = {}
     records: dict[str, list[EpisodeRecord]] = {}
+    traces: dict[str, list[EpisodeTrace]] = {}
     start = time.perf_counter()
     for name, policy in policies.items():
-        summaries[name], records[name] = evaluate_policy(env, policy, query_indices, name=name)
+        records[name], traces[name] = trace_policy(env, policy, query_indices, name=name)
+        summaries[name] = summarize_episodes(records[name])
     elapsed = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
     header = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}, {elapsed:.0f} s\n\n"
     table = markdown_table(summaries)
     (out / "results.md").write_text(header + table + "\n")
+    write_per_query(
+        (per_query_row(name, r, t) for name in policies for r, t in zip(records[name], traces[name])),
+        out / "per_query.jsonl",
+    )
+    plot_results(summaries, records, out)
+    start = time.perf_counter()
+    title = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}"
+    galleries = write_galleries(env, policies, records, traces, out, gallery, title) if gallery.draw else []
+    gallery_seconds = time.perf_counter() - start
     payload = {
         "source": source,
         "scorer": env.scorer.name,
         "seconds": elapsed,
+        "gallery_seconds": gallery_seconds,
         "summaries": summaries,
         "records": {name: [asdict(r) for r in recs] for name, recs in records.items()},
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1))
-    plot_results(summaries, records, out)
     print(header + table)
-    print(f"\nwrote {out}/results.md, results.json, rc_by_bucket.png, rank_before_after.png")
+    files = ["results.md", "results.json", "per_query.jsonl", "rc_by_bucket.png", "rank_before_after.png"]
+    print(f"\nwrote {out}/" + ", ".join(files + [p.name for p in galleries]))
+    if galleries:
+        print(f"evaluation {elapsed:.2f} s, gallery {gallery_seconds:.2f} s "
+              f"({100 * gallery_seconds / max(elapsed, 1e-9):.1f}% of the evaluation)")
     return summaries

@@ -7,9 +7,13 @@ saved by ``recipes/train_rgrpo.py``), any callable with ``--policy module:attr``
 zero-shot Qwen2.5-VL baseline with ``--vlm /path/to/Qwen2.5-VL``.
 
 Writes ``results.md`` (the table), ``results.json`` (summaries and per-episode
-records) and ``rc_by_bucket.png`` / ``rank_before_after.png`` to ``--out``.
+records), ``per_query.jsonl`` (one row per policy and query: decisions, boxes, ranks,
+reward terms), ``rc_by_bucket.png`` / ``rank_before_after.png`` and ``gallery.png`` (single
+queries with the policy's, the annotated and the oracle's boxes; see
+:mod:`agents.gallery`) to ``--out``.
 
     python recipes/evaluate.py                              # embedded default, test split
+    python recipes/evaluate.py --gallery.policies oracle --gallery.gains 8   # what to draw
     python recipes/evaluate.py --data pools.jsonl --scorer-model EVA02-B-16 --scorer-pretrained eva.pt
 """
 
@@ -24,6 +28,7 @@ import tyro
 
 from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
+from agents.gallery import GalleryConfig
 from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import make_scorer
@@ -64,6 +69,8 @@ class Args:
     """torch intra-op threads"""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """reward weights and penalties (the mean reward column uses them)"""
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    """which queries gallery.png shows, and for which policies"""
 
     def __post_init__(self) -> None:
         if self.scorer_pretrained and not self.scorer_model:  # tyro reports this as a usage error
@@ -101,7 +108,7 @@ def main(args: Args) -> dict[str, dict]:
     )
     n = len(env.pools) if args.max_queries is None else min(args.max_queries, len(env.pools))
     source = str(args.data) if args.data else f"embedded benchmark, {args.split} split"
-    summaries = evaluate_and_report(env, build_policies(args), range(n), args.out, source)
+    summaries = evaluate_and_report(env, build_policies(args), range(n), args.out, source, args.gallery)
     return summaries
 
 
