@@ -19,16 +19,45 @@ FULL: ``full_reward`` if the baseline already ranks a positive first, else 0.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
-from rewards.metrics import best_positive_rank, margin, ndcg_at_k, reciprocal_rank
+from rewards.metrics import (
+    MARGIN_POSITIVES,
+    TIE_BREAKS,
+    MarginPositive,
+    TieBreak,
+    best_positive_rank,
+    margin,
+    ndcg_at_k,
+    reciprocal_rank,
+)
+
+TextRules = Literal["project", "region_r1_public"]
+TEXT_RULES: tuple[str, ...] = ("project", "region_r1_public")
+TEXT_FRAMES: tuple[str, ...] = ("norm", "norm1000", "pixel", "resized")  # envs.boxes.FRAMES; rewards imports no env
 
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Every knob of the reward. Defaults are those of the public Region-R1 code."""
+    """Every knob of the reward, and of the rules that decide which reward an action gets.
+
+    The weights, ``scale``, ``floor``, ``full_reward`` and ``invalid_box_penalty``
+    defaults are those the public Region-R1 code trains with (the command-line defaults
+    of its ``main.py``; its ``clip_mixture_reward`` function has other fallbacks, 0.5 /
+    0.5 / 0 / 0.1, that ``main.py`` always overrides). The other defaults are this
+    project's own choices and differ from the public code: ties against positives,
+    margin from the best positive, margin 0 without negatives, crops of at least
+    ``min_box_side`` pixels, malformed text paid with ``malformed_penalty``, the text
+    rules of :mod:`envs.text_actions` in Qwen2.5-VL's resized frame, and crops scored
+    as cut. :meth:`region_r1_public` selects the public behaviour for each of them
+    (the README's "Reward semantics vs the public Region-R1 code" lists them).
+
+    The last five fields are read by the environment and :class:`envs.wrappers.TextAction`,
+    not by the reward formula; they live here so one config (and one preset) fixes
+    everything that decides a reward.
+    """
 
     scale: float = 5.0
     """Multiplies the clipped weighted sum."""
@@ -51,9 +80,34 @@ class RewardConfig:
     malformed_penalty: float = -1.0
     """Reward for an action that cannot be parsed (text) or is not in the action space."""
     malformed_as_full: bool = False
-    """Treat a malformed action as FULL instead (what the public Region-R1 code does)."""
+    """Treat a malformed action as FULL instead (what the public Region-R1 code does: a
+    completion without a parsable box is scored as "no crop")."""
     ndcg_k: int | None = None
     """NDCG cutoff; ``None`` means the pool size K."""
+    tie_break: TieBreak = "against_positives"
+    """How score ties rank: ``"against_positives"`` (a positive tied with a negative
+    ranks after it) or ``"pool_order"`` (ties keep pool order: the public code)."""
+    margin_positive: MarginPositive = "best"
+    """Positive term of the margin: the ``"best"`` positive's similarity or the ``"mean"``
+    over all positives (the public code)."""
+    margin_without_negatives: float = 0.0
+    """Margin of a pool with positives but no negative (the public code: 1.0)."""
+    min_box_side: float = 4.0
+    """Smallest valid crop side in original pixels after clamping (the env's
+    ``min_box_side`` argument overrides it). A box must also have positive area; 0
+    accepts any such box, as the public code does."""
+    resize_crop: bool = False
+    """Score a REGION crop after resizing it with Qwen2.5-VL's ``smart_resize`` rule
+    (bicubic), as the public code does before its CLIP forward. The FULL baseline and the
+    view shown to the policy are never resized."""
+    text_rules: TextRules = "project"
+    """How :class:`envs.wrappers.TextAction` reads text: ``"project"`` (every syntax of
+    :mod:`envs.text_actions`, last action wins, reasoning ignored) or
+    ``"region_r1_public"`` (the public ``parse_bbox_from_completion``)."""
+    text_frame: str = "resized"
+    """Frame :class:`envs.wrappers.TextAction` reads box numbers in unless given one:
+    ``"resized"`` (what Qwen2.5-VL emits) or, as the public code crops them, ``"pixel"``
+    (see :mod:`envs.boxes`)."""
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -61,6 +115,49 @@ class RewardConfig:
                 raise ValueError(f"RewardConfig.{name} must be finite, got {value}")
         if self.ndcg_k is not None and self.ndcg_k < 1:
             raise ValueError(f"RewardConfig.ndcg_k must be >= 1 or None, got {self.ndcg_k}")
+        choices = {
+            "tie_break": TIE_BREAKS,
+            "margin_positive": MARGIN_POSITIVES,
+            "text_rules": TEXT_RULES,
+            "text_frame": TEXT_FRAMES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"RewardConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.min_box_side < 0:
+            raise ValueError(f"RewardConfig.min_box_side must be >= 0, got {self.min_box_side}")
+
+    @classmethod
+    def region_r1_public(cls, **overrides) -> "RewardConfig":
+        """The public Region-R1 code's behaviour wherever this project chose differently.
+
+        Pool-order ties, mean-positive margin, margin 1.0 without negatives, any crop of
+        positive area, malformed text scored as FULL, the public text parser with boxes
+        in original pixels, and crops resized with ``smart_resize`` before scoring. The
+        weights and penalties are already the public ones.
+        """
+        public = dict(
+            tie_break="pool_order",
+            margin_positive="mean",
+            margin_without_negatives=1.0,
+            min_box_side=0.0,
+            malformed_as_full=True,
+            resize_crop=True,
+            text_rules="region_r1_public",
+            text_frame="pixel",
+        )
+        return cls(**{**public, **overrides})
+
+    def stats(self, scores, positives) -> "RankingStats":
+        """:func:`ranking_stats` of ``scores`` under this config's ranking conventions."""
+        return ranking_stats(
+            scores,
+            positives,
+            self.ndcg_k,
+            tie_break=self.tie_break,
+            margin_positive=self.margin_positive,
+            margin_without_negatives=self.margin_without_negatives,
+        )
 
     @classmethod
     def ablation(cls, name: str, **overrides) -> "RewardConfig":
@@ -86,13 +183,22 @@ class RankingStats(NamedTuple):
     margin: np.ndarray
 
 
-def ranking_stats(scores, positives, ndcg_k: int | None = None) -> RankingStats:
-    """Rank of the best positive, its reciprocal, NDCG@k and margin of a pool's scores."""
+def ranking_stats(
+    scores,
+    positives,
+    ndcg_k: int | None = None,
+    *,
+    tie_break: TieBreak = "against_positives",
+    margin_positive: MarginPositive = "best",
+    margin_without_negatives: float = 0.0,
+) -> RankingStats:
+    """Rank of the best positive, its reciprocal, NDCG@k and margin of a pool's scores
+    (conventions in :mod:`rewards.metrics`; :meth:`RewardConfig.stats` passes a config's)."""
     return RankingStats(
-        rank=best_positive_rank(scores, positives),
-        rr=reciprocal_rank(scores, positives),
-        ndcg=ndcg_at_k(scores, positives, ndcg_k),
-        margin=margin(scores, positives),
+        rank=best_positive_rank(scores, positives, tie_break),
+        rr=reciprocal_rank(scores, positives, tie_break),
+        ndcg=ndcg_at_k(scores, positives, ndcg_k, tie_break),
+        margin=margin(scores, positives, margin_positive, margin_without_negatives),
     )
 
 
