@@ -9,8 +9,10 @@ A box is ``[x1, y1, x2, y2]`` (left, top, right, bottom). Four frames occur:
                 Qwen2.5-VL's resize rule (:func:`qwen_resized_size`). Qwen2.5-VL emits
                 boxes in this frame.
 
-A *view* is a rectangle of the original query image in original-image pixels (floats);
-the first view is the whole image and each REGION step zooms into a sub-rectangle.
+A *view* is a rectangle of the original query image in whole original-image pixels;
+the first view is the whole image and each REGION step zooms into the
+:func:`pixel_rect` of its box, the crop the policy is then shown, so a box in the
+next step's frames maps onto exactly the pixels the policy saw.
 Converting through ``"norm"`` and :func:`view_box_to_image` gives the crop in original
 pixels; crops are cut at full resolution from the original image, never from a resized
 copy.
@@ -18,6 +20,7 @@ copy.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -80,15 +83,37 @@ def clamp_norm_box(box) -> np.ndarray:
     return np.clip(np.asarray(box, np.float64), 0.0, 1.0)
 
 
+def region_r1_resized_size(width: int, height: int, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` the public Region-R1 code resizes a crop to before scoring it.
+
+    Its own copy of ``smart_resize`` (factor 28): the same rounding as
+    :func:`qwen_resized_size` but without qwen_vl_utils' aspect-ratio limit, so it
+    never raises on a thin crop.
+    """
+    factor = QWEN_PATCH_FACTOR
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return int(w_bar), int(h_bar)
+
+
 def is_valid_box(norm_box, view_size: tuple[float, float], min_side_px: float = 1.0) -> bool:
-    """A clamped 0-1 box is valid when finite and at least ``min_side_px`` wide and high
-    in the view's original pixels (so it crops to a real image)."""
+    """A clamped 0-1 box is valid when finite, of positive area and at least
+    ``min_side_px`` wide and high in the view's original pixels (so it crops to a real
+    image); ``min_side_px=0`` accepts any box of positive area."""
     b = np.asarray(norm_box, np.float64)
     if b.shape != (4,) or not np.all(np.isfinite(b)):
         return False
     width_px = (b[2] - b[0]) * view_size[0]
     height_px = (b[3] - b[1]) * view_size[1]
-    return bool(width_px >= min_side_px and height_px >= min_side_px)
+    return bool(width_px > 0 and height_px > 0 and width_px >= min_side_px and height_px >= min_side_px)
 
 
 def expand_box(box, margin: float, width: float, height: float) -> np.ndarray:
@@ -119,11 +144,21 @@ PIXEL_TOLERANCE = 1e-3
 noise that must not grow a crop by a whole pixel."""
 
 
-def crop(image: Image.Image, image_box) -> Image.Image:
-    """Cut ``image_box`` (original pixels, floats) from ``image``; edges are rounded
-    outwards so the crop never loses a partially covered pixel."""
+def pixel_rect(image_box, width: int, height: int) -> np.ndarray:
+    """The whole-pixel rectangle :func:`crop` cuts for ``image_box`` (original pixels,
+    floats) from a ``width x height`` image: edges rounded outwards (so the crop never
+    loses a partially covered pixel), at least 1 px, inside the image. Integer-valued
+    float64 ``[left, top, right, bottom]``; a rectangle maps to itself."""
     x1, y1, x2, y2 = np.asarray(image_box, np.float64)
-    left, top = int(np.floor(x1 + PIXEL_TOLERANCE)), int(np.floor(y1 + PIXEL_TOLERANCE))
-    right = max(int(np.ceil(x2 - PIXEL_TOLERANCE)), left + 1)
-    bottom = max(int(np.ceil(y2 - PIXEL_TOLERANCE)), top + 1)
-    return image.crop((left, top, min(right, image.width), min(bottom, image.height)))
+    left = min(max(int(np.floor(x1 + PIXEL_TOLERANCE)), 0), width - 1)
+    top = min(max(int(np.floor(y1 + PIXEL_TOLERANCE)), 0), height - 1)
+    right = min(max(int(np.ceil(x2 - PIXEL_TOLERANCE)), left + 1), width)
+    bottom = min(max(int(np.ceil(y2 - PIXEL_TOLERANCE)), top + 1), height)
+    return np.array([left, top, right, bottom], dtype=np.float64)
+
+
+def crop(image: Image.Image, image_box) -> Image.Image:
+    """Cut ``image_box`` (original pixels, floats) from ``image``: the :func:`pixel_rect`
+    of the box, so the crop's size is exactly that rectangle's."""
+    left, top, right, bottom = (int(v) for v in pixel_rect(image_box, image.width, image.height))
+    return image.crop((left, top, right, bottom))

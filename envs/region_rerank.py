@@ -12,13 +12,14 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from envs.boxes import clamp_norm_box, crop, is_valid_box, view_box_to_image
-from envs.data import QueryPool, load_image, load_query_pools
+from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, read_action
+from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
+from envs.data import DataError, QueryPool, load_image, load_query_pools
 from envs.scorer import Scorer
-from envs.text_actions import MalformedAction
-from rewards import RankingStats, RewardConfig, RewardTerms, box_iou, full_reward, ranking_stats, region_reward
+from rewards import RankingStats, RewardConfig, RewardTerms, box_iou, full_reward, region_reward
 
-FULL, REGION = 0, 1
+__all__ = ["FULL", "MALFORMED", "REGION", "InvalidBoxAction", "MalformedAction", "Outcome", "RegionRerankEnv"]
+
 RewardMode = Literal["terminal", "incremental"]
 
 
@@ -52,11 +53,18 @@ class RegionRerankEnv(gym.Env):
     ## Action Space
     ``Dict(decision=Discrete(2), box=Box(0, 1, (4,), float32))``: ``decision`` 0 is FULL
     (keep the current view and stop), 1 is REGION (crop ``box``). ``box`` is
-    ``[x1, y1, x2, y2]`` normalized to the CURRENT view and is ignored for FULL. Boxes are
-    clamped to the view; a box narrower or lower than ``min_box_side`` original pixels
-    after clamping (inverted, zero-area) is invalid. Anything else (a NaN box, an
-    unknown decision, a :class:`MalformedAction` from a wrapper) is malformed. Neither
-    raises. Wrappers in :mod:`envs.wrappers` adapt a flat ``Box`` and VLM text.
+    ``[x1, y1, x2, y2]`` normalized to the CURRENT view and is ignored for FULL. Actions
+    are read by :func:`envs.actions.read_action`: the decision must be the integer 0 or
+    1 (a Python or NumPy integer, not ``bool``/float/str) and a REGION box 4 finite
+    numbers. Boxes are clamped to the view; a box of zero area or narrower or lower than
+    ``min_box_side`` original pixels after clamping (inverted, outside the view) is an
+    invalid box. Anything else (a NaN or overflowing box, ``decision=1.0``, ``"1"``, a
+    non-dict, a :class:`MalformedAction` from a wrapper) is malformed. No action, of any
+    Python type, makes :meth:`step` or :meth:`score_actions` raise. A valid box is cut
+    as whole pixels (its :func:`envs.boxes.pixel_rect`, edges rounded outwards), and
+    that rectangle becomes the next view, so the next step's box is relative to exactly
+    the crop the policy is shown. Wrappers in :mod:`envs.wrappers` adapt a flat ``Box``,
+    VLM text and a numeric question for libraries like Stable-Baselines3.
 
     ## Observation Space
     ``Dict(image=Box(0, 255, (obs_size, obs_size, 3), uint8), question=Text, step=Discrete(max_steps + 1))``:
@@ -69,6 +77,12 @@ class RegionRerankEnv(gym.Env):
     should be shown), ``view_box`` (the view in original pixels), ``box`` (the last crop
     in original pixels), ``baseline_rank`` / ``rank`` / ``scores`` / ``baseline_scores``,
     ``reward_terms`` and ``outcome``.
+
+    Scores are cosine similarities computed in float64 from the scorer's embeddings.
+    With a batch-invariant scorer (:class:`envs.scorer.OpenClipScorer` is one) the
+    scores of a view do not depend on what else is scored with it: the reward
+    :meth:`score_actions` predicts and the one :meth:`step` pays agree to 1e-6 at most
+    (in practice exactly).
 
     ## Rewards
     From :mod:`rewards` with ``reward_config`` (:class:`rewards.RewardConfig`):
@@ -102,7 +116,8 @@ class RegionRerankEnv(gym.Env):
     - ``reward_mode``: ``"terminal"`` or ``"incremental"`` (see Rewards).
     - ``obs_size``: side of the square observation image.
     - ``policy_max_side``: information gap; ``None`` shows the policy the full-resolution view.
-    - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid box.
+    - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid box;
+      ``None`` takes ``reward_config.min_box_side`` (4 px by default).
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the query image with the view, the crop and the rank drawn on it).
     """
 
@@ -120,7 +135,7 @@ class RegionRerankEnv(gym.Env):
         reward_mode: RewardMode = "terminal",
         obs_size: int = 224,
         policy_max_side: int | None = None,
-        min_box_side: float = 4.0,
+        min_box_side: float | None = None,
         render_mode: str | None = None,
     ):
         if max_steps < 1:
@@ -143,7 +158,9 @@ class RegionRerankEnv(gym.Env):
         self.reward_mode = reward_mode
         self.obs_size = obs_size
         self.policy_max_side = policy_max_side
-        self.min_box_side = min_box_side
+        self.min_box_side = self.reward_config.min_box_side if min_box_side is None else float(min_box_side)
+        if self.min_box_side < 0:
+            raise ValueError(f"min_box_side must be >= 0, got {self.min_box_side}")
         self.render_mode = render_mode
 
         self.action_space = spaces.Dict(
@@ -164,7 +181,7 @@ class RegionRerankEnv(gym.Env):
         self.image: Image.Image | None = None
         self.view_box = np.zeros(4)
         self.steps_taken = 0
-        self.candidate_embeddings = np.zeros((0, 0), np.float32)
+        self.candidate_embeddings = np.zeros((0, 0), np.float64)
         self.baseline_scores = np.zeros(0)
         self.baseline_stats: RankingStats | None = None
         self.scores = np.zeros(0)
@@ -175,12 +192,16 @@ class RegionRerankEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.pool = self.pools[self._query_index(options or {})]
-        self.image = load_image(self.pool.image)
+        try:
+            self.image = load_image(self.pool.image)
+        except DataError as exc:  # name the record, not only the file: the image may have changed since loading
+            where = self.pool.where or f"query {self.pool.query_id!r}"
+            raise DataError(f"{where}: field 'image': {exc}") from exc
         self.view_box = np.array([0.0, 0.0, self.image.width, self.image.height])
         self.steps_taken = 0
         self._view_image = None
         # The pool's embeddings are fetched once per query; a step then costs one image forward.
-        self.candidate_embeddings = self.scorer.candidate_embeddings(self.pool)
+        self.candidate_embeddings = np.asarray(self.scorer.candidate_embeddings(self.pool), np.float64)
         self.baseline_scores = self._score_views([self.image])[0]
         self.baseline_stats = self._stats(self.baseline_scores)
         self.scores, self.stats = self.baseline_scores, self.baseline_stats
@@ -215,12 +236,20 @@ class RegionRerankEnv(gym.Env):
     def score_actions(self, actions: Sequence[Any]) -> list[Outcome]:
         """What each action would do from the current state, without taking it.
 
-        All REGION crops are scored in ONE scorer forward, so a group of n rollouts of a
-        query (GRPO) costs one batch, not n steps. ``outcome.reward`` is exactly the
-        reward :meth:`step` would return for that action.
+        All REGION crops are scored in one batched scorer call, so a group of n rollouts
+        of a query (GRPO) costs one batch, not n steps. ``outcome.reward`` is the reward
+        :meth:`step` would return for that action: with a batch-invariant scorer (the
+        default :class:`envs.scorer.OpenClipScorer`) to 1e-6 at most, whatever else is in
+        the group. Each action may be any object (see Action Space); none raises.
+
+        Raises:
+            TypeError: if ``actions`` is not a sequence of actions (a str or a single
+                dict action is refused rather than iterated).
         """
         if self.pool is None:
             raise RuntimeError("call reset() before score_actions()")
+        if isinstance(actions, (str, bytes, dict)) or not isinstance(actions, (Sequence, np.ndarray)):
+            raise TypeError(f"score_actions takes a sequence of actions, got {type(actions).__name__}")
         return self._outcomes(list(actions))
 
     @property
@@ -261,34 +290,50 @@ class RegionRerankEnv(gym.Env):
         return int(self.np_random.integers(len(self.pools)))
 
     def _score_views(self, views: list[Image.Image]) -> np.ndarray:
-        """Cosine similarities ``(len(views), K)``: one batched image forward."""
-        return self.scorer.embed_images(views) @ self.candidate_embeddings.T
+        """Cosine similarities ``(len(views), K)``: one batched image call.
+
+        The product is taken in float64: a float32 matrix product's rounding depends on
+        how many rows it has, which would make a view's scores depend on its group.
+        """
+        return np.asarray(self.scorer.embed_images(views), np.float64) @ self.candidate_embeddings.T
+
+    def _scored_image(self, view: Image.Image) -> Image.Image:
+        """What the scorer sees of a REGION crop (resized first under ``resize_crop``)."""
+        if not self.reward_config.resize_crop:
+            return view
+        return view.resize(region_r1_resized_size(view.width, view.height), Image.Resampling.BICUBIC)
 
     def _stats(self, scores: np.ndarray) -> RankingStats:
-        return ranking_stats(scores, self.pool.positives, self.reward_config.ndcg_k)
+        return self.reward_config.stats(scores, self.pool.positives)
 
     def _outcomes(self, actions: list[Any]) -> list[Outcome]:
         outcomes: list[Outcome | None] = []
         crops: list[tuple[int, np.ndarray]] = []
+        config = self.reward_config
         for i, action in enumerate(actions):
-            decision, box, reason = _read_action(action)
-            if decision is None and self.reward_config.malformed_as_full:
-                decision = FULL
-            if decision is None:
-                outcomes.append(Outcome("malformed", self.reward_config.malformed_penalty, True, reason=reason))
+            read = read_action(action)
+            decision = FULL if read.decision == MALFORMED and config.malformed_as_full else read.decision
+            if read.invalid_box:
+                outcomes.append(Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=read.reason))
+            elif decision == MALFORMED:
+                outcomes.append(Outcome("malformed", config.malformed_penalty, True, reason=read.reason))
             elif decision == FULL:
                 outcomes.append(self._stop_outcome())
             else:
-                norm = clamp_norm_box(box)
+                norm = clamp_norm_box(read.box)
                 if not is_valid_box(norm, self.view_size, self.min_box_side):
-                    reason = f"box {np.round(box, 4).tolist()} is empty or smaller than {self.min_box_side}px after clamping"
-                    outcomes.append(Outcome("invalid_box", self.reward_config.invalid_box_penalty, True, REGION, reason=reason))
+                    reason = (
+                        f"box {np.round(read.box, 4).tolist()} is empty or smaller than "
+                        f"{self.min_box_side}px after clamping"
+                    )
+                    outcomes.append(Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=reason))
                 else:
                     outcomes.append(None)
-                    crops.append((i, view_box_to_image(norm, self.view_box)))
+                    image_box = pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
+                    crops.append((i, image_box))
         if crops:
             views = [crop(self.image, image_box) for _, image_box in crops]
-            all_scores = self._score_views(views)
+            all_scores = self._score_views([self._scored_image(view) for view in views])
             for (i, image_box), view, scores in zip(crops, views, all_scores):
                 outcomes[i] = self._region_outcome(image_box, view, scores)
         return outcomes
@@ -345,7 +390,7 @@ class RegionRerankEnv(gym.Env):
         }
         if outcome is not None:
             info["outcome"] = outcome.kind
-            info["decision"] = -1 if outcome.decision is None else outcome.decision
+            info["decision"] = MALFORMED if outcome.decision is None else outcome.decision
             if outcome.reason:
                 info["reason"] = outcome.reason
             if outcome.image_box is not None:
@@ -362,22 +407,6 @@ def _resize_filter(size: tuple[int, int], target: int) -> dict[str, Any]:
     if max(size) > target:
         return {"resample": Image.Resampling.BILINEAR, "reducing_gap": 2.0}
     return {"resample": Image.Resampling.NEAREST}
-
-
-def _read_action(action: Any) -> tuple[int | None, np.ndarray | None, str]:
-    """``(decision, box, reason)``; decision is None when the action is malformed."""
-    if isinstance(action, MalformedAction):
-        return None, None, action.reason
-    try:
-        decision = int(np.asarray(action["decision"]).item())
-        box = np.asarray(action["box"], dtype=np.float64).reshape(-1)
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        return None, None, f"action {action!r} is not a dict with 'decision' and 'box': {err}"
-    if decision not in (FULL, REGION):
-        return None, None, f"decision {decision} is neither 0 (FULL) nor 1 (REGION)"
-    if decision == REGION and (box.shape != (4,) or not np.all(np.isfinite(box))):
-        return None, None, f"box {box.tolist()} is not 4 finite numbers"
-    return decision, box, ""
 
 
 def _resolve_dataset(dataset, split: str, purpose: str) -> Sequence[QueryPool]:

@@ -42,6 +42,12 @@ Rules:
   tool call) is part of the outer one. If the last action is itself broken (say a tool
   call with 3 numbers), the result is malformed even when an earlier action was fine.
 * No action at all is malformed.
+* Text longer than ``max_chars`` (:data:`MAX_TEXT_CHARS`, 131,072 characters, about 32k
+  tokens: far beyond any answer a VLM is asked for) is malformed without being scanned,
+  so parsing any input costs at most about what parsing that many characters does.
+
+``rules="region_r1_public"`` reads text as the public Region-R1 code's
+``parse_bbox_from_completion`` does instead (see :func:`parse_action_text`).
 """
 
 from __future__ import annotations
@@ -50,10 +56,11 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from envs.actions import FULL, REGION, MalformedAction
 from envs.boxes import FRAMES, Frame, from_norm, to_norm
 
 TOOL_NAME = "image_zoom_in_tool"
@@ -65,6 +72,11 @@ FULL_ANSWER = "<answer>FULL</answer>"
 
 STYLES: tuple[str, ...] = ("tool_call", "box_tag", "bbox_tag", "box_special")
 """Text styles :func:`format_action_text` can write."""
+
+MAX_TEXT_CHARS = 131_072
+"""Longest text :func:`parse_action_text` reads by default; longer text is malformed unread."""
+RULES: tuple[str, ...] = ("project", "region_r1_public")
+"""Text rules :func:`parse_action_text` knows (see ``rules``)."""
 
 _INTEGER_FRAMES = ("pixel", "resized", "norm1000")
 _NORM_DECIMALS = 4
@@ -97,14 +109,6 @@ class ParsedAction:
     decision: int
     box: np.ndarray | None
     source: str
-
-
-@dataclass(frozen=True)
-class MalformedAction:
-    """Text that holds no usable action; ``reason`` says why and quotes the text."""
-
-    reason: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -250,12 +254,87 @@ def _action_from_match(
     match: _Match, text: str, frame: Frame, view_size: tuple[float, float] | None, resized_size: tuple[int, int] | None
 ) -> ParsedAction | MalformedAction:
     if match.source in ("full_marker", "full_answer"):
-        return ParsedAction(decision=0, box=None, source=match.source)
+        return ParsedAction(decision=FULL, box=None, source=match.source)
     coords = _tool_call_box(match.payload) if match.source == "tool_call" else _four_numbers(match.payload)
     if isinstance(coords, str):
         return MalformedAction(reason=f"{match.source}: {coords}", text=text)
     box = to_norm(coords, frame, _view_size_arg(view_size), resized_size)
-    return ParsedAction(decision=1, box=box, source=match.source)
+    return ParsedAction(decision=REGION, box=box, source=match.source)
+
+
+_PUBLIC_BBOX = re.compile(r'"bbox_2d"\s*:\s*\[([^\]]+)\]')
+
+
+def _finite(numbers: list[float], shown: str) -> list[float] | str:
+    # The public code would crop with NaN or infinity; no crop can be placed there.
+    if not all(math.isfinite(v) for v in numbers):
+        return f"bbox_2d has a non-finite number: {_snippet(shown)}"
+    return numbers
+
+
+def _public_regex_box(text: str) -> list[float] | str:
+    """The public fallback: the first ``"bbox_2d": [...]`` anywhere in the text, split at commas."""
+    match = _PUBLIC_BBOX.search(text)
+    if match is None:
+        return 'tool call is not a JSON object with bbox_2d and the text has no "bbox_2d": [...]'
+    coords = match.group(1).split(",")
+    if len(coords) != 4:
+        return f"bbox_2d needs 4 numbers, got {len(coords)} in {_snippet(match.group(0))}"
+    try:
+        return _finite([float(x.strip()) for x in coords], match.group(0))
+    except ValueError:
+        return f"bbox_2d holds a non-number: {_snippet(match.group(0))}"
+
+
+def _public_member(container: Any, key: str) -> Literal["found", "missing", "fallback"]:
+    """The public ``key in container and container[key]`` test: on a dict a key lookup;
+    on a str or list ``in`` is membership and the lookup that follows raises TypeError;
+    on anything else ``in`` itself raises TypeError (both caught: the regex fallback)."""
+    if isinstance(container, dict):
+        return "found" if key in container else "missing"
+    if isinstance(container, (str, list)):
+        return "fallback" if key in container else "missing"
+    return "fallback"
+
+
+def _public_box(text: str) -> list[float] | str | None:
+    """The public ``parse_bbox_from_completion``: a box, a reason it failed, or ``None``
+    when the text holds no ``<tool_call>...</tool_call>`` pair at all."""
+    if "<tool_call>" not in text or "</tool_call>" not in text:
+        return None
+    content = text.split("<tool_call>", 2)[1].split("</tool_call>", 1)[0].strip()
+    try:
+        call = json.loads(content)
+    except RecursionError:  # the public code lets this escape to its catch-all (reward 0)
+        return f"tool call nests too deeply: {_snippet(content)}"
+    except ValueError:
+        return _public_regex_box(text)
+    status = _public_member(call, "arguments")
+    if status == "found":
+        status = _public_member(call["arguments"], "bbox_2d")
+    if status == "fallback":
+        return _public_regex_box(text)
+    if status == "missing":  # the public code returns None here, without the fallback
+        return f"tool call has no arguments.bbox_2d: {_snippet(content)}"
+    bbox = call["arguments"]["bbox_2d"]
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        return f"bbox_2d must be a list of 4 numbers, got {_json_snippet(bbox, content)}"
+    try:
+        return _finite([float(v) for v in bbox], content)  # numeric strings and booleans pass, as in public
+    except (TypeError, ValueError):
+        return _public_regex_box(text)
+    except OverflowError:  # the public code lets this escape to its catch-all (reward 0)
+        return f"bbox_2d has a number too large: {_snippet(content)}"
+
+
+def _parse_public(text: str, frame: Frame, view_size, resized_size) -> ParsedAction | MalformedAction:
+    box = _public_box(text)
+    if box is None or isinstance(box, str):
+        if _FULL_MARKER.search(text):  # the public code has no FULL answer: anything without a box is FULL
+            return ParsedAction(decision=FULL, box=None, source="full_marker")
+        reason = box if isinstance(box, str) else f"no <tool_call>...</tool_call> in {_snippet(text.strip())}"
+        return MalformedAction(reason=f"region_r1_public: {reason}", text=text)
+    return ParsedAction(decision=REGION, box=to_norm(box, frame, _view_size_arg(view_size), resized_size), source="tool_call")
 
 
 def parse_action_text(
@@ -263,6 +342,9 @@ def parse_action_text(
     frame: Frame = "resized",
     view_size: tuple[float, float] | None = None,
     resized_size: tuple[int, int] | None = None,
+    *,
+    rules: str = "project",
+    max_chars: int = MAX_TEXT_CHARS,
 ) -> ParsedAction | MalformedAction:
     """Read a FULL / REGION action from a VLM's reply (see the module docstring).
 
@@ -271,10 +353,31 @@ def parse_action_text(
     ``view_size``), ``"norm"`` (0-1) or ``"norm1000"`` (0-1000). A missing or bad frame
     argument raises ``ValueError`` before parsing; any string ``text`` returns a
     :class:`ParsedAction` or a :class:`MalformedAction`, never raises.
+
+    ``rules="project"`` applies the rules of the module docstring.
+    ``rules="region_r1_public"`` reads text as the public Region-R1 code does: only the
+    FIRST ``<tool_call>`` counts and it must be closed by ``</tool_call>`` (exact case);
+    reasoning is not removed (a tool call inside ``<think>`` counts); the tool name is
+    not checked; the call body must be exactly one JSON object, else the first
+    ``"bbox_2d": [...]`` anywhere in the text is split at commas; ``bbox_2d`` values
+    may be numeric strings (``"12"``). Unlike the public code, non-finite numbers are
+    malformed. Text with no box is FULL when it holds ``NO_CROP_NEEDED`` and malformed
+    otherwise (the public code scores both as FULL: pair with
+    ``RewardConfig.malformed_as_full``).
+
+    ``max_chars`` caps what is read: longer text is malformed without being scanned.
     """
     _check_frame_args(frame, view_size, resized_size)
+    if rules not in RULES:
+        raise ValueError(f"unknown text rules {rules!r}; choose from {RULES}")
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if len(text) > max_chars:
+        return MalformedAction(
+            reason=f"answer is {len(text)} characters, more than the {max_chars} the parser reads", text=text
+        )
+    if rules == "region_r1_public":
+        return _parse_public(text, frame, view_size, resized_size)
     actions = _find_actions(_strip_reasoning(text))
     if not actions:
         return MalformedAction(reason=f"no action found in {_snippet(text.strip())}", text=text)

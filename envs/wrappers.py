@@ -1,73 +1,182 @@
-"""Action wrappers: the same env driven by a flat ``Box`` or by a VLM's text."""
+"""Wrappers: the same env driven by a flat ``Box``, by a VLM's text, or with a numeric question.
+
+Every wrapper records its constructor arguments (``gymnasium.utils.RecordConstructorArgs``),
+so ``wrapped.spec`` lists it and ``gym.make(wrapped.spec)`` rebuilds the whole stack, and
+each passes ``gymnasium.utils.env_checker.check_env``. None raises on any action.
+
+Stable-Baselines3 (or any library that wants only ``Box`` / ``Discrete`` spaces) runs the
+env unchanged as ``FlatBoxAction(HashedQuestion(env))``.
+"""
 
 from __future__ import annotations
+
+import re
+import zlib
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Frame, qwen_resized_size
-from envs.region_rerank import FULL, REGION
-from envs.text_actions import ParsedAction, parse_action_text
+from envs.actions import FULL, REGION, InvalidBoxAction, MalformedAction, describe, read_flat_action
+from envs.boxes import FRAMES, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Frame, qwen_resized_size
+from envs.text_actions import MAX_TEXT_CHARS, RULES, ParsedAction, parse_action_text
+
+__all__ = ["FULL", "REGION", "FlatBoxAction", "HashedQuestion", "TextAction", "hashed_bag_of_words"]
 
 
-class FlatBoxAction(gym.ActionWrapper):
+class FlatBoxAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """``Box(0, 1, (5,))`` actions for libraries without ``Dict`` action spaces.
 
     ``a[0] >= 0.5`` means REGION, otherwise FULL; ``a[1:5]`` is the box
-    ``[x1, y1, x2, y2]`` normalized to the current view (ignored for FULL).
+    ``[x1, y1, x2, y2]`` normalized to the current view (ignored for FULL). The 5 values
+    must be finite numbers: a wrong shape, NaN, an overflowing integer, strings or a
+    ragged list are passed on as :class:`envs.actions.MalformedAction` (the malformed
+    penalty), never raised (see :func:`envs.actions.read_flat_action`).
+
+    Args:
+        env: a ``RegionRerank-v0`` env (or a wrapper of one with the native action space).
     """
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
         self.action_space = spaces.Box(0.0, 1.0, shape=(5,), dtype=np.float32)
 
-    def action(self, action):
-        a = np.asarray(action, dtype=np.float32).reshape(-1)
-        if a.shape != (5,):
-            # A wrong-shaped action is a policy bug, not an env crash: pass it on as malformed.
-            return {"decision": -1, "box": np.full(4, np.nan, np.float32)}
-        return {"decision": REGION if a[0] >= 0.5 else FULL, "box": a[1:]}
+    def action(self, action: Any) -> dict | MalformedAction:
+        return read_flat_action(action)
 
 
-class TextAction(gym.ActionWrapper):
+class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Text actions from a VLM, parsed with :func:`envs.text_actions.parse_action_text`.
 
     Region-R1's ``image_zoom_in_tool`` call, ``<box>``/``<bbox>`` tags and the FULL
-    marker ``NO_CROP_NEEDED`` are understood. ``frame`` says what the box numbers mean:
-    ``"resized"`` (pixels of the image the VLM saw, i.e. ``info["policy_image"]`` after
-    Qwen2.5-VL's resize with ``min_pixels``/``max_pixels``; Qwen2.5-VL's own frame),
-    ``"pixel"`` (original pixels of the current view), ``"norm"`` (0-1) or
-    ``"norm1000"`` (0-1000). Text that does not parse is passed on as a
-    :class:`envs.text_actions.MalformedAction`, which the env pays with the malformed
-    penalty (or as FULL, by ``RewardConfig.malformed_as_full``): it never raises.
+    marker ``NO_CROP_NEEDED`` are understood. Text that does not parse, or an action
+    that is not a ``str``, is passed on as a :class:`envs.actions.MalformedAction`, which
+    the env pays with the malformed penalty (or as FULL, by
+    ``RewardConfig.malformed_as_full``): it never raises.
+
+    Args:
+        env: a ``RegionRerank-v0`` env (or a wrapper of one with the native action space).
+        frame: what the box numbers mean: ``"resized"`` (pixels of the image the VLM saw,
+            i.e. ``info["policy_image"]`` after Qwen2.5-VL's resize with
+            ``min_pixels``/``max_pixels``; Qwen2.5-VL's own frame), ``"pixel"`` (original
+            pixels of the current view), ``"norm"`` (0-1) or ``"norm1000"`` (0-1000).
+            ``None`` takes the env's ``reward_config.text_frame`` (``"resized"`` by default).
+        min_pixels, max_pixels: Qwen2.5-VL's resize bounds (the ``"resized"`` frame).
+        max_length: longest text of the ``Text`` action space (what ``sample()`` draws).
+        rules: ``"project"`` or ``"region_r1_public"`` text rules (see
+            :func:`envs.text_actions.parse_action_text`); ``None`` takes the env's
+            ``reward_config.text_rules``.
+        max_chars: longest text that is parsed; longer text is malformed unread.
+
+    Extreme views: Qwen2.5-VL's resize rule refuses images with an aspect ratio over 200
+    (multi-step zoom can reach a 1920 x 5 px view), so in the ``"resized"`` frame such a
+    view has no box frame. There a FULL answer is still FULL, unparseable text is still
+    malformed, and a REGION answer is an invalid box (``invalid_box_penalty``), with a
+    reason naming the view's size.
     """
 
     def __init__(
         self,
         env: gym.Env,
-        frame: Frame = "resized",
+        frame: Frame | None = None,
         min_pixels: int = QWEN_MIN_PIXELS,
         max_pixels: int = QWEN_MAX_PIXELS,
         max_length: int = 8192,
+        rules: str | None = None,
+        max_chars: int = MAX_TEXT_CHARS,
     ):
-        super().__init__(env)
-        self.frame = frame
+        gym.utils.RecordConstructorArgs.__init__(
+            self, frame=frame, min_pixels=min_pixels, max_pixels=max_pixels, max_length=max_length, rules=rules,
+            max_chars=max_chars,
+        )
+        gym.ActionWrapper.__init__(self, env)
+        config = getattr(env.unwrapped, "reward_config", None)
+        self.frame = frame if frame is not None else getattr(config, "text_frame", "resized")
+        self.rules = rules if rules is not None else getattr(config, "text_rules", "project")
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
+        self.max_chars = max_chars
+        if self.frame not in FRAMES:  # bad arguments fail here, not at step time
+            raise ValueError(f"unknown frame {self.frame!r}; choose from {FRAMES}")
+        if self.rules not in RULES:
+            raise ValueError(f"unknown text rules {self.rules!r}; choose from {RULES}")
         self.action_space = spaces.Text(max_length=max_length)
 
     def resized_size(self) -> tuple[int, int]:
-        """Size of the image the VLM sees for the current view (the ``"resized"`` frame)."""
+        """Size of the image the VLM sees for the current view (the ``"resized"`` frame).
+
+        Raises:
+            ValueError: if Qwen2.5-VL's resize rule refuses the view (aspect ratio > 200).
+        """
         image = self.env.unwrapped.policy_image
         return qwen_resized_size(image.width, image.height, self.min_pixels, self.max_pixels)
 
-    def action(self, text):
+    def action(self, text: Any) -> dict | MalformedAction | InvalidBoxAction:
+        if not isinstance(text, str):
+            return MalformedAction(f"a text action must be a str, got {describe(text)}")
         env = self.env.unwrapped
+        resized, refused = None, ""
+        if self.frame == "resized":
+            try:
+                resized = self.resized_size()
+            except ValueError as err:  # qwen_vl_utils refuses extreme aspect ratios
+                refused = str(err)
+        frame = "norm" if refused else self.frame  # only the decision matters without a frame
         parsed = parse_action_text(
-            str(text), frame=self.frame, view_size=env.view_size, resized_size=self.resized_size()
+            text, frame=frame, view_size=env.view_size, resized_size=resized, rules=self.rules, max_chars=self.max_chars
         )
-        if isinstance(parsed, ParsedAction):
-            box = parsed.box if parsed.box is not None else np.zeros(4)
-            return {"decision": parsed.decision, "box": np.asarray(box, dtype=np.float64)}
-        return parsed
+        if not isinstance(parsed, ParsedAction):
+            return parsed
+        if parsed.decision == REGION and refused:
+            width, height = env.policy_image.size
+            return InvalidBoxAction(f"the {width}x{height} view has no Qwen2.5-VL resized frame ({refused})")
+        box = parsed.box if parsed.box is not None else np.zeros(4)
+        return {"decision": parsed.decision, "box": np.asarray(box, dtype=np.float64)}
+
+
+_WORD = re.compile(r"\w+")
+
+
+def hashed_bag_of_words(text: str, dim: int) -> np.ndarray:
+    """``(dim,)`` float32 0/1 vector: 1 at ``crc32(word) % dim`` for each lower-cased word.
+
+    crc32, not ``hash()``: Python salts string hashes per process, so a policy trained in
+    one process would read other features in the next.
+    """
+    features = np.zeros(dim, dtype=np.float32)
+    for word in _WORD.findall(text.lower()):
+        features[zlib.crc32(word.encode("utf-8")) % dim] = 1.0
+    return features
+
+
+class HashedQuestion(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """The question as numbers: a hashed bag of words, for libraries without ``Text`` spaces.
+
+    Replaces ``obs["question"]`` (a ``Text`` space) with
+    ``Box(0, 1, (dim,), float32)``: 1 at ``crc32(word) % dim`` for every lower-cased word
+    of the question (see :func:`hashed_bag_of_words`), 0 elsewhere. The image and step
+    entries are unchanged, so the observation is a ``Dict`` of ``Box`` / ``Discrete``
+    spaces that Stable-Baselines3's ``MultiInputPolicy`` reads as it is::
+
+        env = FlatBoxAction(HashedQuestion(gym.make("RegionRerank-v0", obs_size=64)))
+
+    Args:
+        env: a ``RegionRerank-v0`` env (or a wrapper of one with its observation space).
+        dim: number of hash buckets (collisions merge words; 256 keeps them rare for
+            questions of a few dozen distinct words).
+    """
+
+    def __init__(self, env: gym.Env, dim: int = 256):
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        gym.utils.RecordConstructorArgs.__init__(self, dim=dim)
+        gym.ObservationWrapper.__init__(self, env)
+        self.dim = dim
+        self.observation_space = spaces.Dict(
+            {**env.observation_space.spaces, "question": spaces.Box(0.0, 1.0, shape=(dim,), dtype=np.float32)}
+        )
+
+    def observation(self, observation: dict) -> dict:
+        return {**observation, "question": hashed_bag_of_words(observation["question"], self.dim)}
