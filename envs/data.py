@@ -68,6 +68,9 @@ class QueryPool:
     candidates: tuple[Candidate, ...]
     box: tuple[float, float, float, float] | None = None
     """Annotated target region in original-image pixels ``[x1, y1, x2, y2]``."""
+    where: str = field(default="", compare=False)
+    """``"file:line"`` of the record it was loaded from ("" when built in memory), so an
+    image that fails later (at ``reset``) is reported with its record."""
 
     @property
     def positives(self) -> np.ndarray:
@@ -104,6 +107,14 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _decode_fully(image: Image.Image, path: Path) -> None:
+    """Decode every pixel of an opened image: truncated or corrupt data only shows here."""
+    try:
+        image.load()
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, zlib/struct errors...
+        raise _BadImage(f"unreadable image {path} (truncated or corrupt): {type(exc).__name__}: {exc}") from exc
+
+
 def _open_image_header(path: Path, max_pixels: int) -> Image.Image:
     """Open ``path`` lazily (Pillow reads only the header) and apply the pixel guard."""
     if not path.is_file():
@@ -118,6 +129,8 @@ def _open_image_header(path: Path, max_pixels: int) -> Image.Image:
         raise _BadImage(f"image {path} exceeds Pillow's decompression-bomb limit ({exc})") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise _BadImage(f"unreadable image {path}: {exc}") from exc
+    except Exception as exc:  # a corrupt header can make a Pillow plug-in raise anything
+        raise _BadImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
     width, height = image.size
     if width * height > max_pixels:
         image.close()
@@ -155,18 +168,16 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
     """
     path = Path(path)
     try:
-        image = _open_image_header(path, max_pixels)
+        with _open_image_header(path, max_pixels) as image:
+            _decode_fully(image, path)
+            return image.convert("RGB")
     except _BadImage as exc:
         raise DataError(str(exc)) from exc
-    try:
-        with image:
-            return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as exc:  # truncated data only shows on decode
-        raise DataError(f"unreadable image {path}: {exc}") from exc
 
 
 def _require(record: dict, key: str, kind: type | tuple[type, ...], where: str, context: str = "") -> Any:
-    """``record[key]`` if present and of ``kind`` (bool is never accepted as a number)."""
+    """``record[key]`` if present and of ``kind`` (bool is never accepted as a number;
+    a string must be valid Unicode: JSON's ``\\ud800`` escapes can hold lone surrogates)."""
     name = f"{context}{key}"
     if key not in record:
         raise DataError(f"{where}: missing field '{name}'")
@@ -175,6 +186,11 @@ def _require(record: dict, key: str, kind: type | tuple[type, ...], where: str, 
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         expected = " or ".join(k.__name__ for k in kinds)
         raise DataError(f"{where}: field '{name}' must be {expected}, got {type(value).__name__} {_short(value)}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(f"{where}: field '{name}' is not valid Unicode ({exc.reason} at character {exc.start})") from None
     return value
 
 
@@ -198,7 +214,10 @@ def _parse_box(value: Any, where: str) -> tuple[float, float, float, float]:
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
         raise DataError(f"{where}: field 'box' must be a list of 4 numbers [x1, y1, x2, y2], got {_short(value)}")
-    x1, y1, x2, y2 = (float(v) for v in value)
+    try:
+        x1, y1, x2, y2 = (float(v) for v in value)
+    except OverflowError:  # JSON integers have no size limit
+        raise DataError(f"{where}: field 'box' holds a number too large for a float: {_short(value)}") from None
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or min(x1, y1) < 0 or not (x1 < x2 and y1 < y2):
         raise DataError(
             f"{where}: field 'box' must satisfy 0 <= x1 < x2 and 0 <= y1 < y2 in original-image pixels, "
@@ -255,16 +274,22 @@ def _parse_record(record: Any, where: str, base: Path) -> QueryPool:
         image=_absolute(base, image),
         candidates=candidates,
         box=box,
+        where=where,
     )
 
 
-def _verify_pool_images(pool: QueryPool, where: str, max_pixels: int, sizes: dict[Path, tuple[int, int]]) -> None:
-    """Check every image of ``pool`` from its header; ``sizes`` caches files already seen."""
+def _verify_pool_images(
+    pool: QueryPool, where: str, max_pixels: int, sizes: dict[Path, tuple[int, int]], decode: bool
+) -> None:
+    """Check every image of ``pool`` (headers, and every pixel with ``decode``);
+    ``sizes`` caches files already seen."""
 
     def size_of(path: Path, field_name: str) -> tuple[int, int]:
         if path not in sizes:
             try:
                 with _open_image_header(path, max_pixels) as image:
+                    if decode:
+                        _decode_fully(image, path)
                     sizes[path] = image.size
             except _BadImage as exc:
                 raise DataError(f"{where}: field '{field_name}': {exc}") from exc
@@ -283,7 +308,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, str, Any]]:
 
     Raises:
         DataError: naming the file and 1-based line of a missing file, a line that is
-            not UTF-8, or one that is not valid JSON.
+            not UTF-8, one that is not valid JSON, nests too deeply for the parser, or
+            holds an integer too long to read.
     """
     source = Path(path)
     if not source.is_file():
@@ -301,6 +327,10 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, str, Any]]:
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+            except RecursionError:
+                raise DataError(f"{where}: invalid JSON: nested too deeply to read") from None
+            except ValueError as exc:  # e.g. an integer longer than Python's int digit limit
+                raise DataError(f"{where}: invalid JSON: {exc}") from None
             yield line_number, where, record
 
 
@@ -310,6 +340,7 @@ def load_query_pools(
     *,
     purpose: Purpose = "eval",
     verify_images: bool = True,
+    decode_images: bool = True,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> QueryDataset:
     """Read and validate a query-pool JSONL file.
@@ -321,7 +352,11 @@ def load_query_pools(
         purpose: ``"train"`` drops queries whose pool has no positive (as the paper does)
             and logs how many; ``"eval"`` keeps every query so CondR@1 can be reported.
         verify_images: check that every query and candidate image exists, is readable
-            and has at most ``max_image_pixels`` pixels. Only file headers are read.
+            and has at most ``max_image_pixels`` pixels.
+        decode_images: with ``verify_images``, decode every image fully (each file
+            once), so a truncated or corrupt file fails here, not in the middle of
+            training. ``False`` reads only file headers (much faster on huge datasets;
+            a corrupt file then fails at ``reset``, still naming its record).
         max_image_pixels: decompression-bomb guard, see :data:`DEFAULT_MAX_IMAGE_PIXELS`.
 
     Returns:
@@ -332,7 +367,8 @@ def load_query_pools(
         DataError: naming the file, the 1-based line and the field (and the value where
             it helps) for a missing file, invalid JSON, a missing or mistyped field, a
             duplicate query id (both lines named), a duplicate candidate id, an empty
-            pool, a malformed box, or a missing/unreadable/oversized image.
+            pool, a malformed box (overflowing numbers included), a string that is not
+            valid Unicode, or a missing/unreadable/truncated/oversized image.
     """
     if purpose not in ("train", "eval"):
         raise ValueError(f"purpose must be 'train' or 'eval', got {purpose!r}")
@@ -352,7 +388,7 @@ def load_query_pools(
             )
         first_line[pool.query_id] = line_number
         if verify_images:
-            _verify_pool_images(pool, where, max_image_pixels, sizes)
+            _verify_pool_images(pool, where, max_image_pixels, sizes, decode_images)
         pools.append(pool)
     if not pools:
         raise DataError(f"{source}: no query records")
