@@ -172,27 +172,35 @@ def write_galleries(
     out: Path,
     config: GalleryConfig,
     title: str = "",
+    oracle: tuple[list[EpisodeRecord], list[EpisodeTrace]] | None = None,
 ) -> list[Path]:
     """``gallery.png`` for the main policy and ``gallery_<name>.png`` for the others that
-    :func:`agents.gallery.gallery_policies` picks. The oracle's box comes from its own
-    evaluation when it was run; otherwise the oracle plays only the shown queries (a
-    dozen batched forwards, not a split's worth)."""
+    :func:`agents.gallery.gallery_policies` picks.
+
+    The oracle's box comes from the oracle's own evaluation when it is among
+    ``policies``, else from ``oracle`` (its records and traces on the same queries),
+    else the oracle plays just the shown queries: ~0.14 s each on the embedded split,
+    more than the drawing, so callers that evaluate many policies without the oracle
+    (:func:`agents.experiments.run_variants`) evaluate it once and pass it in.
+    """
     # Without a learned policy, a cropping baseline is the one worth looking at: FULL
     # never crops, and the oracle's box is drawn on every panel anyway.
     fallbacks = [n for n, p in policies.items() if isinstance(p, (CenterCropPolicy, RandomCropPolicy, AnnotatedBoxPolicy))]
     names = gallery_policies(list(policies), baseline_names(policies), fallbacks, config)
     oracle_name = next((n for n, p in policies.items() if isinstance(p, OraclePolicy)), None)
+    if oracle_name is not None:
+        oracle = records[oracle_name], traces[oracle_name]
     oracle_policy = OraclePolicy()
     paths = []
     for k, name in enumerate(names):
         panels = []
         for category, i in select_panels(records[name], config):
             trace = traces[name][i]
-            if oracle_name is not None:
-                oracle = records[oracle_name][i], traces[oracle_name][i]
+            if oracle is not None:
+                episode = oracle[0][i], oracle[1][i]
             else:
-                oracle = trace_episode(env, oracle_policy, trace.query_index)
-            panels.append(Panel(category, records[name][i], trace, oracle))
+                episode = trace_episode(env, oracle_policy, trace.query_index)
+            panels.append(Panel(category, records[name][i], trace, episode))
         if panels:
             path = out / gallery_filename(name, main=k == 0)
             paths.append(draw_gallery(panels, path, name, config.columns, title))
@@ -206,18 +214,22 @@ def evaluate_and_report(
     out: Path,
     source: str,
     gallery: GalleryConfig | None = None,
+    *,
+    oracle: tuple[list[EpisodeRecord], list[EpisodeTrace]] | None = None,
+    progress: bool = True,
 ) -> dict[str, dict]:
     """Evaluate every policy on the same queries; write ``results.md``, ``results.json``,
     ``per_query.jsonl``, the plots and the gallery (see :mod:`agents.gallery`) to ``out``;
-    print the table and how long evaluation and drawing took. Returns the summaries by
-    policy name."""
+    print (unless ``progress`` is off) the table and how long evaluation and drawing
+    took. ``oracle``: the oracle's episodes on the same queries, for the galleries
+    (see :func:`write_galleries`). Returns the summaries by policy name."""
     gallery = gallery or GalleryConfig()
     summaries: dict[str, dict] = {}
     records: dict[str, list[EpisodeRecord]] = {}
     traces: dict[str, list[EpisodeTrace]] = {}
     start = time.perf_counter()
     for name, policy in policies.items():
-        records[name], traces[name] = trace_policy(env, policy, query_indices, name=name)
+        records[name], traces[name] = trace_policy(env, policy, query_indices, name=name, progress=progress)
         summaries[name] = summarize_episodes(records[name])
     elapsed = time.perf_counter() - start
 
@@ -232,7 +244,7 @@ def evaluate_and_report(
     plot_results(summaries, records, out)
     start = time.perf_counter()
     title = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}"
-    galleries = write_galleries(env, policies, records, traces, out, gallery, title) if gallery.draw else []
+    galleries = write_galleries(env, policies, records, traces, out, gallery, title, oracle) if gallery.draw else []
     gallery_seconds = time.perf_counter() - start
     payload = {
         "source": source,
@@ -243,10 +255,11 @@ def evaluate_and_report(
         "records": {name: [asdict(r) for r in recs] for name, recs in records.items()},
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1))
-    print(header + table)
-    files = ["results.md", "results.json", "per_query.jsonl", "rc_by_bucket.png", "rank_before_after.png"]
-    print(f"\nwrote {out}/" + ", ".join(files + [p.name for p in galleries]))
-    if galleries:
+    if progress:
+        print(header + table)
+        files = ["results.md", "results.json", "per_query.jsonl", "rc_by_bucket.png", "rank_before_after.png"]
+        print(f"\nwrote {out}/" + ", ".join(files + [p.name for p in galleries]))
+    if progress and galleries:
         print(f"evaluation {elapsed:.2f} s, gallery {gallery_seconds:.2f} s "
               f"({100 * gallery_seconds / max(elapsed, 1e-9):.1f}% of the evaluation)")
     return summaries

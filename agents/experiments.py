@@ -4,7 +4,9 @@ The algorithm comparison (r-GRPO vs GRPO vs RLOO vs REINFORCE++) and the reward
 ablation (dMRR; +dNDCG; +dRank; +dMargin) are both "same budget, different config":
 :func:`run_variants` trains each named :class:`agents.local_trainer.LocalTrainConfig`
 with every seed, evaluates each trained policy greedily on the same test queries, and
-returns the mean and spread of the metrics plus every learning curve.
+returns the mean and spread of the metrics plus every learning curve. Each run's
+``test/`` folder holds what :func:`agents.evaluation.evaluate_and_report` writes
+(``results.md``, ``per_query.jsonl``, ``gallery.png``, ...).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.evaluation import evaluate_policy
+from agents.baselines import OraclePolicy
+from agents.evaluation import evaluate_and_report, trace_policy
 from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
 from envs.region_rerank import RegionRerankEnv
@@ -41,13 +44,20 @@ def run_variants(
     scorer = first.make_scorer()
     test_env = RegionRerankEnv(test_data, scorer, split=test_split, purpose="eval", obs_size=first.obs_size)
     indices = range(len(test_env.pools) if test_queries is None else min(test_queries, len(test_env.pools)))
+    source = str(test_data) if test_data else f"embedded benchmark, {test_split} split"
+    # The oracle, once: every run's gallery draws its box, and the oracle costs ~6x a
+    # trained policy's evaluation, so playing it per run would dwarf the drawing.
+    oracle = trace_policy(test_env, OraclePolicy(), indices, name="oracle", progress=first.progress)
     runs = []
     for i, ((name, config), seed) in enumerate(itertools.product(variants.items(), seeds)):
         run_dir = out / f"{name.replace('+', '_')}-seed{seed}"
         if config.progress:
             print(f"[{i + 1}/{len(variants) * len(seeds)}] {name}, seed {seed} -> {run_dir}", flush=True)
         result = train(dataclasses.replace(config, seed=seed, out=run_dir), scorer)
-        summary, _ = evaluate_policy(test_env, load_policy(result.checkpoint), indices, name=f"{name} s{seed}")
+        policies = {name: load_policy(result.checkpoint)}
+        summary = evaluate_and_report(
+            test_env, policies, indices, run_dir / "test", source, oracle=oracle, progress=config.progress
+        )[name]
         runs.append({"variant": name, "seed": seed, "seconds": result.seconds, "test": summary, "history": result.history})
     summary = {
         name: {

@@ -88,6 +88,10 @@ def test_evaluate_recipe_end_to_end(scene_pool_files, tiny_model_name, tiny_chec
     assert len(saved["records"]["oracle"]) == 6
     assert "| full |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "rc_by_bucket.png").stat().st_size > 0 and (tmp_path / "rank_before_after.png").exists()
+    # baselines only: the gallery shows the first cropping baseline; one row per policy and query
+    assert (tmp_path / "gallery.png").stat().st_size > 0 and not list(tmp_path.glob("gallery_*.png"))
+    rows = [json.loads(line) for line in (tmp_path / "per_query.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 * 6 and {r["policy"] for r in rows} == set(summaries)
 
 
 @pytest.mark.parametrize("name", ["evaluate", "bench_env", "generate_benchmark"])
