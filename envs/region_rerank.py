@@ -82,7 +82,7 @@ class RegionRerankEnv(gym.Env):
     With a batch-invariant scorer (:class:`envs.scorer.OpenClipScorer` is one) the
     scores of a view do not depend on what else is scored with it: the reward
     :meth:`score_actions` predicts and the one :meth:`step` pays agree to 1e-6 at most
-    (in practice exactly).
+    (with the default scorer: exactly).
 
     ## Rewards
     From :mod:`rewards` with ``reward_config`` (:class:`rewards.RewardConfig`):
@@ -239,8 +239,8 @@ class RegionRerankEnv(gym.Env):
         All REGION crops are scored in one batched scorer call, so a group of n rollouts
         of a query (GRPO) costs one batch, not n steps. ``outcome.reward`` is the reward
         :meth:`step` would return for that action: with a batch-invariant scorer (the
-        default :class:`envs.scorer.OpenClipScorer`) to 1e-6 at most, whatever else is in
-        the group. Each action may be any object (see Action Space); none raises.
+        default :class:`envs.scorer.OpenClipScorer`) to 1e-6 at most (with it: exactly),
+        whatever else is in the group. Each action may be any object (see Action Space); none raises.
 
         Raises:
             TypeError: if ``actions`` is not a sequence of actions (a str or a single
@@ -292,10 +292,11 @@ class RegionRerankEnv(gym.Env):
     def _score_views(self, views: list[Image.Image]) -> np.ndarray:
         """Cosine similarities ``(len(views), K)``: one batched image call.
 
-        The product is taken in float64: a float32 matrix product's rounding depends on
-        how many rows it has, which would make a view's scores depend on its group.
+        One float64 matrix-vector product per view: a matrix product's rounding depends
+        on how many rows it has, which would make a view's scores depend on its group.
         """
-        return np.asarray(self.scorer.embed_images(views), np.float64) @ self.candidate_embeddings.T
+        embeddings = np.asarray(self.scorer.embed_images(views), np.float64)
+        return np.stack([self.candidate_embeddings @ row for row in embeddings]).reshape(len(views), -1)
 
     def _scored_image(self, view: Image.Image) -> Image.Image:
         """What the scorer sees of a REGION crop (resized first under ``resize_crop``)."""

@@ -141,9 +141,11 @@ def state_dict_digest(model: torch.nn.Module) -> str:
 
 
 def _cosine(views: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """float32 ``views @ candidates.T`` of unit rows, summed in float64 and rounded once
-    (so a row does not depend on how many rows the product has)."""
-    return (np.asarray(views, np.float64) @ np.asarray(candidates, np.float64).T).astype(np.float32)
+    """float32 ``views @ candidates.T`` of unit rows, one float64 matrix-vector product
+    per view rounded once: a matrix product's rounding depends on how many rows it has."""
+    candidates = np.asarray(candidates, np.float64)
+    rows = [candidates @ row for row in np.asarray(views, np.float64)]
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, len(candidates)), np.float32)
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -204,7 +206,8 @@ class OpenClipScorer:
             differently alone (``step``) than in a group (``score_actions``). With
             padding the shape never changes, and an item's embedding is the same
             whatever else is in the batch or was cached before (bound: 1e-6 per
-            component; measured: bitwise identical). ``False`` batches freely.
+            component; measured: bitwise identical, and the scores too, which are
+            one float64 matrix-vector product per view). ``False`` batches freely.
         num_threads: if given, sets torch's (process-wide) intra-op thread count.
 
     Cached candidate features are keyed by candidate id together with the image path
@@ -341,10 +344,8 @@ class OpenClipScorer:
     def score(self, views: Sequence[Image.Image], pool: QueryPool) -> np.ndarray:
         """``(n, K)`` float32 cosine similarities; the ``n`` views share batched forwards.
 
-        Batch-invariant: a view's row is the same (to 1e-6 at most; in practice exactly)
-        whatever other views are scored with it. The product is taken in float64 and
-        rounded once, because a float32 matrix product's rounding depends on its number
-        of rows.
+        Batch-invariant: a view's row is the same (to 1e-6 at most; in fact bitwise)
+        whatever other views are scored with it (see ``batch_invariant``).
         """
         candidates = self.candidate_embeddings(pool)  # first: a bad pool fails before any view forward
         return _cosine(self.embed_images(views), candidates)

@@ -15,7 +15,7 @@ from envs.boxes import crop, expand_box, from_norm, qwen_resized_size, view_box_
 from envs.data import Candidate, QueryPool
 from envs.region_rerank import FULL, REGION, RegionRerankEnv
 from envs.text_actions import MalformedAction
-from envs.wrappers import FlatBoxAction, TextAction
+from envs.wrappers import FlatBoxAction, HashedQuestion, TextAction
 from rewards import RewardConfig, full_reward, ranking_stats, region_reward
 
 
@@ -235,3 +235,116 @@ def test_expand_box_adds_context_and_stays_in_the_image():
     # margin x the longer side (40 px) on every side, clamped to the 100 x 100 image
     assert expand_box((10, 20, 30, 60), 0.25, 100, 100).tolist() == [0.0, 10.0, 40.0, 70.0]
     assert expand_box((80, 80, 100, 100), 0.5, 100, 100).tolist() == [70.0, 70.0, 100.0, 100.0]
+
+
+# --- wrapper stacks are Gymnasium citizens -------------------------------------------------
+
+WRAPPER_STACKS = {
+    "FlatBoxAction": lambda env: FlatBoxAction(env),
+    "TextAction": lambda env: TextAction(env),
+    "HashedQuestion": lambda env: HashedQuestion(env),
+    "FlatBoxAction(HashedQuestion)": lambda env: FlatBoxAction(HashedQuestion(env)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")  # checking the stack is the point
+@pytest.mark.parametrize("stack", WRAPPER_STACKS)
+def test_wrapper_stacks_pass_check_env_and_rebuild_from_their_spec(pools, tiny_scorer, stack):
+    wrapped = WRAPPER_STACKS[stack](gym.make("RegionRerank-v0", dataset=pools, scorer=tiny_scorer, obs_size=32))
+    check_env(wrapped)
+    names = [w.name for w in wrapped.spec.additional_wrappers]
+    assert names == [part.rstrip(")") for part in reversed(stack.split("("))]
+    rebuilt = gym.make(wrapped.spec)
+    assert str(rebuilt) == str(wrapped)
+    assert rebuilt.unwrapped.scorer is tiny_scorer  # the frozen scorer is shared, not deep-copied
+    obs, _ = rebuilt.reset(seed=3)
+    expected, _ = wrapped.reset(seed=3)
+    assert rebuilt.observation_space.contains(obs)
+    np.testing.assert_array_equal(obs["image"], expected["image"])
+
+
+# --- batch invariance -------------------------------------------------------------------------
+
+
+def test_scores_do_not_depend_on_the_batch_or_the_cache(pools, make_tiny_scorer):
+    """The bound the docstrings state is 1e-6; the fixed-shape forwards make it exact."""
+    env = RegionRerankEnv(pools, make_tiny_scorer())
+    env.reset(options={"query_index": 1})
+    rng = np.random.default_rng(5)
+    lo = rng.uniform(0, 0.5, size=(11, 2))
+    actions = [region(np.concatenate([c, c + rng.uniform(0.2, 0.5, size=2)])) for c in lo]
+    group = [o.scores for o in env.score_actions(actions)]
+    for k in (1, 2, 3, 5):  # other group sizes and mates
+        for i, outcome in zip(range(k), env.score_actions(actions[-k:])):
+            assert np.abs(outcome.scores - group[len(actions) - k + i]).max() <= 1e-6
+            np.testing.assert_array_equal(outcome.scores, group[len(actions) - k + i])
+    for action, scores in zip(actions, group):
+        env.reset(options={"query_index": 1})
+        np.testing.assert_array_equal(env.step(action)[4]["scores"], scores)
+    # Candidates encoded in another order, after other pools were cached, embed the same.
+    other = RegionRerankEnv(pools, make_tiny_scorer())
+    for q in (4, 0, 2):
+        other.reset(options={"query_index": q})
+    _, info = other.reset(options={"query_index": 1})
+    fresh = RegionRerankEnv(pools, make_tiny_scorer())
+    np.testing.assert_array_equal(info["baseline_scores"], fresh.reset(options={"query_index": 1})[1]["baseline_scores"])
+
+
+# --- exact multi-step frames ------------------------------------------------------------------
+
+
+def test_zoom_views_are_the_whole_pixel_crops_the_policy_is_shown(pools, tiny_scorer):
+    """A pixel box in the view the policy saw maps onto exactly those pixels, step after step."""
+    env = TextAction(RegionRerankEnv(pools, tiny_scorer, max_steps=4, min_box_side=1), frame="pixel")
+    _, info = env.reset(options={"query_index": 2})
+    original = np.asarray(Image.open(pools[2].image).convert("RGB"))
+    view_box = np.array([0, 0, 160, 120])
+    for x1, y1, x2, y2 in ([13, 7, 151, 110], [5, 3, 97, 71], [11, 2, 60, 39]):
+        shown = np.asarray(info["view"])
+        _, _, _, _, info = env.step(f"<box>{x1}, {y1}, {x2}, {y2}</box>")
+        view_box = np.array([view_box[0] + x1, view_box[1] + y1, view_box[0] + x2, view_box[1] + y2])
+        np.testing.assert_array_equal(info["view_box"], view_box)
+        np.testing.assert_array_equal(np.asarray(info["view"]), shown[y1:y2, x1:x2])
+        np.testing.assert_array_equal(np.asarray(info["view"]), original[view_box[1] : view_box[3], view_box[0] : view_box[2]])
+        assert env.unwrapped.view_size == info["view"].size
+
+
+def test_fractional_boxes_become_whole_pixel_views(pools, tiny_scorer):
+    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer, max_steps=3, min_box_side=1))
+    _, info = env.reset(options={"query_index": 0})
+    for box in ([0.333, 0.271, 0.811, 0.933], [0.05, 0.41, 0.77, 0.99]):
+        previous = info["view_box"]
+        w, h = previous[2] - previous[0], previous[3] - previous[1]
+        _, _, _, _, info = env.step(np.array([1, *box]))
+        vb = info["view_box"]
+        assert np.all(vb == np.round(vb)) and info["view"].size == (vb[2] - vb[0], vb[3] - vb[1])
+        exact = previous[:2].tolist() * 2 + np.array(box) * [w, h, w, h]
+        assert np.all(vb[:2] <= exact[:2]) and np.all(vb[2:] >= exact[2:])  # rounded outwards
+        assert np.all(np.abs(vb - exact) < 1)
+
+
+# --- TextAction on views the resize rule refuses ---------------------------------------------
+
+
+def test_text_action_on_an_extreme_aspect_ratio_view(pools, tiny_scorer, tmp_path):
+    """Zoom into a 1000 x 1 px strip, which Qwen2.5-VL's resize rule refuses (aspect > 200):
+    FULL stays FULL, junk stays malformed, a box is an invalid box; nothing raises."""
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (1000, 40), (90, 20, 200)).save(wide)
+    pool = QueryPool("wide", "What is this?", wide, pools[0].candidates)
+    env = TextAction(RegionRerankEnv([pool], tiny_scorer, max_steps=2, min_box_side=1))
+    strip = {"decision": REGION, "box": np.array([0.0, 0.5, 1.0, 0.5 + 1 / 40])}
+    for text, kind in (
+        ("NO_CROP_NEEDED", "stop"),
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [0, 0, 10, 10]}}</tool_call>', "invalid_box"),
+        ("I am not sure", "malformed"),
+    ):
+        env.reset(options={"query_index": 0})
+        env.env.step(strip)  # the native action, under the text wrapper
+        assert env.unwrapped.view_size == (1000.0, 1.0)
+        with pytest.raises(ValueError, match="aspect ratio"):
+            env.resized_size()
+        _, reward, terminated, _, info = env.step(text)
+        assert info["outcome"] == kind and terminated
+        if kind == "invalid_box":
+            assert reward == RewardConfig().invalid_box_penalty and "1000x1 view" in info["reason"]

@@ -1,0 +1,233 @@
+"""Action reading is strict and total: through step, score_actions and every wrapper.
+
+The property tests feed arbitrary Python objects (nested containers, NumPy arrays of any
+dtype and shape, huge integers, non-finite floats, bytes, text) and check that nothing
+raises and that an action counts as FULL or REGION exactly when the rules of
+:mod:`envs.actions` say it is one.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from envs.actions import FULL, MALFORMED, REGION, MalformedAction, read_action
+from envs.region_rerank import RegionRerankEnv
+from envs.wrappers import FlatBoxAction, HashedQuestion, TextAction
+from rewards import RewardConfig
+
+BOX = [0.1, 0.1, 0.6, 0.6]
+PENALTY = RewardConfig().malformed_penalty
+
+_dtypes = st.one_of(
+    hnp.scalar_dtypes(), hnp.byte_string_dtypes(max_len=3), hnp.unicode_string_dtypes(max_len=3), st.just(np.dtype(object))
+)
+_arrays = hnp.arrays(_dtypes, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**500),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.complex_numbers(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.fractions(),
+    st.sampled_from([0, 1, np.int64(1), np.uint8(0), np.float32(1.0), np.bool_(True), np.array(1), "1", b"1", 1.0]),
+    _arrays,
+)
+objects = st.recursive(
+    _scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.tuples(children, children, children, children),
+        st.dictionaries(st.sampled_from(["decision", "box", "x"]), children, max_size=3),
+    ),
+    max_leaves=12,
+)
+native_actions = st.one_of(objects, st.fixed_dictionaries({"decision": objects, "box": objects}))
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def is_valid_decision(value) -> bool:
+    """The rule, written independently of envs.actions: an integer 0/1, never bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.shape == () and value.dtype.kind in "iu" and int(value) in (0, 1)
+    return isinstance(value, (int, np.integer)) and int(value) in (0, 1)
+
+
+def is_numbers(value, n: int = 4) -> bool:
+    """The box rule, written independently: n finite real numbers, never bool/str/complex."""
+    if isinstance(value, np.ndarray):
+        if value.shape != (n,) or value.dtype.kind not in "iuf":
+            return False
+        with np.errstate(all="ignore"):
+            return bool(np.all(np.isfinite(value.astype(np.float64))))
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        return False
+    for v in value:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return False
+        try:
+            if not math.isfinite(float(v)):
+                return False
+        except OverflowError:
+            return False
+    return True
+
+
+def expected_kind(action) -> str:
+    if not isinstance(action, dict) or "decision" not in action or not is_valid_decision(action["decision"]):
+        return "malformed"
+    if int(np.asarray(action["decision"])) == FULL:
+        return "full"
+    return "box" if is_numbers(action.get("box")) else "malformed"
+
+
+@pytest.fixture()
+def env(scene_pools, tiny_scorer) -> RegionRerankEnv:
+    return RegionRerankEnv(scene_pools, tiny_scorer)
+
+
+@PROPERTY
+@given(action=native_actions)
+def test_step_and_score_actions_never_raise_and_follow_the_rules(env, action):
+    env.reset(options={"query_index": 0})
+    [predicted] = env.score_actions([action])
+    _, reward, terminated, truncated, info = env.step(action)
+    kind = expected_kind(action)
+    if kind == "box":
+        assert info["outcome"] in ("region", "invalid_box")
+    else:
+        assert info["outcome"] == kind, (action, info.get("reason"))
+    if kind == "malformed":
+        assert reward == PENALTY and info["decision"] == MALFORMED and info["reason"]
+        assert len(info["reason"]) < 400  # the reason quotes the action, bounded
+    assert (predicted.kind, predicted.reward) == (info["outcome"], pytest.approx(reward, abs=1e-6))
+    assert terminated and not truncated
+
+
+@PROPERTY
+@given(action=objects)
+def test_flat_box_wrapper_never_raises(scene_pools, tiny_scorer, action):
+    env = FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer))
+    env.reset(options={"query_index": 0})
+    _, reward, _, _, info = env.step(action)
+    if is_numbers(action, 5):
+        assert info["outcome"] in ("full", "region", "invalid_box")
+    else:
+        assert info["outcome"] == "malformed" and reward == PENALTY
+
+
+@PROPERTY
+@given(action=st.one_of(objects, st.text(max_size=200)))
+def test_text_wrapper_never_raises(scene_pools, tiny_scorer, action):
+    env = TextAction(RegionRerankEnv(scene_pools, tiny_scorer))
+    env.reset(options={"query_index": 0})
+    _, _, terminated, _, info = env.step(action)
+    assert terminated and info["outcome"] in ("full", "region", "invalid_box", "malformed")
+    if not isinstance(action, str):
+        assert info["outcome"] == "malformed"
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [float("inf"), float("nan"), 1.7, 0.9, 0.5, -0.5, 1.0, np.float64(0.0), "1", b"1", True, False, np.bool_(True),
+     [1], (0,), np.array([[1]]), np.array([1]), np.array(1.0), 2, -1, 10**400, Fraction(1), None, 1 + 0j],
+)  # fmt: skip
+def test_decisions_outside_the_space_are_malformed(env, decision):
+    env.reset(options={"query_index": 0})
+    action = {"decision": decision, "box": BOX}
+    [outcome] = env.score_actions([action])
+    _, reward, terminated, _, info = env.step(action)
+    assert outcome.kind == info["outcome"] == "malformed" and reward == PENALTY and terminated
+    assert "0 (FULL) or 1 (REGION)" in info["reason"]
+
+
+@pytest.mark.parametrize("decision", [1, np.int64(1), np.int8(1), np.uint8(1), np.array(1), np.array(1, np.int32)])
+def test_integer_decisions_of_any_integer_type_are_read(env, decision):
+    env.reset(options={"query_index": 0})
+    assert env.step({"decision": decision, "box": BOX})[4]["outcome"] == "region"
+    env.reset(options={"query_index": 0})
+    assert env.step({"decision": decision - 1, "box": None})[4]["outcome"] == "full"  # the box is not read for FULL
+
+
+@pytest.mark.parametrize(
+    "box",
+    [[10**400, 0, 1, 1], [np.nan, 0, 1, 1], [0, 0, np.inf, 1], [0.1, 0.1, 0.6], [0.1, 0.1, 0.6, 0.6, 0.7], ["0", 0, 1, 1],
+     [True, 0, 1, 1], [0, 0, 1, 1j], np.array([[0.1, 0.1], [0.6, 0.6]]), np.array(["0", "0", "1", "1"]),
+     np.array([0, 0, 1, 1], dtype=object), np.array([0, 0, 1, 1], dtype=bool), np.array([1e300, 0, 1, 1], np.longdouble) ** 2,
+     None, "0 0 1 1", {"x1": 0}, [[0], [0], [1], [1]]],
+)  # fmt: skip
+def test_boxes_that_are_not_four_finite_numbers_are_malformed(env, box):
+    env.reset(options={"query_index": 0})
+    [outcome] = env.score_actions([{"decision": 1, "box": box}])
+    _, reward, _, _, info = env.step({"decision": 1, "box": box})
+    assert outcome.kind == info["outcome"] == "malformed" and reward == PENALTY
+    assert "4 finite numbers" in info["reason"]
+
+
+@pytest.mark.parametrize(
+    "action",
+    [[np.nan, 0.1, 0.1, 0.6, 0.6], [0.9, 0.1, np.inf, 0.6, 0.6], [0.9, 10**400, 0.1, 0.6, 0.6], ["a"] * 5,
+     np.array(["0.9", "0", "0", "1", "1"]), [[0.9], 0.1, 0.1, 0.6, 0.6], [0.9, [0.1, 0.2], 0.1, 0.6, 0.6],
+     np.zeros(3, np.float32), np.zeros((1, 5), np.float32), "0.9 0 0 1 1", None, {"decision": 1}],
+)  # fmt: skip
+def test_flat_actions_that_are_not_five_finite_numbers_are_malformed(scene_pools, tiny_scorer, action):
+    env = FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer))
+    env.reset(options={"query_index": 0})
+    _, reward, _, _, info = env.step(action)
+    assert info["outcome"] == "malformed" and reward == PENALTY and "5 finite numbers" in info["reason"]
+
+
+def test_flat_actions_threshold_the_decision(scene_pools, tiny_scorer):
+    env = FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer))
+    for action, kind in (([0.5, 0, 0, 0.5, 0.5], "region"), ((0.49, 0, 0, 0.5, 0.5), "full"), (np.array([1, 0, 0, 1, 1]), "region")):
+        env.reset(options={"query_index": 0})
+        assert env.step(action)[4]["outcome"] == kind
+
+
+def test_score_actions_refuses_a_non_sequence(env):
+    env.reset(options={"query_index": 0})
+    for actions in ({"decision": 1, "box": BOX}, "garbage", 7):
+        with pytest.raises(TypeError, match="sequence of actions"):
+            env.score_actions(actions)
+
+
+def test_read_action_results():
+    assert read_action({"decision": 0}).decision == FULL
+    read = read_action({"decision": np.int32(1), "box": (0, 0.5, 1, 1)})
+    assert read.decision == REGION and read.box.dtype == np.float64 and read.box.tolist() == [0, 0.5, 1, 1]
+    assert read_action(MalformedAction("no box", "blah")).reason == "no box"
+
+    class Exploding(dict):
+        def __getitem__(self, key):
+            raise RuntimeError("boom")
+
+        def __repr__(self):
+            raise RuntimeError("no repr either")
+
+    read = read_action(Exploding(decision=1, box=BOX))
+    assert read.decision == MALFORMED and "cannot be read" in read.reason
+
+
+def test_hashed_question_observation_is_numeric(scene_pools, tiny_scorer):
+    env = HashedQuestion(RegionRerankEnv(scene_pools, tiny_scorer), dim=64)
+    obs, info = env.reset(options={"query_index": 0})
+    assert obs["question"].shape == (64,) and obs["question"].dtype == np.float32
+    assert env.observation_space.contains(obs)
+    words = {w for w in info["question"].lower().replace("?", " ").split()}
+    assert 1 <= obs["question"].sum() <= len(words)
+    again, _ = env.reset(options={"query_index": 0})
+    np.testing.assert_array_equal(obs["question"], again["question"])
+    other, _ = env.reset(options={"query_index": 1})  # "scene 0" vs "scene 1"
+    assert not np.array_equal(obs["question"], other["question"])
