@@ -34,7 +34,7 @@ class Args:
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
     out: Path = Path("runs/compare")
-    """output folder: results.md, results.json, curves_*.png and one folder per run"""
+    """output folder: results.md, results.json, curves_*.png and one folder per run, whose test/ holds that policy's per_query.jsonl and gallery.png"""
     train: LocalTrainConfig = field(default_factory=lambda: LocalTrainConfig(eval_every=0))
     """every other training setting, shared by all algorithms"""
 
