@@ -259,3 +259,68 @@ def test_read_image_size_reads_the_header(tmp_path: Path) -> None:
         read_image_size(tmp_path / "a.png", max_pixels=100)
     with pytest.raises(DataError, match=r"image file not found: .*b\.png"):
         read_image_size(tmp_path / "b.png")
+
+
+# --- values the loader must name, not crash on ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (json.dumps(record(box=[1, 2, 3, 4])).replace("[1, 2, 3, 4]", "[1" + "0" * 400 + ", 2, 3, 4]"), "field 'box' holds a number too large"),
+        ('{"query_id": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        (json.dumps(record(box=[1, 2, 3, 4])).replace("[1, 2, 3, 4]", "[" + "9" * 5000 + ", 2, 3, 4]"), "invalid JSON"),
+        (json.dumps(record(box=[1, 2, 3, 1e999])), "field 'box'"),
+        (json.dumps(record(question="What is \ud800 this?")), "field 'question' is not valid Unicode"),
+        (json.dumps(record(candidates=[{"id": "c\udcff", "image": "kb/c1.png", "positive": True}])), "field 'candidates[0].id' is not valid Unicode"),
+    ],
+)  # fmt: skip
+def test_overflowing_deep_and_invalid_unicode_values_are_data_errors(data_dir: Path, line: str, message: str) -> None:
+    path = write_lines(data_dir / "pools.jsonl", [record("ok"), line])
+    with pytest.raises(DataError) as err:
+        load_query_pools(path)
+    assert str(err.value).startswith(f"{path}:2: ") and message in str(err.value)
+
+
+def test_non_utf8_bytes_name_the_line(data_dir: Path) -> None:
+    path = data_dir / "pools.jsonl"
+    path.write_bytes(json.dumps(record("ok")).encode() + b"\n" + json.dumps(record("q2")).encode()[:-2] + b'\xff"}\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not valid UTF-8"):
+        load_query_pools(path)
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_images_are_caught_at_load(data_dir: Path, suffix: str) -> None:
+    noisy = Image.effect_noise((64, 48), 80).convert("RGB")  # noise: the pixel data dominates the file
+    noisy.save(data_dir / "kb" / f"bad{suffix}")
+    truncate(data_dir / "kb" / f"bad{suffix}")
+    candidates = [{"id": "c1", "image": "kb/c1.png", "positive": True}, {"id": "c9", "image": f"kb/bad{suffix}", "positive": False}]
+    path = write_lines(data_dir / "pools.jsonl", [record("q1"), record("q2", candidates=candidates)])
+    with pytest.raises(DataError, match=rf"{path}:2: field 'candidates\[1\].image': unreadable image .*bad{suffix} \(truncated"):
+        load_query_pools(path)
+    assert len(load_query_pools(path, decode_images=False)) == 2  # headers only: the fast check passes it
+
+
+def test_an_image_that_fails_at_reset_names_the_record(data_dir: Path, tiny_scorer) -> None:
+    from envs.region_rerank import RegionRerankEnv
+
+    Image.effect_noise((64, 48), 80).convert("RGB").save(data_dir / "images" / "late.png")
+    candidates = [{"id": "c1", "image": "kb/c1.png", "positive": True}, {"id": "c2", "image": "kb/c2.png", "positive": False}]
+    path = write_lines(
+        data_dir / "pools.jsonl", [record("q1", candidates=candidates), record("q2", image="images/late.png", candidates=candidates)]
+    )
+    env = RegionRerankEnv(load_query_pools(path), tiny_scorer)
+    truncate(data_dir / "images" / "late.png")  # corrupted after loading
+    with pytest.raises(DataError, match=rf"^{path}:2: field 'image': unreadable image .*late.png"):
+        env.reset(options={"query_id": "q2"})
+    # A candidate the scorer has not encoded yet.
+    Image.effect_noise((64, 48), 80).convert("RGB").save(data_dir / "kb" / "c2.png")
+    truncate(data_dir / "kb" / "c2.png")
+    with pytest.raises(DataError, match=rf"^{path}:1: field 'candidates\[1\].image': candidate 'c2'"):
+        env.reset(options={"query_id": "q1"})
