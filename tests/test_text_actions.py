@@ -403,3 +403,65 @@ def test_long_pathological_text_parses_quickly(text):
     start = time.perf_counter()
     _check_result(parse_norm(text), text)
     assert time.perf_counter() - start < 2.0
+
+
+# --- the parse cost is bounded --------------------------------------------------------------
+
+
+def test_text_over_the_cap_is_malformed_unread():
+    from envs.text_actions import MAX_TEXT_CHARS
+
+    text = FULL_MARKER + " " * MAX_TEXT_CHARS
+    result = parse_norm(text)
+    assert isinstance(result, MalformedAction) and f"more than the {MAX_TEXT_CHARS}" in result.reason
+    assert_full(parse_action_text(text, "norm", max_chars=len(text)), "full_marker")
+    start = time.perf_counter()
+    parse_norm("<tool_call>" * 200_000)  # 2.2 MB
+    assert time.perf_counter() - start < 0.01
+
+
+@pytest.mark.parametrize(
+    "piece",
+    ["<tool_call>", "<box>", "1,", '"bbox_2d": [', "<think>", "</think>", "NO_CROP_NEEDED ", "{", "[", "x"],
+)
+@pytest.mark.parametrize("rules", ["project", "region_r1_public"])
+def test_worst_case_under_the_cap_parses_in_bounded_time(piece, rules):
+    from envs.text_actions import MAX_TEXT_CHARS
+
+    text = (piece * (MAX_TEXT_CHARS // len(piece) + 1))[:MAX_TEXT_CHARS]
+    start = time.perf_counter()
+    _check_result(parse_action_text(text, "norm", rules=rules), text)
+    assert time.perf_counter() - start < 1.0
+
+
+# --- the public code's rules ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (tool_call([1, 2, 3, 4]), [1, 2, 3, 4]),
+        (tool_call(["1", " 2", "3e0", "4"]), [1, 2, 3, 4]),  # float() of strings, as in public
+        (tool_call([1, 2, 3, 4], name="any_tool"), [1, 2, 3, 4]),  # the name is not checked
+        (tool_call([1, 2, 3, 4]) + tool_call([5, 6, 7, 8]), [1, 2, 3, 4]),  # the first call counts
+        ("<think>" + tool_call([1, 2, 3, 4]) + "</think>" + FULL_MARKER, [1, 2, 3, 4]),  # reasoning is not removed
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [1, 2, 3, 4]}} ok</tool_call>', [1, 2, 3, 4]),  # regex fallback
+        (tool_call(["a", 2, 3, 4]) + ' "bbox_2d": [5, 6, 7, 8]', "malformed"),  # float("a") fails, so does the regex on the same first bbox_2d
+        ('"bbox_2d": [9, 9, 9, 9] <tool_call>{"bbox_2d": broken</tool_call>', [9, 9, 9, 9]),
+        (tool_call([1, 2, 3, 4]).replace("</tool_call>", ""), "malformed"),  # missing </tool_call>
+        (tool_call([1, 2, 3, 4]).upper(), "malformed"),  # tags are case-sensitive
+        (tool_call([1, 2, 3]), "malformed"),
+        (tool_call(["nan", 2, 3, 4]), "malformed"),  # the public code would crop with NaN
+        ('<tool_call>{"name": "image_zoom_in_tool", "arguments": {"box": [1, 2, 3, 4]}}</tool_call>', "malformed"),
+        (FULL_MARKER, "full"),
+        ("<tool_call>" + "[" * 100_000 + "</tool_call>", "malformed"),
+    ],
+)
+def test_region_r1_public_rules(text, expected):
+    result = parse_action_text(text, "norm", rules="region_r1_public")
+    if expected == "malformed":
+        assert isinstance(result, MalformedAction) and result.reason.startswith("region_r1_public: "), result
+    elif expected == "full":
+        assert_full(result, "full_marker")
+    else:
+        assert_region(result, expected, "tool_call")
