@@ -1,43 +1,27 @@
-"""Export query pools as the parquet files verl's ``RLHFDataset`` reads for training.
-
-Each query becomes one row: the Qwen2.5-VL prompt of :func:`agents.prompts.to_verl_prompt`
-(system prompt, ``<image>`` placeholder, question), the query image, ``data_source``,
-``agent_name="region_rerank"`` (so verl runs :mod:`agents.agent_loop`),
-``reward_model.ground_truth`` (the positive candidate ids, as JSON) and ``extra_info``
-with ``query_id`` and ``pool_file``, the query-pool JSONL the agent loop rebuilds the
-episode from (the loop rebuilds the prompt around the env's view; the row's copy serves
-verl's prompt-length filter and its logs). Image and pool paths are absolute: the
-parquet files stay valid wherever verl copies them, on machines that see the same file
-system.
+"""Export query pools as the parquet files verl's ``RLHFDataset`` reads for training
+(the row format is described in :mod:`agents.verl_data`).
 
     python recipes/prepare_verl_data.py                          # embedded benchmark, train + val
     python recipes/prepare_verl_data.py --train data/evqa/train.jsonl --val data/evqa/val.jsonl \\
         --out data/verl/evqa --max-pixels 401408
 
-Training rows keep only queries with a positive in their pool (as the paper does);
-validation rows keep every query. Writes ``train.parquet`` and ``val.parquet`` to
-``--out`` (and, for the embedded benchmark, the pool files they point to).
+Writes ``train.parquet`` and ``val.parquet`` to ``--out`` (and, for the embedded
+benchmark, the pool files they point to). ``--max-steps``, ``--min-pixels`` and
+``--max-pixels`` must match the training run's (``recipes/train_rgrpo.py`` exports the
+embedded benchmark itself with its own settings when no data files are given).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import tyro
 
-from agents.agent_loop import AGENT_NAME
 from agents.qwen_policy import DEFAULT_MAX_PIXELS
-from agents.prompts import to_verl_prompt
+from agents.verl_data import export_verl_data
 from envs.boxes import QWEN_MIN_PIXELS
-from envs.data import QueryPool, load_query_pools, write_query_pools
-
-Split = Literal["train", "val"]
+from envs.data import DataError
 
 
 @dataclass
@@ -60,88 +44,16 @@ class Args:
     """export only the first N queries of each split (quick runs)"""
 
 
-def verl_rows(
-    pools: Sequence[QueryPool],
-    pool_file: str | os.PathLike,
-    *,
-    split: str,
-    data_source: str,
-    max_steps: int = 1,
-    min_pixels: int = QWEN_MIN_PIXELS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> list[dict]:
-    """One ``RLHFDataset`` row per pool, pointing back at ``pool_file`` (which holds them).
-
-    The image item carries ``min_pixels`` / ``max_pixels`` so verl's prompt-length filter
-    resizes it as the agent loop does.
-    """
-    pool_file = os.path.abspath(pool_file)
-    rows = []
-    for index, pool in enumerate(pools):
-        rows.append(
-            {
-                "data_source": data_source,
-                "agent_name": AGENT_NAME,
-                "prompt": to_verl_prompt(pool.question, max_steps),
-                "images": [{"image": os.path.abspath(pool.image), "min_pixels": min_pixels, "max_pixels": max_pixels}],
-                "ability": "region_rerank",
-                "reward_model": {
-                    "style": "rule",
-                    "ground_truth": json.dumps([c.id for c in pool.candidates if c.positive]),
-                },
-                "extra_info": {
-                    "index": index,
-                    "split": split,
-                    "query_id": pool.query_id,
-                    "pool_file": pool_file,
-                    "question": pool.question,
-                },
-            }
-        )
-    return rows
-
-
-def write_parquet(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Write rows as one parquet file (via a temporary name, so no half-written file remains)."""
-    if not rows:
-        raise ValueError(f"{path}: no rows to write")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    pq.write_table(pa.Table.from_pylist(list(rows)), partial)
-    os.replace(partial, out)
-    return out
-
-
-def split_pools(source: Path | None, split: Split, out: Path, max_queries: int | None) -> tuple[Sequence[QueryPool], Path, str]:
-    """The pools of one split, the JSONL file that holds them, and a default data_source."""
-    purpose = "train" if split == "train" else "eval"
-    if source is not None:
-        dataset = load_query_pools(source, purpose=purpose)
-        if dataset.dropped_without_positive:
-            print(f"{source}: dropped {dataset.dropped_without_positive} queries without a positive ({split})")
-        pools = list(dataset)[:max_queries]
-        return pools, source, f"region_rerank/{source.stem}"
-    from envs.default import default_dataset
-
-    pools = list(default_dataset(split=split, purpose=purpose))[:max_queries]
-    pool_file = write_query_pools(pools, out / f"{split}_pools.jsonl")
-    return pools, pool_file, f"region_rerank/synthetic-{split}"
-
-
 def main(args: Args) -> dict[str, Path]:
     """Write ``train.parquet`` and ``val.parquet``; returns their paths by split."""
-    written = {}
-    for split, source in (("train", args.train), ("val", args.val)):
-        pools, pool_file, default_source = split_pools(source, split, args.out, args.max_queries)
-        rows = verl_rows(
-            pools, pool_file, split=split, data_source=args.data_source or default_source,
-            max_steps=args.max_steps, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-        )
-        written[split] = write_parquet(rows, args.out / f"{split}.parquet")
-        print(f"{split}: {len(rows)} rows -> {written[split]} (pools: {pool_file})")
-    return written
+    return export_verl_data(
+        args.out, args.train, args.val, max_steps=args.max_steps, min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels, data_source=args.data_source, max_queries=args.max_queries,
+    )
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except DataError as err:
+        raise SystemExit(f"error: {err}") from None

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from agents.agent_loop import AGENT_NAME, query_pool
 from agents.prompts import to_verl_prompt
 from agents.tiny_qwen import cached_tiny_qwen
+from agents.verl_data import write_parquet
 from envs.data import DataError
 from verl.utils import hf_processor, hf_tokenizer
 from verl.utils.dataset.rl_dataset import RLHFDataset
@@ -104,7 +105,7 @@ def test_bad_input_is_named(recipe, tmp_path):
     with pytest.raises(DataError, match="missing.jsonl"):
         recipe.main(recipe.Args(train=tmp_path / "missing.jsonl", val=tmp_path / "missing.jsonl", out=tmp_path))
     with pytest.raises(ValueError, match="empty.parquet: no rows"):
-        recipe.write_parquet([], tmp_path / "empty.parquet")
+        write_parquet([], tmp_path / "empty.parquet")
 
 
 @pytest.mark.slow

@@ -1,0 +1,430 @@
+"""The verl run configuration: one place that composes verl's ``ppo_trainer`` config for
+``--backend verl`` (GPUs, vLLM / SGLang) and ``--backend verl-cpu`` (CPU, the
+transformers rollout of :mod:`agents.verl_cpu`).
+
+:func:`compose_verl_config` takes verl's own Hydra config (``verl/trainer/config``),
+applies :func:`project_overrides` (the r-GRPO estimator, the agent loop, the sizes of
+:class:`VerlArgs`), then :func:`cpu_overrides` for the CPU backend, then the user's
+overrides, so every verl option stays a Hydra override and the user has the last word.
+:func:`check_sizes` refuses size combinations verl would only reject deep inside a Ray
+worker (micro batches that do not divide ``batch x n``, a response budget smaller than
+the answer needs) before anything starts.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import yaml
+
+from agents.qwen_policy import DEFAULT_MAX_PIXELS
+from envs.boxes import QWEN_MIN_PIXELS
+from rewards import RewardConfig
+
+ESTIMATOR_KEY = "algorithm.adv_estimator"
+AGENT_NAME = "region_rerank"
+"""``agent_name`` of the RegionRerank agent loop (:mod:`agents.agent_loop`)."""
+IMAGE_TOKEN_PIXELS = 28 * 28
+"""Pixels per Qwen2.5-VL image token (14 px patches merged 2 x 2)."""
+FOLLOWUP_TEXT_TOKENS = 128
+"""Room for the text of a multi-step follow-up turn (the image tokens come on top)."""
+GPU_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+FP32_MIXED_PRECISION = "{param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
+NOT_ON_CPU = {
+    "gae": "it needs verl's critic worker, whose value head verl 0.9.1 builds only with megatron or "
+    "with remove-padding kernels that need flash-attn; train GAE with --backend verl on GPUs",
+}
+"""Estimators ``--backend verl-cpu`` refuses before launch, with the reason."""
+
+
+@dataclass
+class VerlArgs:
+    """A verl run: the policy model, the data, the sizes and the env the agent loop runs."""
+
+    model_path: str | None = None
+    """Qwen2.5-VL checkpoint (hub id or local folder); default: Qwen2.5-VL-3B-Instruct on GPUs,
+    the shipped warm-started tiny Qwen2.5-VL on CPU"""
+    train_files: Path | None = None
+    """training parquet from recipes/prepare_verl_data.py; default: the embedded benchmark, exported to OUT/data"""
+    val_files: Path | None = None
+    """validation parquet from recipes/prepare_verl_data.py; default: the embedded benchmark, exported to OUT/data"""
+    max_queries: int | None = None
+    """when exporting the embedded benchmark: at most this many queries per split"""
+    val_queries: int | None = None
+    """when exporting the embedded benchmark: at most this many validation queries"""
+    out: Path = Path("runs/verl")
+    """output folder: agent-loop config, data, checkpoints, logs, summary.json"""
+    n_gpus: int = 1
+    """GPUs per node (CPU: actor worker processes)"""
+    rollout_engine: str = "vllm"
+    """inference server verl generates with (vllm, sglang; transformers on CPU)"""
+    rollout_n: int = 8
+    """rollouts per query (the group size of GRPO / r-GRPO)"""
+    train_batch_size: int = 16
+    """queries per training step (train_batch_size * rollout_n rollouts)"""
+    ppo_mini_batch_size: int = 8
+    """queries per policy update (one step makes train_batch_size / ppo_mini_batch_size updates)"""
+    micro_batch_size_per_gpu: int = 2
+    """sequences per forward/backward pass on one GPU"""
+    log_prob_micro_batch_size_per_gpu: int | None = None
+    """sequences per log-prob forward (old and reference log-probs); default: 2 x micro_batch_size_per_gpu"""
+    lr: float = 1e-6
+    """actor learning rate"""
+    kl_loss_coef: float = 0.01
+    """weight of the KL-to-reference loss (GRPO style, not in the reward)"""
+    temperature: float = 1.0
+    """sampling temperature of training rollouts"""
+    gpu_memory_utilization: float = 0.5
+    """share of GPU memory the rollout server takes"""
+    answer_tokens: int = 256
+    """most tokens the policy writes per turn (reasoning + answer)"""
+    prompt_text_tokens: int = 1024
+    """room for the system prompt, the question and the chat scaffold (the image tokens come on top)"""
+    total_epochs: int = 1
+    """passes over the training data"""
+    total_training_steps: int | None = None
+    """stop after this many steps (default: total_epochs over the data)"""
+    test_freq: int = 25
+    """validate every N steps (-1: never)"""
+    save_freq: int = 50
+    """checkpoint every N steps (-1: never)"""
+    seed: int = 0
+    """data shuffling seed (verl's data.seed)"""
+    project_name: str = "region-rerank"
+    """experiment tracker project"""
+    experiment_name: str = "rgrpo"
+    """experiment tracker run name"""
+    agent_workers: int = 4
+    """agent-loop worker processes (each holds a scorer)"""
+    scorer_model: str | None = None
+    """open_clip re-ranker (e.g. EVA02-L-14); default: the embedded rr-tiny scorer"""
+    scorer_pretrained: str | None = None
+    """zoo tag or local checkpoint of scorer_model"""
+    scorer_device: str = "cpu"
+    """device of the scorer in the agent-loop workers"""
+    max_steps: int = 1
+    """REGION steps per episode (1 is the paper's setting; >1 is multi-step zoom)"""
+    reward_mode: Literal["terminal", "incremental"] = "terminal"
+    """how zoom steps are paid"""
+    policy_max_side: int | None = None
+    """information gap: longest side of the view shown to the policy"""
+    min_pixels: int = QWEN_MIN_PIXELS
+    """least pixels of a view shown to the policy"""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """most pixels of a view shown to the policy"""
+    balance_groups: bool = True
+    """decision-balanced groups (r-GRPO); off: plain on-policy groups"""
+    balance_budget: int = 4
+    """extra on-policy draws for a group's missing decision before it is forced"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """reward weights and penalties"""
+
+    @classmethod
+    def for_cpu(cls) -> "VerlArgs":
+        """Defaults of ``--backend verl-cpu``: the warm-started tiny Qwen2.5-VL on the embedded
+        benchmark, sized to finish in minutes on 2 cores."""
+        return cls(
+            out=Path("runs/verl-cpu"),
+            rollout_engine="transformers",
+            rollout_n=4,
+            train_batch_size=2,
+            ppo_mini_batch_size=2,
+            micro_batch_size_per_gpu=8,
+            log_prob_micro_batch_size_per_gpu=8,
+            lr=2e-4,
+            kl_loss_coef=0.001,
+            answer_tokens=48,
+            prompt_text_tokens=96,
+            max_queries=64,
+            val_queries=16,
+            total_training_steps=6,
+            test_freq=3,
+            save_freq=-1,
+            agent_workers=1,
+            max_pixels=64 * IMAGE_TOKEN_PIXELS,
+            experiment_name="rgrpo-cpu",
+        )
+
+
+def resolved_model_path(args: VerlArgs, cpu: bool) -> str:
+    """``args.model_path``, or the backend's default model."""
+    if args.model_path is not None:
+        return args.model_path
+    if cpu:
+        from agents.tiny_qwen import shipped_policy_path
+
+        return str(shipped_policy_path())
+    return GPU_MODEL
+
+
+def log_prob_micro_batch(args: VerlArgs) -> int:
+    return args.log_prob_micro_batch_size_per_gpu or 2 * args.micro_batch_size_per_gpu
+
+
+def sequence_lengths(args: VerlArgs) -> tuple[int, int]:
+    """``(max_prompt_length, max_response_length)`` that fit the prompt and every turn.
+
+    The prompt holds the first view (at most ``max_pixels / 784`` image tokens); each
+    further turn of multi-step zoom adds an answer and the next view to the response.
+    """
+    image_tokens = args.max_pixels // IMAGE_TOKEN_PIXELS
+    prompt = args.prompt_text_tokens + image_tokens
+    response = args.answer_tokens * args.max_steps + (args.max_steps - 1) * (image_tokens + FOLLOWUP_TEXT_TOKENS)
+    return prompt, response
+
+
+def check_sizes(args: VerlArgs) -> None:
+    """Raise ``ValueError`` naming the settings of a size combination verl cannot run."""
+    rollouts = args.train_batch_size * args.rollout_n
+    problems = []
+    if args.train_batch_size % args.ppo_mini_batch_size:
+        problems.append(
+            f"ppo_mini_batch_size={args.ppo_mini_batch_size} must divide train_batch_size={args.train_batch_size}"
+        )
+    mini_rollouts = args.ppo_mini_batch_size * args.rollout_n
+    if mini_rollouts % args.micro_batch_size_per_gpu:
+        problems.append(
+            f"micro_batch_size_per_gpu={args.micro_batch_size_per_gpu} must divide ppo_mini_batch_size x "
+            f"rollout_n = {args.ppo_mini_batch_size} x {args.rollout_n} = {mini_rollouts}"
+        )
+    log_prob = log_prob_micro_batch(args)
+    if rollouts % log_prob:
+        problems.append(
+            f"log_prob_micro_batch_size_per_gpu={log_prob} must divide train_batch_size x rollout_n = "
+            f"{args.train_batch_size} x {args.rollout_n} = {rollouts}"
+        )
+    if args.rollout_n < 1 or args.train_batch_size < 1:
+        problems.append(f"train_batch_size={args.train_batch_size} and rollout_n={args.rollout_n} must be >= 1")
+    # A crop answer (tool call with a box) needs about this many tokens with Qwen's tokenizer.
+    if args.answer_tokens < 16:
+        problems.append(f"answer_tokens={args.answer_tokens} is too small for a crop answer (at least 16)")
+    if args.max_pixels < args.min_pixels:
+        problems.append(f"max_pixels={args.max_pixels} is below min_pixels={args.min_pixels}")
+    if problems:
+        raise ValueError("verl run sizes: " + "; ".join(problems))
+
+
+def longest_prompt_tokens(tokenizer, questions: Sequence[str], max_steps: int = 1) -> int:
+    """Text tokens of the longest first-turn prompt (system prompt, question, chat scaffold,
+    one image placeholder) among ``questions``; the image's own tokens come on top."""
+    from agents.prompts import build_messages
+
+    longest = 0
+    for question in sorted(set(questions), key=len, reverse=True)[:8]:
+        messages = build_messages(question, "image.png", 0, max_steps)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        longest = max(longest, len(tokenizer.encode(text, add_special_tokens=False)))
+    return longest
+
+
+def check_prompt_fits(args: VerlArgs, tokenizer, questions: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming ``prompt_text_tokens`` when the longest prompt of the data,
+    with the largest image, would not fit ``data.max_prompt_length``."""
+    needed = longest_prompt_tokens(tokenizer, questions, args.max_steps)
+    if needed > args.prompt_text_tokens:
+        prompt_length, _ = sequence_lengths(args)
+        raise ValueError(
+            f"prompt_text_tokens={args.prompt_text_tokens} is too small: the longest prompt of the data has "
+            f"{needed} text tokens with this model's tokenizer (plus up to {args.max_pixels // IMAGE_TOKEN_PIXELS} "
+            f"image tokens for max_pixels={args.max_pixels}; max_prompt_length would be {prompt_length}); "
+            f"raise prompt_text_tokens to at least {needed}"
+        )
+
+
+def agent_loop_file(args: VerlArgs) -> Path:
+    """Where the agent-loop registration for this run is written."""
+    return (args.out / "agent_loop.yaml").resolve()
+
+
+def agent_loop_settings(args: VerlArgs) -> dict:
+    """The :class:`agents.agent_loop.LoopSettings` of this run."""
+    return dict(
+        scorer_model=args.scorer_model,
+        scorer_pretrained=args.scorer_pretrained,
+        scorer_device=args.scorer_device,
+        max_steps=args.max_steps,
+        reward_mode=args.reward_mode,
+        reward=asdict(args.reward),
+        policy_max_side=args.policy_max_side,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        balance_groups=args.balance_groups,
+        balance_budget=args.balance_budget,
+    )
+
+
+def write_agent_loop_file(args: VerlArgs) -> Path:
+    """Write verl's ``agent_loop_config_path`` file that registers the RegionRerank loop."""
+    from agents.agent_loop import agent_loop_config
+
+    path = agent_loop_file(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(agent_loop_config(**agent_loop_settings(args)), sort_keys=False))
+    return path
+
+
+def data_files(args: VerlArgs) -> tuple[Path, Path]:
+    """The training and validation parquet files of the run (defaults under ``OUT/data``)."""
+    data = args.out / "data"
+    return (args.train_files or data / "train.parquet").resolve(), (args.val_files or data / "val.parquet").resolve()
+
+
+def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
+    """The project's defaults as Hydra overrides of verl's ``ppo_trainer`` config."""
+    prompt_length, response_length = sequence_lengths(args)
+    model = resolved_model_path(args, cpu)
+    train_files, val_files = data_files(args)
+    log_prob = log_prob_micro_batch(args)
+    overrides = [
+        # algorithm: r-GRPO (agents.verl_plugin), KL as a loss as in GRPO
+        f"{ESTIMATOR_KEY}=rgrpo",
+        "algorithm.norm_adv_by_std_in_grpo=true",
+        "algorithm.use_kl_in_reward=false",
+        # data from recipes/prepare_verl_data.py
+        f"data.train_files={train_files}",
+        f"data.val_files={val_files}",
+        f"data.train_batch_size={args.train_batch_size}",
+        f"data.max_prompt_length={prompt_length}",
+        f"data.max_response_length={response_length}",
+        f"data.seed={args.seed}",
+        # prompts fit by construction (sequence_lengths), so verl's slow multimodal length filter is off
+        "data.filter_overlong_prompts=false",
+        "data.truncation=error",
+        "data.image_key=images",
+        "data.dataloader_num_workers=2",
+        # policy
+        f"actor_rollout_ref.model.path={model}",
+        "actor_rollout_ref.model.use_remove_padding=true",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=true",
+        f"actor_rollout_ref.actor.optim.lr={args.lr}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={args.ppo_mini_batch_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={args.micro_batch_size_per_gpu}",
+        "actor_rollout_ref.actor.use_kl_loss=true",
+        f"actor_rollout_ref.actor.kl_loss_coef={args.kl_loss_coef}",
+        "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+        "actor_rollout_ref.actor.entropy_coeff=0",
+        "actor_rollout_ref.ref.fsdp_config.param_offload=true",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={log_prob}",
+        # rollout: the RegionRerank agent loop, up to max_steps images a prompt
+        f"actor_rollout_ref.rollout.name={args.rollout_engine}",
+        f"actor_rollout_ref.rollout.n={args.rollout_n}",
+        f"actor_rollout_ref.rollout.temperature={args.temperature}",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        f"actor_rollout_ref.rollout.gpu_memory_utilization={args.gpu_memory_utilization}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={log_prob}",
+        f"+actor_rollout_ref.rollout.limit_images={args.max_steps}",
+        f"actor_rollout_ref.rollout.agent.default_agent_loop={AGENT_NAME}",
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={agent_loop_file(args)}",
+        f"actor_rollout_ref.rollout.agent.num_workers={args.agent_workers}",
+        # critic: only used when an override picks a critic-based estimator (gae)
+        f"critic.model.path={model}",
+        f"critic.ppo_micro_batch_size_per_gpu={args.micro_batch_size_per_gpu}",
+        # trainer: verl's v1 trainer with the r-GRPO decision hand-off (agents.verl_plugin);
+        # it defers to verl's own advantage step for every other estimator
+        "trainer.use_v1=true",
+        "trainer.v1.trainer_mode=rgrpo_sync",
+        f"trainer.n_gpus_per_node={args.n_gpus}",
+        "trainer.nnodes=1",
+        "trainer.logger=[console,tensorboard]",
+        f"trainer.project_name={args.project_name}",
+        f"trainer.experiment_name={args.experiment_name}",
+        f"trainer.default_local_dir={(args.out / 'checkpoints').resolve()}",
+        f"trainer.total_epochs={args.total_epochs}",
+        f"trainer.test_freq={args.test_freq}",
+        f"trainer.save_freq={args.save_freq}",
+        "trainer.val_before_train=true",
+    ]
+    if args.total_training_steps is not None:
+        overrides.append(f"trainer.total_training_steps={args.total_training_steps}")
+    return overrides
+
+
+def cpu_overrides(args: VerlArgs) -> list[str]:
+    """What verl 0.9.1 needs to train on a CPU (each line names the block it gets past;
+    the platform, the engines and the rollout are registered by :mod:`agents.verl_cpu`)."""
+    return [
+        "trainer.device=cpu",
+        # FSDP1 syncs module states on GPU tensors; FSDP2 runs on gloo
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.ref.strategy=fsdp2",
+        "critic.strategy=fsdp2",
+        # no flash-attn, padding-removal kernels or torch.compile on a CPU
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "actor_rollout_ref.model.use_remove_padding=false",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=false",
+        "actor_rollout_ref.actor.use_torch_compile=false",
+        "actor_rollout_ref.ref.use_torch_compile=false",
+        # float32 end to end (FSDP's mixed precision is bf16 by default), so rollout and actor
+        # log-probs agree to float32 rounding
+        "actor_rollout_ref.actor.fsdp_config.dtype=float32",
+        "actor_rollout_ref.ref.fsdp_config.dtype=float32",
+        f"+actor_rollout_ref.actor.fsdp_config.mixed_precision={FP32_MIXED_PRECISION}",
+        f"+actor_rollout_ref.ref.fsdp_config.mixed_precision={FP32_MIXED_PRECISION}",
+        "actor_rollout_ref.ref.fsdp_config.param_offload=false",
+        "actor_rollout_ref.rollout.dtype=float32",
+        "actor_rollout_ref.rollout.calculate_log_probs=true",
+        "actor_rollout_ref.rollout.free_cache_engine=false",
+        # one TransferQueue storage unit; logical Ray CPUs and GPUs (worker slots, not devices)
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        "ray_kwargs.ray_init.num_cpus=8",
+        "+ray_kwargs.ray_init.num_gpus=1",
+        "data.dataloader_num_workers=0",
+        "trainer.logger=[console,tensorboard,file]",
+    ]
+
+
+def verl_config_dir() -> Path:
+    """verl's Hydra config folder (``ppo_trainer.yaml`` and its groups)."""
+    spec = importlib.util.find_spec("verl")
+    return Path(spec.origin).resolve().parent / "trainer" / "config"
+
+
+def compose_verl_config(args: VerlArgs, overrides: Sequence[str] = (), cpu: bool = False):
+    """verl's ``ppo_trainer`` config with the project's defaults (and the CPU ones), then ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    check_sizes(args)
+    ours = project_overrides(args, cpu) + (cpu_overrides(args) if cpu else [])
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
+        return compose(config_name="ppo_trainer", overrides=ours + list(overrides))
+
+
+def check_estimator(name: str, cpu: bool = False) -> None:
+    """Raise ``ValueError`` unless verl knows the advantage estimator ``name`` (registry or
+    hard-wired) and, on CPU, it can run there."""
+    import agents.verl_plugin  # noqa: F401  registers rgrpo even where the entry point is not installed
+    from verl.trainer.ppo.core_algos import AdvantageEstimator, get_adv_estimator_fn
+
+    if cpu and name in NOT_ON_CPU:
+        raise ValueError(f"{ESTIMATOR_KEY}={name} is not supported by --backend verl-cpu: {NOT_ON_CPU[name]}")
+    if name in {e.value for e in AdvantageEstimator}:
+        return
+    try:
+        get_adv_estimator_fn(name)
+    except ValueError as err:
+        raise ValueError(f"{ESTIMATOR_KEY}={name!r} is not a verl advantage estimator: {err}") from None
+
+
+def missing_for_verl(rollout_engine: str, cpu: bool = False) -> list[str]:
+    """What this machine lacks to run the verl backend (empty when it can)."""
+    missing = []
+    if not cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            missing.append("an NVIDIA GPU (torch.cuda.is_available() is False)")
+        if importlib.util.find_spec(rollout_engine) is None:
+            missing.append(f"the {rollout_engine} rollout server (pip install 'verl[{rollout_engine}]==0.9.1')")
+    if importlib.util.find_spec("transfer_queue") is None:
+        missing.append("TransferQueue, used by verl's v1 trainer (pip install 'transferqueue==0.1.11')")
+    plugins = {entry.value for entry in importlib.metadata.entry_points(group="verl.plugins")}
+    if "agents.verl_plugin" not in plugins:
+        missing.append("this project installed (pip install -e .), so verl's Ray workers load agents.verl_plugin")
+    return missing
+

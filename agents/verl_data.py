@@ -1,0 +1,131 @@
+"""verl's training data: query pools as the parquet rows verl's ``RLHFDataset`` reads.
+
+Each query becomes one row: the Qwen2.5-VL prompt of :func:`agents.prompts.to_verl_prompt`
+(system prompt, ``<image>`` placeholder, question), the query image, ``data_source``,
+``agent_name="region_rerank"`` (so verl runs :mod:`agents.agent_loop`),
+``reward_model.ground_truth`` (the positive candidate ids, as JSON) and ``extra_info``
+with ``query_id`` and ``pool_file``, the query-pool JSONL the agent loop rebuilds the
+episode from (the loop rebuilds the prompt around the env's view; the row's copy serves
+verl's prompt-length filter and its logs). Image and pool paths are absolute: the
+parquet files stay valid wherever verl copies them, on machines that see the same file
+system.
+
+Training rows keep only queries with a positive in their pool (as the paper does);
+validation rows keep every query.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agents.prompts import to_verl_prompt
+from agents.qwen_policy import DEFAULT_MAX_PIXELS
+from agents.verl_config import AGENT_NAME
+from envs.boxes import QWEN_MIN_PIXELS
+from envs.data import QueryPool, load_query_pools, write_query_pools
+
+Split = Literal["train", "val"]
+
+
+def verl_rows(
+    pools: Sequence[QueryPool],
+    pool_file: str | os.PathLike,
+    *,
+    split: str,
+    data_source: str,
+    max_steps: int = 1,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[dict]:
+    """One ``RLHFDataset`` row per pool, pointing back at ``pool_file`` (which holds them).
+
+    The image item carries ``min_pixels`` / ``max_pixels`` so verl's prompt-length filter
+    resizes it as the agent loop does.
+    """
+    pool_file = os.path.abspath(pool_file)
+    rows = []
+    for index, pool in enumerate(pools):
+        rows.append(
+            {
+                "data_source": data_source,
+                "agent_name": AGENT_NAME,
+                "prompt": to_verl_prompt(pool.question, max_steps),
+                "images": [{"image": os.path.abspath(pool.image), "min_pixels": min_pixels, "max_pixels": max_pixels}],
+                "ability": "region_rerank",
+                "reward_model": {
+                    "style": "rule",
+                    "ground_truth": json.dumps([c.id for c in pool.candidates if c.positive]),
+                },
+                "extra_info": {
+                    "index": index,
+                    "split": split,
+                    "query_id": pool.query_id,
+                    "pool_file": pool_file,
+                    "question": pool.question,
+                },
+            }
+        )
+    return rows
+
+
+def write_parquet(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Write rows as one parquet file (via a temporary name, so no half-written file remains)."""
+    if not rows:
+        raise ValueError(f"{path}: no rows to write")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    pq.write_table(pa.Table.from_pylist(list(rows)), partial)
+    os.replace(partial, out)
+    return out
+
+
+def split_pools(source: Path | None, split: Split, out: Path, max_queries: int | None) -> tuple[Sequence[QueryPool], Path, str]:
+    """The pools of one split, the JSONL file that holds them, and a default data_source."""
+    purpose = "train" if split == "train" else "eval"
+    if source is not None:
+        dataset = load_query_pools(source, purpose=purpose)
+        if dataset.dropped_without_positive:
+            print(f"{source}: dropped {dataset.dropped_without_positive} queries without a positive ({split})")
+        pools = list(dataset)[:max_queries]
+        return pools, source, f"region_rerank/{source.stem}"
+    from envs.default import default_dataset
+
+    pools = list(default_dataset(split=split, purpose=purpose))[:max_queries]
+    pool_file = write_query_pools(pools, out / f"{split}_pools.jsonl")
+    return pools, pool_file, f"region_rerank/synthetic-{split}"
+
+
+def export_verl_data(
+    out: Path,
+    train: Path | None = None,
+    val: Path | None = None,
+    *,
+    max_steps: int = 1,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    data_source: str | None = None,
+    max_queries: int | None = None,
+    val_queries: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Path]:
+    """Write ``out/train.parquet`` and ``out/val.parquet`` (default sources: the embedded
+    benchmark's train and val splits); returns their paths by split."""
+    written = {}
+    for split, source in (("train", train), ("val", val)):
+        limit = val_queries if split == "val" and val_queries is not None else max_queries
+        pools, pool_file, default_source = split_pools(source, split, out, limit)
+        rows = verl_rows(
+            pools, pool_file, split=split, data_source=data_source or default_source,
+            max_steps=max_steps, min_pixels=min_pixels, max_pixels=max_pixels,
+        )
+        written[split] = write_parquet(rows, out / f"{split}.parquet")
+        if not quiet:
+            print(f"{split}: {len(rows)} rows -> {written[split]} (pools: {pool_file})")
+    return written
