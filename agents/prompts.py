@@ -74,6 +74,26 @@ To keep the full image, answer exactly:
 You may think briefly inside <think></think> first, then give exactly one of these two answers."""
 """System message: the task, the crop tool and the FULL answer."""
 
+QUESTION_PREFIX = "Question: "
+DECISION_REQUEST = (
+    f"\nShould the re-ranker see a cropped region of this image? Call {TOOL_NAME} to crop, or answer {FULL_MARKER}."
+)
+"""The user turn after the question: what the policy must decide."""
+REGION_ANSWER_PREFIX = '<tool_call>\n{"name": "' + TOOL_NAME + '", "arguments": {"bbox_2d": ['
+"""How every crop answer starts (as :func:`envs.text_actions.format_action_text` writes it);
+the agent loop forces it when a group needs a REGION decision, and the policy completes the box."""
+REGION_ANSWER_SUFFIX = "]}}\n</tool_call>"
+"""How every crop answer ends, after the four numbers of the box."""
+
+
+def fixed_prompt_texts() -> tuple[str, ...]:
+    """The texts every prompt and answer repeats verbatim. A tokenizer built for a tiny
+    model (:mod:`agents.tiny_qwen`) makes each one token, so a CPU-sized policy reads a
+    ~100-token prompt and writes a crop in ~15 tokens with the same words a real Qwen
+    reads."""
+    return (SYSTEM_PROMPT, QUESTION_PREFIX, DECISION_REQUEST, REGION_ANSWER_PREFIX, REGION_ANSWER_SUFFIX, FULL_MARKER)
+
+
 _PLACEHOLDERS = re.compile(r"<image>|<video>|<audio>")
 
 
@@ -98,11 +118,7 @@ def _question_text(question: str, step: int, max_steps: int) -> str:
         # verl would read it as a second image slot and misalign the row's images
         raise ValueError(f"question must not contain a media placeholder such as <image>: {question!r}")
     _check_steps(step, max_steps, first=0)
-    return (
-        f"Question: {question.strip()}\n"
-        f"Should the re-ranker see a cropped region of this image? "
-        f"Call {TOOL_NAME} to crop, or answer {FULL_MARKER}.{_crop_budget_text(step, max_steps)}"
-    )
+    return f"{QUESTION_PREFIX}{question.strip()}{DECISION_REQUEST}{_crop_budget_text(step, max_steps)}"
 
 
 def _image_item(image: Any, min_pixels: int | None, max_pixels: int | None) -> dict:

@@ -80,19 +80,29 @@ _VISION_SIZES = dict(
 
 
 def _tokenizer_corpus() -> list[str]:
-    """Text the BPE is trained on: the project's prompt and the answers it asks for, so
-    prompts tokenize compactly (digits stay single tokens, as in Qwen's pre-tokenizer)."""
+    """Text the BPE is trained on: the project's prompt, answers and box numbers, so
+    questions and boxes tokenize compactly."""
     from agents.prompts import CROP_EXAMPLE, SYSTEM_PROMPT
     from envs.text_actions import FULL_MARKER
 
-    return [SYSTEM_PROMPT, CROP_EXAMPLE, FULL_MARKER, "system user assistant 0123456789 <think></think>"] * 2
+    numbers = ", ".join(str(n) for n in range(1000))
+    return [SYSTEM_PROMPT, CROP_EXAMPLE, FULL_MARKER, numbers, "system user assistant <think></think>"] * 2
 
 
 def build_tokenizer(vocab_size: int = 1024):
-    """A ``Qwen2Tokenizer`` with a byte-level BPE trained on :func:`_tokenizer_corpus`
-    and Qwen's special tokens (ids 0-7; ``<|im_end|>`` is EOS, ``<|endoftext|>`` pad)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A ``Qwen2Tokenizer`` with a byte-level BPE trained on :func:`_tokenizer_corpus`,
+    Qwen's special tokens (ids 0-7; ``<|im_end|>`` is EOS, ``<|endoftext|>`` pad) and one
+    added token for each of :func:`agents.prompts.fixed_prompt_texts` (the system prompt,
+    the decision request, the crop answer's fixed prefix and suffix, ``NO_CROP_NEEDED``).
+
+    With these, a prompt is ~100 tokens instead of ~630 and a crop answer ~15 instead of
+    ~54: a policy of a few hundred thousand parameters can learn to write the answer
+    format, and its forwards on a CPU cost what the image costs, not the prompt.
+    """
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
+
+    from agents.prompts import fixed_prompt_texts
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -114,6 +124,8 @@ def build_tokenizer(vocab_size: int = 1024):
         pad_token="<|endoftext|>",
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    # Plain (not special) tokens: decoding keeps them, so the parser reads the full answer.
+    tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in fixed_prompt_texts()])
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     return tokenizer
 
@@ -197,3 +209,17 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m agents.tiny_qwen OUTPUT_FOLDER")
     print(build_tiny_qwen(sys.argv[1]))
+
+
+SHIPPED_POLICY = Path(__file__).resolve().parent / "assets" / "tiny-qwen-rr"
+"""The warm-started tiny Qwen2.5-VL that ``--backend verl-cpu`` trains by default
+(written by ``recipes/warm_start_tiny_qwen.py``)."""
+
+
+def shipped_policy_path() -> Path:
+    """:data:`SHIPPED_POLICY`; raises ``FileNotFoundError`` naming the recipe that writes it."""
+    if not (SHIPPED_POLICY / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{SHIPPED_POLICY}: no warm-started tiny Qwen2.5-VL; run python recipes/warm_start_tiny_qwen.py"
+        )
+    return SHIPPED_POLICY
