@@ -9,7 +9,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all train eval bench clean
+.PHONY: install test test-all train train-verl eval bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ test-all: install  ## every test, the slow end-to-end ones too
 
 train: install  ## r-GRPO on the embedded benchmark (CPU backend without a GPU), then the test table
 	$(PY) recipes/train_rgrpo.py
+
+train-verl: install  ## verl's own trainer on CPU: the warm-started tiny Qwen2.5-VL, r-GRPO, the embedded benchmark
+	$(PY) recipes/train_rgrpo.py --backend verl-cpu
 
 eval: install  ## evaluate every baseline on the embedded benchmark's test split
 	$(PY) recipes/evaluate.py

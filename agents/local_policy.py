@@ -172,7 +172,7 @@ class LocalPolicy:
 
     @torch.inference_mode()
     def __call__(self, obs, info, env) -> dict:
-        out = self.net(torch.from_numpy(np.asarray(obs["image"]))[None], [str(obs["question"])])
+        out = self.net(torch.tensor(obs["image"])[None], [str(obs["question"])])  # a copy: the obs may be read-only
         if self.greedy:
             decision = int(out.decision_logits.argmax(-1))
             box_id = int(out.box_logits.argmax(-1))

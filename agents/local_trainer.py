@@ -245,7 +245,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
         for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
             obs, _ = train_env.reset(options={"query_index": int(q)})
             with torch.no_grad():
-                out = net(torch.as_tensor(obs["image"])[None], [obs["question"]])
+                out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
             decisions, box_ids, decision_mask, balance = sampler.sample(out.decision_logits[0], out.box_logits[0])
             boxes = net.boxes[box_ids].numpy()
             actions = [{"decision": d, "box": b} for d, b in zip(decisions, boxes)]

@@ -26,8 +26,7 @@ from typing import Callable, Hashable, Iterable, Literal, Sequence
 
 import torch
 
-FULL, REGION = 0, 1
-"""The two decisions of the native action space."""
+from envs.actions import FULL, REGION
 
 BalancePath = Literal["balanced", "resampled", "forced"]
 BALANCE_PATHS: tuple[BalancePath, ...] = ("balanced", "resampled", "forced")

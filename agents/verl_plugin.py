@@ -182,20 +182,46 @@ class DecisionHandoffMixin:
     """
 
     def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
-        if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
-            return super()._compute_advantage(batch, metrics)
         import transfer_queue as tq
 
         fields = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "extra_fields"]
         )
         uids = fields.get("uid").tolist()
-        decisions = [
-            extra.get(DECISION_KEY) if isinstance(extra, dict) else None
-            for extra in fields.get("extra_fields").tolist()
-        ]
+        extras = [extra if isinstance(extra, dict) else {} for extra in fields.get("extra_fields").tolist()]
+        decisions = [extra.get(DECISION_KEY) for extra in extras]
+        metrics.update(rollout_metrics(extras))
+        if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
+            return super()._compute_advantage(batch, metrics)
+        metrics[f"{METRIC_PREFIX}/decisions_reached_rgrpo"] = float(
+            bool(decisions) and all(isinstance(d, int) and not isinstance(d, bool) for d in decisions)
+        )
         with decisions_in_scope(uids, decisions):
             return super()._compute_advantage(batch, metrics)
+
+
+METRIC_PREFIX = "region_rerank"
+"""Prefix of the per-step metrics :func:`rollout_metrics` adds to verl's."""
+
+
+def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per-step figures over a batch's samples, from the agent loop's ``extra_fields``: the
+    rates of valid (parsed) answers, of crops and of each balancing path, and the seconds
+    spent in the env (reset, crop, scoring)."""
+    if not extras:
+        return {}
+    n = len(extras)
+    decisions = [extra.get(DECISION_KEY) for extra in extras]
+    paths = [extra.get("balance_path") for extra in extras]
+    rates = {
+        "valid_answer_rate": sum(d in (0, 1) for d in decisions) / n,
+        "crop_rate": sum(d == 1 for d in decisions) / n,
+    }
+    for path in ("balanced", "resampled", "forced", "few_valid", "off"):
+        rates[f"balance/{path}"] = sum(p == path for p in paths) / n
+    # Episodes of a worker step the env one at a time, so their env time adds up to the step's.
+    rates["env_seconds"] = sum(float(extra.get("env_seconds", 0.0)) for extra in extras)
+    return {f"{METRIC_PREFIX}/{name}": float(value) for name, value in rates.items()}
 
 
 def register_rgrpo_trainers() -> None:

@@ -1,5 +1,6 @@
-"""recipes/train_rgrpo.py: verl's config composed with the project's defaults, one-override
-algorithm swaps, the dry run, and the two backends' entry points (no GPU needed)."""
+"""recipes/train_rgrpo.py and agents/verl_config.py: verl's config composed with the
+project's defaults (GPU and CPU), one-override algorithm swaps, size checks before launch,
+the dry run, and the backends' entry points (no GPU needed)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ import yaml
 from omegaconf import OmegaConf
 
 from agents.agent_loop import AGENT_NAME, LoopSettings
+from agents.verl_config import (
+    VerlArgs,
+    agent_loop_file,
+    check_estimator,
+    check_sizes,
+    compose_verl_config,
+    sequence_lengths,
+    write_agent_loop_file,
+)
 from agents.tiny_qwen import cached_tiny_qwen
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
@@ -33,28 +43,28 @@ def tiny_qwen_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def verl_args(recipe, tiny_qwen_dir, tmp_path):
-    return recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path / "run")
+    return VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path / "run")
 
 
 def test_defaults_compose_into_a_valid_verl_config(recipe, verl_args):
-    config = recipe.compose_verl_config(verl_args)
+    config = compose_verl_config(verl_args)
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     rollout = config.actor_rollout_ref.rollout
     assert config.algorithm.adv_estimator == "rgrpo" and not need_critic(config)
     assert rollout.n == 8 and rollout.agent.default_agent_loop == AGENT_NAME
-    assert rollout.agent.agent_loop_config_path == str(recipe.agent_loop_file(verl_args))
+    assert rollout.agent.agent_loop_config_path == str(agent_loop_file(verl_args))
     assert rollout.limit_images == 1 and config.trainer.n_gpus_per_node == 1
     assert config.trainer.v1.trainer_mode == "rgrpo_sync"
-    assert config.data.train_files == str(verl_args.train_files.resolve())
+    assert config.data.train_files == str((verl_args.out / "data" / "train.parquet").resolve())
     # the prompt holds the system prompt and the largest allowed image
     assert config.data.max_prompt_length >= verl_args.max_pixels // (28 * 28) + 500
 
 
 @pytest.mark.parametrize("estimator", ["rgrpo", "grpo", "rloo", "reinforce_plus_plus", "remax", "gpg", "gae"])
 def test_one_override_swaps_the_algorithm(recipe, verl_args, estimator):
-    config = recipe.compose_verl_config(verl_args, [f"algorithm.adv_estimator={estimator}"])
+    config = compose_verl_config(verl_args, [f"algorithm.adv_estimator={estimator}"])
     assert config.algorithm.adv_estimator == estimator
-    recipe.check_estimator(estimator)
+    check_estimator(estimator)
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     assert need_critic(config) == (estimator == "gae")  # GAE brings verl's critic, on the same model
 
@@ -65,8 +75,45 @@ def test_unknown_estimator_is_rejected_before_launch(recipe, verl_args):
         recipe.main(args)
 
 
+def test_cpu_defaults_compose_into_a_valid_verl_config(tiny_qwen_dir, tmp_path):
+    args = VerlArgs.for_cpu()
+    args.model_path, args.out = str(tiny_qwen_dir), tmp_path / "cpu"
+    config = compose_verl_config(args, cpu=True)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    assert config.trainer.device == "cpu" and config.actor_rollout_ref.rollout.name == "transformers"
+    assert config.actor_rollout_ref.actor.strategy == "fsdp2" and config.actor_rollout_ref.ref.strategy == "fsdp2"
+    assert config.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+    assert config.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
+    # the user's overrides come last, after the CPU ones
+    config = compose_verl_config(args, ["actor_rollout_ref.rollout.n=2"], cpu=True)
+    assert config.actor_rollout_ref.rollout.n == 2
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [
+        (dict(ppo_mini_batch_size=3), "ppo_mini_batch_size=3 must divide train_batch_size=2"),
+        (dict(micro_batch_size_per_gpu=3), "micro_batch_size_per_gpu=3 must divide"),
+        (dict(log_prob_micro_batch_size_per_gpu=5), "log_prob_micro_batch_size_per_gpu=5 must divide"),
+        (dict(answer_tokens=4), "answer_tokens=4 is too small"),
+    ],
+)
+def test_bad_sizes_are_refused_before_launch_naming_the_settings(changes, named):
+    args = VerlArgs.for_cpu()
+    for key, value in changes.items():
+        setattr(args, key, value)
+    with pytest.raises(ValueError, match=named):
+        check_sizes(args)
+
+
+def test_gae_is_refused_on_cpu_with_the_reason():
+    with pytest.raises(ValueError, match="gae is not supported by --backend verl-cpu: it needs verl's critic"):
+        check_estimator("gae", cpu=True)
+    check_estimator("gae")  # on GPUs verl runs it with its critic
+
+
 def test_overrides_pass_through_after_the_defaults(recipe, verl_args):
-    config = recipe.compose_verl_config(
+    config = compose_verl_config(
         verl_args, ["actor_rollout_ref.rollout.n=4", "trainer.total_epochs=3", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"]
     )
     assert config.actor_rollout_ref.rollout.n == 4 and config.trainer.total_epochs == 3
@@ -74,17 +121,17 @@ def test_overrides_pass_through_after_the_defaults(recipe, verl_args):
 
 
 def test_multi_step_zoom_gets_room_for_every_view(recipe, tiny_qwen_dir, tmp_path):
-    one = recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path)
-    three = recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=3)
-    config = recipe.compose_verl_config(three)
+    one = VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path)
+    three = VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=3)
+    config = compose_verl_config(three)
     assert config.actor_rollout_ref.rollout.limit_images == 3
     image_tokens = three.max_pixels // (28 * 28)
-    assert recipe.sequence_lengths(three)[1] >= recipe.sequence_lengths(one)[1] * 3 + 2 * image_tokens
+    assert sequence_lengths(three)[1] >= sequence_lengths(one)[1] * 3 + 2 * image_tokens
 
 
 def test_agent_loop_file_carries_the_env_settings(recipe, tiny_qwen_dir, tmp_path):
-    args = recipe.VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=2, scorer_model="EVA02-B-16", scorer_pretrained="eva.pt")
-    path = recipe.write_agent_loop_file(args)
+    args = VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=2, scorer_model="EVA02-B-16", scorer_pretrained="eva.pt")
+    path = write_agent_loop_file(args)
     (entry,) = yaml.safe_load(path.read_text())
     assert entry["name"] == AGENT_NAME and entry["_target_"] == "agents.agent_loop.RegionRerankAgentLoop"
     settings = LoopSettings.from_kwargs(**{k: v for k, v in entry.items() if k not in ("name", "_target_")})
@@ -100,7 +147,7 @@ def test_dry_run_prints_the_resolved_config(recipe, verl_args, capsys):
     assert config.algorithm.adv_estimator == "rloo"
     assert config.actor_rollout_ref.model.path == verl_args.model_path
     assert f"name: {AGENT_NAME}" in loop_text
-    assert not recipe.agent_loop_file(verl_args).exists()  # a dry run writes nothing
+    assert not agent_loop_file(verl_args).exists()  # a dry run writes nothing
 
 
 def test_command_line_takes_flags_and_positional_overrides(recipe):
@@ -114,7 +161,7 @@ def test_command_line_takes_flags_and_positional_overrides(recipe):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
 def test_verl_backend_without_gpu_says_what_it_needs(recipe, verl_args):
-    with pytest.raises(SystemExit, match="(?s)NVIDIA GPU.*vllm.*--backend local"):
+    with pytest.raises(SystemExit, match="(?s)NVIDIA GPU.*vllm.*--backend verl-cpu"):
         recipe.main(recipe.Args(backend="verl", verl=verl_args))
     assert recipe.resolve_backend("auto") == "local"
 

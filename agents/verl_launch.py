@@ -1,0 +1,212 @@
+"""Launch a verl run (``--backend verl`` or ``verl-cpu``) and summarize it.
+
+:func:`launch` composes the config (:mod:`agents.verl_config`), refuses what cannot run
+before Ray starts, exports the embedded benchmark when no data files are given, writes
+the agent-loop registration and calls verl's own ``main_ppo`` entry point. verl's
+``file`` logger writes one JSON line of metrics per step to ``OUT/metrics.jsonl``;
+:func:`write_summary` turns it into ``OUT/summary.json`` and a printed table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from agents.verl_config import (
+    VerlArgs,
+    agent_loop_file,
+    agent_loop_settings,
+    check_estimator,
+    check_prompt_fits,
+    compose_verl_config,
+    data_files,
+    missing_for_verl,
+    write_agent_loop_file,
+)
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+NO_DECISIONS_WARNING = "rgrpo got no per-sample decisions"
+
+# summary column -> verl metric keys, first present wins
+STEP_FIELDS: dict[str, tuple[str, ...]] = {
+    "reward": ("critic/score/mean",),
+    "valid_answer_rate": ("region_rerank/valid_answer_rate",),
+    "crop_rate": ("region_rerank/crop_rate",),
+    "balanced": ("region_rerank/balance/balanced",),
+    "resampled": ("region_rerank/balance/resampled",),
+    "forced": ("region_rerank/balance/forced",),
+    "grad_norm": ("actor/grad_norm",),
+    "kl": ("actor/kl_loss", "actor/ppo_kl"),
+    "rollout_actor_prob_diff": ("training/rollout_probs_diff_mean",),
+    "rollout_actor_corr": ("training/rollout_actor_probs_pearson_corr",),
+    "decisions_reached_rgrpo": ("region_rerank/decisions_reached_rgrpo",),
+}
+VAL_REWARD = re.compile(r"^val-core/.*/reward/mean@1$")
+"""verl's validation reward metric (one per data source)."""
+PHASES: dict[str, tuple[str, ...]] = {
+    "generation": ("timing_s/gen",),
+    "env_scoring": ("region_rerank/env_seconds",),
+    "old_log_prob": ("timing_s/old_log_prob",),
+    "reference": ("timing_s/ref",),
+    "advantage": ("timing_s/adv",),
+    "update": ("timing_s/update_actor",),
+    "weight_sync": ("timing_s/update_weights",),
+    "step": ("timing_s/step",),
+}
+
+
+def prepare_cpu_process() -> None:
+    """Load the CPU pieces in this (driver) process and set the variables every Ray worker
+    inherits, so each of them loads the pieces on ``import verl``, before anything asks
+    for the platform."""
+    from agents import verl_cpu
+
+    verl_cpu.check_verl_version()
+    os.environ.update(verl_cpu.verl_cpu_environment())
+    from verl.plugin.platform import platform_manager
+
+    if platform_manager._current_platform is not None and platform_manager._current_platform.device_name != "cpu":
+        platform_manager.set_platform(verl_cpu.CPUPlatform())
+
+
+def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, dry_run: bool = False) -> dict | None:
+    """Run verl's trainer; returns the run summary (``None`` for a dry run)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    if cpu:
+        prepare_cpu_process()
+    config = compose_verl_config(args, overrides, cpu=cpu)
+    check_estimator(config.algorithm.adv_estimator, cpu=cpu)
+    if dry_run:
+        from agents.agent_loop import agent_loop_config
+
+        print(OmegaConf.to_yaml(config, resolve=True))
+        print(f"# agent loop ({agent_loop_file(args)}):")
+        print(yaml.safe_dump(agent_loop_config(**agent_loop_settings(args)), sort_keys=False))
+        return None
+    missing = missing_for_verl(config.actor_rollout_ref.rollout.name, cpu=cpu)
+    if missing:
+        raise SystemExit(
+            "the verl backend needs " + "; ".join(missing) + ".\n"
+            "Run it on a GPU machine, --backend verl-cpu for the tiny model on CPU, or --backend local."
+        )
+    export_default_data(args)
+    check_prompt_fits(args, load_tokenizer(config.actor_rollout_ref.model.path), data_questions(args))
+    write_agent_loop_file(args)
+    metrics_path = (args.out / METRICS_FILE).resolve()
+    metrics_path.unlink(missing_ok=True)
+    os.environ["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
+    os.environ.setdefault("TENSORBOARD_DIR", str((args.out / "tb").resolve()))
+    from verl.trainer.main_ppo import main as verl_main
+
+    verl_main(config)
+    return write_summary(args.out, config.algorithm.adv_estimator)
+
+
+def export_default_data(args: VerlArgs) -> None:
+    """Export the embedded benchmark to ``OUT/data`` when the run names no data files."""
+    if args.train_files is not None and args.val_files is not None:
+        return
+    from agents.verl_data import export_verl_data
+
+    train, val = data_files(args)
+    export_verl_data(
+        train.parent, args.train_files, args.val_files, max_steps=args.max_steps, min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels, max_queries=args.max_queries, val_queries=args.val_queries, quiet=True,
+    )
+
+
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def data_questions(args: VerlArgs) -> list[str]:
+    """The questions of the run's training and validation rows."""
+    import pyarrow.parquet as pq
+
+    questions = []
+    for path in data_files(args):
+        info = pq.read_table(path, columns=["extra_info"]).column("extra_info").to_pylist()
+        questions += [row["question"] for row in info if row and row.get("question")]
+    return questions
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-step records of verl's file logger (``{"step": n, "data": {...}}`` per line)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records.append({"step": record.get("step"), **record.get("data", record)})
+    return records
+
+
+def _first(record: dict, keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = record.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def validation_reward(record: dict[str, Any]) -> float | None:
+    """The mean validation reward of a record (over data sources), or ``None``."""
+    values = [v for k, v in record.items() if VAL_REWARD.match(k) and isinstance(v, (int, float))]
+    return float(sum(values) / len(values)) if values else None
+
+
+def summarize(records: list[dict[str, Any]], estimator: str) -> dict[str, Any]:
+    """Per-step figures and the run's verdicts from verl's metric records."""
+    steps, validation = [], []
+    for record in records:
+        val = validation_reward(record)
+        if val is not None:
+            validation.append({"step": record["step"], "reward": val})
+        if not any(key.startswith("actor/") for key in record):
+            continue  # a validation-only record (before training)
+        row = {"step": record["step"]}
+        row.update({name: _first(record, keys) for name, keys in STEP_FIELDS.items()})
+        row["phase_s"] = {name: _first(record, keys) for name, keys in PHASES.items()}
+        steps.append(row)
+    reached = estimator == "rgrpo" and bool(steps) and all(row["decisions_reached_rgrpo"] == 1.0 for row in steps)
+    return {"estimator": estimator, "steps": steps, "validation": validation, "decisions_reached_rgrpo": reached}
+
+
+def write_summary(out: Path, estimator: str) -> dict[str, Any]:
+    """Write ``OUT/summary.json`` from ``OUT/metrics.jsonl`` and print the per-step table."""
+    summary = summarize(read_metrics(out / METRICS_FILE), estimator)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    print(f"summary: {out / SUMMARY_FILE}")
+    return summary
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The per-step table of a summary, as Markdown."""
+    columns = ["reward", "valid_answer_rate", "crop_rate", "balanced", "resampled", "forced", "grad_norm", "kl",
+               "rollout_actor_prob_diff"]
+    phases = list(PHASES)
+    lines = [
+        "| step | " + " | ".join(columns) + " | " + " | ".join(f"{p} s" for p in phases) + " |",
+        "|" + "---|" * (1 + len(columns) + len(phases)),
+    ]
+    for row in summary["steps"]:
+        cells = [_cell(row[c], 6 if c in ("rollout_actor_prob_diff", "kl") else 3) for c in columns]
+        cells += [_cell(row["phase_s"][p], 2) for p in phases]
+        lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
+    val = ", ".join(f"step {v['step']}: {v['reward']:.3f}" for v in summary["validation"]) or "none"
+    lines.append(f"validation reward: {val}")
+    lines.append(f"decisions_reached_rgrpo: {str(summary['decisions_reached_rgrpo']).lower()}")
+    return "\n".join(lines)
