@@ -261,5 +261,5 @@ def evaluate_and_report(
         print(f"\nwrote {out}/" + ", ".join(files + [p.name for p in galleries]))
     if progress and galleries:
         print(f"evaluation {elapsed:.2f} s, gallery {gallery_seconds:.2f} s "
-              f"({100 * gallery_seconds / max(elapsed, 1e-9):.1f}% of the evaluation)")
+              f"({100 * gallery_seconds / max(elapsed, 1e-9):.2f}% of the evaluation)")
     return summaries
