@@ -34,6 +34,8 @@ CATEGORIES = (GAIN, LOSS, KEPT_FULL, RANDOM)
 """Panel categories, in the order the gallery shows them."""
 
 DECISION_NAMES = {0: "FULL", 1: "REGION", -1: "malformed"}
+"""``info["decision"]`` as written in traces and ``per_query.jsonl``."""
+
 
 @dataclass
 class GalleryConfig:
@@ -56,6 +58,12 @@ class GalleryConfig:
     default: every non-baseline policy, else the first cropping baseline"""
     draw: bool = True
     """draw galleries at all (per_query.jsonl is written regardless)"""
+
+    def __post_init__(self) -> None:
+        counts = {"gains": self.gains, "losses": self.losses, "kept_full": self.kept_full, "random": self.random}
+        negative = {k: v for k, v in counts.items() if v < 0}
+        if negative or self.columns < 1:
+            raise ValueError(f"gallery counts must be >= 0 and columns >= 1, got {negative or {'columns': self.columns}}")
 
     @property
     def size(self) -> int:
@@ -165,7 +173,6 @@ def gallery_filename(policy: str, main: bool) -> str:
 class BoxStyle:
     """How one kind of box is drawn: colour, line width and dash pattern (``dash=0``: solid)."""
 
-    label: str
     color: tuple[int, int, int]
     width: int
     dash: int = 0
@@ -174,9 +181,9 @@ class BoxStyle:
 
 # Colour and dash pattern both differ, so the boxes stay distinguishable in grey scale
 # and for colour-blind readers (Okabe-Ito palette).
-POLICY_STYLE = BoxStyle("policy", (213, 94, 0), 3)
-ANNOTATED_STYLE = BoxStyle("annotated box", (0, 158, 115), 2, dash=7, gap=5)
-ORACLE_STYLE = BoxStyle("oracle", (0, 114, 178), 3, dash=2, gap=4)
+POLICY_STYLE = BoxStyle((213, 94, 0), 3)
+ANNOTATED_STYLE = BoxStyle((0, 158, 115), 2, dash=7, gap=5)
+ORACLE_STYLE = BoxStyle((0, 114, 178), 3, dash=2, gap=4)
 
 PANEL_WIDTH = 250
 """Pixel width of one panel; the image area is square (the embedded scenes' shape),
@@ -186,10 +193,6 @@ TEXT_LINES = 4
 FONT_SIZE = 12
 GAP = 8
 """Pixels between panels."""
-
-
-def format_rank(rank: int, pool_size: int) -> str:
-    return str(rank) if rank <= pool_size else "absent"
 
 
 def panel_lines(panel: Panel) -> tuple[str, str]:

@@ -148,3 +148,8 @@ def test_a_given_oracle_run_spares_playing_the_oracle_again(scene_pools, tiny_sc
     monkeypatch.setattr(evaluation, "OraclePolicy", Unplayable)
     evaluate_and_report(env, {"learned": learned}, range(4), tmp_path, "scenes", oracle=oracle, progress=False)
     assert (tmp_path / "gallery.png").exists()
+
+
+def test_gallery_config_refuses_negative_counts():
+    with pytest.raises(ValueError, match="losses"):
+        GalleryConfig(losses=-1)
