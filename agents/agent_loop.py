@@ -29,7 +29,7 @@ is bypassed), ``multi_modal_data`` (every view shown, in order) and ``extra_fiel
 ``reward_extra_info`` (numeric per-sample values verl aggregates in its validation
 metrics).
 
-Decision-balanced groups (r-GRPO, DESIGN.md): when training samples a group of ``n >= 2``
+Decision-balanced groups (r-GRPO, docs/DESIGN.md): when training samples a group of ``n >= 2``
 rollouts of a query (same ``uid``) and every valid first answer took the same decision,
 the group's last valid member redraws its first answer on-policy until the missing
 decision appears (at most ``balance_budget`` draws, decided by
@@ -177,16 +177,14 @@ def shared_scorer(settings: LoopSettings) -> Scorer:
            settings.candidate_features, settings.scorer_cache_dir)
     with _STATE_LOCK:
         if key not in _SCORERS:
-            if settings.scorer_model is None:
-                _SCORERS[key] = make_scorer(None)
-            else:
-                _SCORERS[key] = make_scorer(
-                    settings.scorer_model,
-                    settings.scorer_pretrained,
-                    device=settings.scorer_device,
-                    candidate_features=settings.candidate_features,
-                    cache_dir=settings.scorer_cache_dir,
-                )
+            # Every option reaches the default scorer too (model None), not only named models.
+            _SCORERS[key] = make_scorer(
+                settings.scorer_model,
+                settings.scorer_pretrained,
+                device=settings.scorer_device,
+                candidate_features=settings.candidate_features,
+                cache_dir=settings.scorer_cache_dir,
+            )
         return _SCORERS[key]
 
 
@@ -523,9 +521,16 @@ class RegionRerankAgentLoop(AgentLoopBase):
                 path = group.path
             except asyncio.TimeoutError:
                 path = "timeout"
-        return self._output(ep, baseline_rank, path, extra_draws)
+        return self._output(ep, baseline_rank, path, extra_draws, bool(sampling_params.get("logprobs")))
 
-    def _output(self, ep: _Episode, baseline_rank: int, path: str, extra_draws: int) -> AgentLoopOutput:
+    def _output(
+        self, ep: _Episode, baseline_rank: int, path: str, extra_draws: int, log_probs_asked: bool
+    ) -> AgentLoopOutput:
+        # An episode whose only answer was forced has no generated token and so no rollout
+        # log-prob; verl drops the field for the whole batch when one sample lacks it, so
+        # give zeros there (the tokens are masked out of every loss and metric).
+        if ep.response_logprobs is None and log_probs_asked:
+            ep.response_logprobs = [0.0] * len(ep.response_mask)
         n_response = len(ep.response_mask)
         response_ids = ep.runtime_ids[len(ep.runtime_ids) - n_response :]
         first = ep.decisions[0] if ep.decisions else MALFORMED

@@ -1,6 +1,6 @@
 """r-GRPO: group-relative advantages with decision-balanced groups and baselines.
 
-Region-R1 trains its cropping policy with GRPO plus two changes (DESIGN.md "r-GRPO"):
+Region-R1 trains its cropping policy with GRPO plus two changes (docs/DESIGN.md "r-GRPO"):
 
 1. Decision-balanced groups. Every group of ``n >= 2`` rollouts of one query holds both
    decisions (0 = FULL, 1 = REGION). When one is missing, extra rollouts are drawn for
@@ -191,7 +191,7 @@ class BalanceResult:
 
 
 def balance_group(decisions: Sequence[int], draw_extra: Callable[[], int], budget: int) -> BalanceResult:
-    """Decide how to make a group hold both decisions (DESIGN.md "r-GRPO", point 1).
+    """Decide how to make a group hold both decisions (docs/DESIGN.md "r-GRPO", point 1).
 
     Args:
         decisions: the group's sampled decisions, 0 (FULL) or 1 (REGION).

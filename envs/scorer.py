@@ -423,12 +423,13 @@ class OpenClipScorer:
 def make_scorer(model: str | None = None, pretrained: str | os.PathLike | None = None, **kwargs) -> Scorer:
     """An :class:`OpenClipScorer` for ``model``, or the embedded default scorer when ``model`` is None.
 
-    ``kwargs`` are :class:`OpenClipScorer`'s keyword arguments.
+    ``kwargs`` are :class:`OpenClipScorer`'s keyword arguments (``device``,
+    ``candidate_features``, ``cache_dir``, ...); they apply to the default scorer too.
     """
     if model is None:
-        if pretrained is not None or kwargs:
-            raise ValueError("pretrained= and scorer options need a model name; model=None means the embedded default")
+        if pretrained is not None:
+            raise ValueError("pretrained= needs a model name; model=None means the embedded default scorer")
         from envs.default import default_scorer
 
-        return default_scorer()
+        return default_scorer(**kwargs)
     return OpenClipScorer(model, pretrained, **kwargs)

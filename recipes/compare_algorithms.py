@@ -29,8 +29,8 @@ class Args:
     """verl advantage-estimator names to compare"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """training seeds per algorithm"""
-    iterations: int = LocalTrainConfig.iterations
-    """training iterations per run (the shared budget)"""
+    iterations: int | None = None
+    """training iterations per run (the shared budget); an alias of --train.iterations, which it overrides when given"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
     out: Path = Path("runs/compare")
@@ -41,7 +41,7 @@ class Args:
 
 def main(args: Args) -> dict:
     torch.set_num_threads(args.train.threads)
-    base = dataclasses.replace(args.train, iterations=args.iterations)
+    base = args.train if args.iterations is None else dataclasses.replace(args.train, iterations=args.iterations)
     variants = {
         name: dataclasses.replace(base, estimator=name, balance_groups=(name == "rgrpo")) for name in args.algorithms
     }

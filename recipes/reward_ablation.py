@@ -25,8 +25,8 @@ from agents.local_trainer import LocalTrainConfig
 class Args:
     seeds: tuple[int, ...] = (0, 1)
     """training seeds per reward configuration"""
-    iterations: int = LocalTrainConfig.iterations
-    """training iterations per run (the shared budget)"""
+    iterations: int | None = None
+    """training iterations per run (the shared budget); an alias of --train.iterations, which it overrides when given"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
     out: Path = Path("runs/ablation")
@@ -37,7 +37,7 @@ class Args:
 
 def main(args: Args) -> dict:
     torch.set_num_threads(args.train.threads)
-    base = dataclasses.replace(args.train, iterations=args.iterations)
+    base = args.train if args.iterations is None else dataclasses.replace(args.train, iterations=args.iterations)
     variants = {name: dataclasses.replace(base, reward=reward) for name, reward in ablation_rewards().items()}
     results = run_variants(variants, args.seeds, args.out, test_queries=args.test_queries)
     table = variants_table(results["summary"], len(args.seeds))

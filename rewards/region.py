@@ -1,6 +1,6 @@
 """The rank-improvement reward of Region-R1: the one implementation of the formula.
 
-The environment, the verl reward bridge, the local trainer and the evaluator all call
+The environment (which the verl agent loop steps), the local trainer and the evaluator all call
 :func:`region_reward` / :func:`full_reward` with a :class:`RewardConfig`, so a reward
 ablation is a config, never a code change.
 

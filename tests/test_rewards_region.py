@@ -1,4 +1,4 @@
-"""The composite rank-improvement reward of DESIGN.md, against hand-computed values."""
+"""The composite rank-improvement reward of docs/DESIGN.md, against hand-computed values."""
 
 import math
 

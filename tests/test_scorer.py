@@ -189,3 +189,8 @@ def test_make_scorer_builds_an_open_clip_scorer(tiny_model_name, tiny_checkpoint
     assert isinstance(scorer, OpenClipScorer) and scorer.name == tiny_scorer.name
     with pytest.raises(ValueError, match="model name"):
         make_scorer(None, tiny_checkpoint)
+
+
+def test_scorer_options_reach_the_default_scorer_too():
+    scorer = make_scorer(None, candidate_features="text", num_threads=1)
+    assert scorer.candidate_features == "text"
