@@ -297,12 +297,13 @@ class TransformersServer:
         from verl.utils.config import omega_conf_to_dataclass
         from verl.workers.config import HFModelConfig, RolloutConfig
 
+        def as_dataclass(value: Any, cls: type) -> Any:
+            return value if isinstance(value, cls) else omega_conf_to_dataclass(value, dataclass_type=cls)
+
+        # One thread: the server shares 2 cores with the actor, and a tiny model gains nothing from more.
         torch.set_num_threads(int(os.getenv("VERL_CPU_ROLLOUT_THREADS", "1")))
-        self.config = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig) if not isinstance(config, RolloutConfig) else config
-        model_config = (
-            model_config if isinstance(model_config, HFModelConfig)
-            else omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
-        )
+        self.config = as_dataclass(config, RolloutConfig)
+        model_config = as_dataclass(model_config, HFModelConfig)
         path = model_config.local_path or model_config.path
         dtype = getattr(torch, str(self.config.dtype), torch.float32)
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").eval()
