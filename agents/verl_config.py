@@ -28,6 +28,8 @@ from rewards import RewardConfig
 ESTIMATOR_KEY = "algorithm.adv_estimator"
 AGENT_NAME = "region_rerank"
 """``agent_name`` of the RegionRerank agent loop (:mod:`agents.agent_loop`)."""
+METRIC_PREFIX = AGENT_NAME
+"""Prefix of the per-step metrics the project adds to verl's (:func:`agents.verl_plugin.rollout_metrics`)."""
 IMAGE_TOKEN_PIXELS = 28 * 28
 """Pixels per Qwen2.5-VL image token (14 px patches merged 2 x 2)."""
 FOLLOWUP_TEXT_TOKENS = 128

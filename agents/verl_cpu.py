@@ -311,7 +311,6 @@ class TransformersServer:
         self.image_token_id = self.model.config.image_token_id
         self.replica_rank = replica_rank
         self.global_steps: int | None = None
-        self.weight_updates = 0
         self._lock = asyncio.Lock()
 
     def get_server_address(self) -> tuple[str, int]:
@@ -382,16 +381,12 @@ class TransformersServer:
             with torch.no_grad():
                 for name, tensor in state_dict.items():
                     own[name].copy_(tensor.to(own[name].dtype))
-            self.weight_updates += 1
             if global_steps is not None:
                 self.global_steps = global_steps
         return len(state_dict)
 
     async def set_global_steps(self, global_steps: int) -> None:
         self.global_steps = global_steps
-
-    async def weight_update_count(self) -> int:
-        return self.weight_updates
 
     # The control calls verl makes on every server; on a CPU there is no memory to free.
     async def wake_up(self) -> None: ...

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agents.verl_config import (
+    METRIC_PREFIX,
     VerlArgs,
     agent_loop_file,
     agent_loop_settings,
@@ -35,22 +36,22 @@ NO_DECISIONS_WARNING = "rgrpo got no per-sample decisions"
 # summary column -> verl metric keys, first present wins
 STEP_FIELDS: dict[str, tuple[str, ...]] = {
     "reward": ("critic/score/mean",),
-    "valid_answer_rate": ("region_rerank/valid_answer_rate",),
-    "crop_rate": ("region_rerank/crop_rate",),
-    "balanced": ("region_rerank/balance/balanced",),
-    "resampled": ("region_rerank/balance/resampled",),
-    "forced": ("region_rerank/balance/forced",),
+    "valid_answer_rate": (f"{METRIC_PREFIX}/valid_answer_rate",),
+    "crop_rate": (f"{METRIC_PREFIX}/crop_rate",),
+    "balanced": (f"{METRIC_PREFIX}/balance/balanced",),
+    "resampled": (f"{METRIC_PREFIX}/balance/resampled",),
+    "forced": (f"{METRIC_PREFIX}/balance/forced",),
     "grad_norm": ("actor/grad_norm",),
-    "kl": ("actor/kl_loss", "actor/ppo_kl"),
+    "kl": ("actor/kl_loss",),
     "rollout_actor_prob_diff": ("training/rollout_probs_diff_mean",),
     "rollout_actor_corr": ("training/rollout_actor_probs_pearson_corr",),
-    "decisions_reached_rgrpo": ("region_rerank/decisions_reached_rgrpo",),
+    "decisions_reached_rgrpo": (f"{METRIC_PREFIX}/decisions_reached_rgrpo",),
 }
 VAL_REWARD = re.compile(r"^val-core/.*/reward/mean@1$")
 """verl's validation reward metric (one per data source)."""
 PHASES: dict[str, tuple[str, ...]] = {
     "generation": ("timing_s/gen",),
-    "env_scoring": ("region_rerank/env_seconds",),
+    "env_scoring": (f"{METRIC_PREFIX}/env_seconds",),
     "old_log_prob": ("timing_s/old_log_prob",),
     "reference": ("timing_s/ref",),
     "advantage": ("timing_s/adv",),
@@ -68,10 +69,12 @@ def prepare_cpu_process() -> None:
 
     verl_cpu.check_verl_version()
     os.environ.update(verl_cpu.verl_cpu_environment())
-    from verl.plugin.platform import platform_manager
+    from verl.plugin.platform import get_platform, set_platform
 
-    if platform_manager._current_platform is not None and platform_manager._current_platform.device_name != "cpu":
-        platform_manager.set_platform(verl_cpu.CPUPlatform())
+    # verl resolves the platform once per process; this one may have done so before the
+    # variables above were set (importing verl's trainer modules asks for it).
+    if get_platform().device_name != "cpu":
+        set_platform(verl_cpu.CPUPlatform())
 
 
 def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, dry_run: bool = False) -> dict | None:

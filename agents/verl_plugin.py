@@ -66,6 +66,8 @@ import numpy as np
 import torch
 
 from agents.rgrpo import compute_rgrpo_outcome_advantage, validate_decisions
+from agents.verl_config import METRIC_PREFIX
+from envs.actions import FULL, REGION
 from verl.trainer.ppo import core_algos
 
 ESTIMATOR_NAME = "rgrpo"
@@ -193,15 +195,17 @@ class DecisionHandoffMixin:
         metrics.update(rollout_metrics(extras))
         if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
             return super()._compute_advantage(batch, metrics)
-        metrics[f"{METRIC_PREFIX}/decisions_reached_rgrpo"] = float(
-            bool(decisions) and all(isinstance(d, int) and not isinstance(d, bool) for d in decisions)
-        )
+        metrics[f"{METRIC_PREFIX}/decisions_reached_rgrpo"] = float(decisions_complete(decisions))
         with decisions_in_scope(uids, decisions):
             return super()._compute_advantage(batch, metrics)
 
 
-METRIC_PREFIX = "region_rerank"
-"""Prefix of the per-step metrics :func:`rollout_metrics` adds to verl's."""
+def decisions_complete(decisions: Sequence[Any]) -> bool:
+    """Whether every row has a decision the estimator accepts (see :func:`checked_decisions`)."""
+    try:
+        return bool(decisions) and len(validate_decisions(decisions)) == len(decisions)
+    except ValueError:
+        return False
 
 
 def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -214,12 +218,12 @@ def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     decisions = [extra.get(DECISION_KEY) for extra in extras]
     paths = [extra.get("balance_path") for extra in extras]
     rates = {
-        "valid_answer_rate": sum(d in (0, 1) for d in decisions) / n,
-        "crop_rate": sum(d == 1 for d in decisions) / n,
+        "valid_answer_rate": sum(d in (FULL, REGION) for d in decisions) / n,
+        "crop_rate": sum(d == REGION for d in decisions) / n,
     }
     for path in ("balanced", "resampled", "forced", "few_valid", "off"):
         rates[f"balance/{path}"] = sum(p == path for p in paths) / n
-    # Episodes of a worker step the env one at a time, so their env time adds up to the step's.
+    # Summed over episodes, waits for a worker's env lock included, so it can exceed the step.
     rates["env_seconds"] = sum(float(extra.get("env_seconds", 0.0)) for extra in extras)
     return {f"{METRIC_PREFIX}/{name}": float(value) for name, value in rates.items()}
 

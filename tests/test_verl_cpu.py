@@ -67,6 +67,24 @@ def test_rollout_log_probs_are_those_of_the_tempered_distribution():
     assert got == pytest.approx(want.tolist(), abs=1e-6)
 
 
+def test_rollout_metrics_count_answers_crops_and_balance_paths():
+    from agents.verl_plugin import decisions_complete, rollout_metrics
+
+    extras = [
+        {"decision": 1, "balance_path": "balanced", "env_seconds": 0.25},
+        {"decision": 0, "balance_path": "resampled", "env_seconds": 0.5},
+        {"decision": -1, "balance_path": "balanced"},
+        {"decision": 1, "balance_path": "forced", "env_seconds": 0.25},
+    ]
+    metrics = rollout_metrics(extras)
+    assert metrics["region_rerank/valid_answer_rate"] == 0.75 and metrics["region_rerank/crop_rate"] == 0.5
+    assert metrics["region_rerank/balance/balanced"] == 0.5 and metrics["region_rerank/balance/forced"] == 0.25
+    assert metrics["region_rerank/env_seconds"] == 1.0
+    # a malformed answer's -1 is a decision class; a missing one is not
+    assert decisions_complete([e["decision"] for e in extras])
+    assert not decisions_complete([1, None]) and not decisions_complete([])
+
+
 def test_summary_reads_verls_metric_records():
     records = [
         {"step": 0, "val-core/region_rerank/synthetic-val/reward/mean@1": 0.2},
