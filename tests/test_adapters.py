@@ -1,13 +1,17 @@
 """Adapters from E-VQA / InfoSeek downloads to query pools (envs/adapters, recipes/prepare_data.py).
 
-Every fixture file is written in the public format it stands for: E-VQA's CSV, the
-E-VQA knowledge-base JSON, EchoSight's and OMGM's result JSON, InfoSeek's JSONL with
-an id2image mapping, OMGM's wiki-image CSV.
+Every fixture file is written in the public format it stands for, with the upstream
+file it imitates named beside it: E-VQA's CSV and knowledge-base JSON
+(google-research encyclopedic_vqa/README.md), EchoSight's result JSON
+(test/test_reranker.py --save_result) and E_VQA_Hard_Neg.json (dataset/dataset.py),
+OMGM's result JSON and wiki-image CSV, InfoSeek's question and withkb JSONL files,
+Wiki6M's title file and OVEN's image layout (see the InfoSeek section).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +27,15 @@ from envs.adapters import (
     build_infoseek_pools,
     entity_key,
     iter_json_object,
-    load_entity_map,
     load_id2image,
     load_inat_id2name,
     load_kb_image_map,
     load_knowledge_base,
     load_retrieval_results,
+    load_wiki6m_titles,
+    normalize_title,
 )
-from envs.data import DataError, load_query_pools
+from envs.data import DataError, load_query_pools, write_query_pools
 
 WIKI = "https://en.wikipedia.org/wiki/"
 EIFFEL, LOUVRE, OAK, NOTRE, ABSENT, GOLD_ONLY = (
@@ -217,60 +222,6 @@ def test_flat_layouts_and_url_normalisation(tmp_path: Path) -> None:
     assert entity_key("http://en.wikipedia.org/wiki/Caf%C3%A9 de Flore/") == entity_key(WIKI + "Café_de_Flore")
 
 
-def infoseek_downloads(tmp_path: Path) -> tuple[Path, Path, QueryImageRoots]:
-    make_image(tmp_path / "infoseek_val" / "oven_0001.JPEG")
-    make_image(tmp_path / "elsewhere" / "o2.jpg")
-    id2image = tmp_path / "id2image.jsonl"
-    id2image.write_text("\n".join(json.dumps(r) for r in [
-        {"image_id": "oven_0001", "image_path": "infoseek_val/oven_0001.JPEG"},
-        {"image_id": "oven_0002", "image_path": "elsewhere/o2.jpg"},
-    ]) + "\n")
-    lines = [
-        {"data_id": "infoseek_val_00000001", "image_id": "oven_0001", "question": "Who built this?",
-         "answer": ["Gustave Eiffel"], "answer_eval": ["Gustave Eiffel"], "data_split": "val_unseen_entity",
-         "entity_id": "Q243"},
-        {"data_id": "infoseek_val_00000002", "image_id": "oven_0002", "question": "When did it open?",
-         "answer": ["1793"], "data_split": "val_unseen_question", "entity_id": "Q19675"},
-        {"data_id": "infoseek_val_00000003", "image_id": "oven_0003", "question": "Missing image?",
-         "answer": ["x"], "data_split": "val_unseen_question", "entity_id": "Q1"},
-        {"data_id": "infoseek_val_00000004", "image_id": "oven_0001", "question": "Unmapped entity?",
-         "answer": ["x"], "data_split": "val_unseen_question", "entity_id": "Q999"},
-    ]
-    annotations = tmp_path / "infoseek_val_withkb.jsonl"
-    annotations.write_text("\n".join(json.dumps(r) for r in lines) + "\n\n")
-    return annotations, id2image, QueryImageRoots(infoseek=tmp_path, infoseek_id2image=load_id2image(id2image))
-
-
-def test_infoseek_jsonl_with_entity_map_and_id2image(downloads: Downloads) -> None:
-    annotations, _, images = infoseek_downloads(downloads.root)
-    entity_map = write_json(downloads.root / "qid2url.json", {"Q243": EIFFEL, "Q19675": LOUVRE})
-    results = load_retrieval_results(write_json(downloads.root / "echosight_infoseek.json", {
-        f"infoseek_val_0000000{i}": {"retrieved_entries": [EIFFEL, LOUVRE], "retrieval_similarities": [0.2, 0.1]}
-        for i in range(1, 5)
-    }))
-    pools, summary = build_infoseek_pools(
-        annotations, results, downloads.kb, images=images, kb_images=downloads.kb_images,
-        entity_urls=load_entity_map(entity_map), options=PoolOptions(purpose="eval"))
-    assert [p.query_id for p in pools] == ["infoseek_val_00000001", "infoseek_val_00000002", "infoseek_val_00000004"]
-    assert pools[0].image == downloads.root / "infoseek_val" / "oven_0001.JPEG"
-    assert [c.positive for c in pools[0].candidates] == [True, False]
-    assert [c.positive for c in pools[1].candidates] == [False, True]
-    assert not pools[2].has_positive
-    assert summary.gold_entities_unmapped == 1 and summary.dropped == {"query_image_missing": 1}
-    assert "gold entity ids with no URL in the entity map: 1" in summary.report()
-
-
-def test_infoseek_flat_images_and_entity_ids_in_the_ranking(tmp_path: Path) -> None:
-    annotations, _, _ = infoseek_downloads(tmp_path)
-    kb = write_json(tmp_path / "kb.json", {})
-    results = load_retrieval_results(write_json(tmp_path / "r.json", {
-        "infoseek_val_00000001": {"retrieved_entries": ["Q5", "Q243"]}}))
-    images = QueryImageRoots(infoseek=tmp_path / "infoseek_val")  # <root>/<image_id>.JPEG
-    pools, summary = build_infoseek_pools(annotations, results, kb, images=images, options=PoolOptions(features="text"))
-    assert [p.query_id for p in pools] == ["infoseek_val_00000001"]
-    assert [c.positive for c in pools[0].candidates] == [False, True]
-    assert summary.dropped == {"query_image_missing": 2, "no_retrieval_result": 1}
-
 
 def test_malformed_annotations_name_file_line_and_field(downloads: Downloads, tmp_path: Path) -> None:
     results = load_retrieval_results(downloads.echosight)
@@ -290,13 +241,6 @@ def test_malformed_annotations_name_file_line_and_field(downloads: Downloads, tm
     rows = [evqa_row("A?", "abc123", "satellite", "templated", EIFFEL)]
     with pytest.raises(DataError, match=r"bad_ds\.csv:2: field 'dataset_name': unknown image dataset 'satellite'"):
         run(write_csv(tmp_path / "bad_ds.csv", rows))
-    bad_line = tmp_path / "bad.jsonl"
-    bad_line.write_text(json.dumps({"data_id": "d1", "image_id": "i", "question": "q", "entity_id": "Q1"}) + "\n"
-                        + json.dumps({"data_id": "d2", "image_id": "i", "question": "q"}) + "\n")
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'entity_id' must be a non-empty string, got missing "
-                                        r"\(the gold entity is in the \*_withkb\.jsonl files\)"):
-        build_infoseek_pools(bad_line, results, downloads.kb, images=QueryImageRoots(infoseek=tmp_path),
-                             options=PoolOptions(features="text"))
 
 
 def test_malformed_retrieval_and_kb_name_file_entry_and_field(tmp_path: Path) -> None:
@@ -362,12 +306,211 @@ def test_kb_image_maps_json_and_omgm_csv(tmp_path: Path) -> None:
     assert images.first_image(WIKI + "Other", None, "Unknown") is None
 
 
-def test_entity_map_jsonl(tmp_path: Path) -> None:
-    path = tmp_path / "wiki6m.jsonl"
-    path.write_text(json.dumps({"wikidata_id": "Q243", "wikipedia_url": EIFFEL}) + "\n"
-                    + json.dumps({"wikidata_id": "Q2"}) + "\n")
-    with pytest.raises(DataError, match=r"wiki6m\.jsonl:2: missing field: one of wikipedia_url, url"):
-        load_entity_map(path)
+# ---------------------------------------------------------------- InfoSeek, as published
+#
+# Question file: the fields of the example in open-vision-language/infoseek README.md
+# ("InfoSeek Annotation"): data_id, image_id, question, answer, answer_eval, data_split.
+# KB mapping (infoseek_{split}_withkb.jsonl): data_id, entity_id, entity_text, read as
+# data_id -> entity_id by TIGER-AI-Lab/UniIR src/data/preprocessing/infoseek_data_preprocessor.py
+# (load_infoseek_withkb_file_as_dict); entity_text is the entity's Wikipedia title, as
+# open-vision-language/oven README.md describes it.
+# Wiki6M_ver_1_0_title_only.jsonl: {"wikidata_id", "wikipedia_title"} per line, as read by
+# edchengg/oven_eval run_bm25_index.py forks and UniIR's load_oven_wiki6m_file_as_dict.
+# Images: edchengg/oven_eval image_downloads/merge_oven_images.py writes
+# oven_images/{oven_id.split('_')[-1][:2]}/{oven_id}{ext}, keeping the source extension.
+# KB: EchoSight's infoseek_100k_wiki.json is in E-VQA's KB format (EchoSight README.md).
+
+Q_ROWS = [
+    ("infoseek_val_00000001", "oven_01963180", "Who designed this tower?", "Q243"),
+    ("infoseek_val_00000002", "oven_02000001", "When did this museum open?", "Q19675"),
+    ("infoseek_val_00000003", "oven_03000002", "Image never downloaded?", "Q90"),
+    ("infoseek_val_00000004", "oven_01963180", "What is this arch?", "Q64436"),
+    ("infoseek_val_00000005", "oven_01963180", "No withkb line?", None),
+    ("infoseek_val_00000006", "oven_02000001", "No title anywhere?", "Q7"),
+]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@dataclass
+class InfoSeek:
+    root: Path
+    questions: Path
+    withkb: Path
+    wiki6m: Path
+    retrieval: Path
+    images: QueryImageRoots
+
+
+@pytest.fixture
+def infoseek(downloads: Downloads) -> InfoSeek:
+    """InfoSeek val as published: question file + withkb file, Wiki6M titles, OVEN images, EchoSight-format results."""
+    root = downloads.root
+    make_image(root / "oven_images" / "01" / "oven_01963180.jpg")
+    make_image(root / "oven_images" / "02" / "oven_02000001.JPEG")  # merge_oven_images.py keeps the extension
+    questions = [{"data_id": d, "image_id": i, "question": q, "answer": ["x"], "answer_eval": ["x"],
+                  "data_split": "val_unseen_entity"} for d, i, q, _ in Q_ROWS]
+    questions.insert(2, dict(questions[0], question="a repeated data_id"))  # UniIR de-duplicates these
+    withkb = [
+        {"data_id": "infoseek_val_00000001", "entity_id": "Q243", "entity_text": "Eiffel Tower"},
+        {"data_id": "infoseek_val_00000001", "entity_id": "Q243", "entity_text": "Eiffel Tower"},
+        {"data_id": "infoseek_val_00000002", "entity_id": "Q19675", "entity_text": "louvre"},  # not in Wiki6M
+        {"data_id": "infoseek_val_00000003", "entity_id": "Q90", "entity_text": "Paris"},
+        {"data_id": "infoseek_val_00000004", "entity_id": "Q64436", "entity_text": "Arc de Triomphe"},
+        {"data_id": "infoseek_val_00000006", "entity_id": "Q7", "entity_text": ""},
+        {"data_id": "infoseek_val_00000099", "entity_id": "Q1", "entity_text": "Universe"},  # no question
+    ]
+    wiki6m = [{"wikidata_id": "Q243", "wikipedia_title": "Eiffel Tower"},
+              {"wikidata_id": "Q64436", "wikipedia_title": "Arc de Triomphe"},  # not in the KB
+              {"wikidata_id": "Q90", "wikipedia_title": "Paris"}]
+    ranking = {"retrieved_entries": [LOUVRE, EIFFEL], "retrieval_similarities": [0.4, 0.3]}
+    retrieval = write_json(root / "infoseek_val_retrieval.json", {d: ranking for d, *_ in Q_ROWS})
+    return InfoSeek(root, write_jsonl(root / "infoseek_val.jsonl", questions),
+                    write_jsonl(root / "infoseek_val_withkb.jsonl", withkb),
+                    write_jsonl(root / "Wiki6M_ver_1_0_title_only.jsonl", wiki6m), retrieval,
+                    QueryImageRoots(infoseek=root / "oven_images"))
+
+
+def test_infoseek_question_and_withkb_files_joined_on_data_id(infoseek: InfoSeek, downloads: Downloads) -> None:
+    pools, summary = build_infoseek_pools(
+        infoseek.questions, infoseek.withkb, load_retrieval_results(infoseek.retrieval), downloads.kb,
+        images=infoseek.images, kb_images=downloads.kb_images, wiki6m=infoseek.wiki6m,
+        options=PoolOptions(purpose="eval"))
+    assert [p.query_id for p in pools] == ["infoseek_val_00000001", "infoseek_val_00000002",
+                                           "infoseek_val_00000004", "infoseek_val_00000006"]
+    assert pools[0].question == "Who designed this tower?"  # the first of the repeated data_id
+    assert pools[0].image == infoseek.root / "oven_images" / "01" / "oven_01963180.jpg"  # OVEN layout, no mapping
+    assert pools[1].image == infoseek.root / "oven_images" / "02" / "oven_02000001.JPEG"
+    assert [c.positive for c in pools[0].candidates] == [False, True]  # Q243 -> Wiki6M "Eiffel Tower" -> KB
+    assert [c.positive for c in pools[1].candidates] == [True, False]  # entity_text "louvre" -> "Louvre"
+    assert not pools[2].has_positive and not pools[3].has_positive
+    assert summary.queries_read == 7 and summary.queries_read == summary.queries_kept + sum(summary.dropped.values())
+    assert summary.dropped == {"duplicate_data_id": 1, "query_image_missing": 1, "no_entity_in_withkb": 1}
+    assert summary.gold_unmapped == {"title_not_in_kb": 1, "entity_id_without_title": 1}
+    assert summary.notes == {"withkb_duplicate_data_id": 1, "withkb_without_question": 1,
+                             "entity_id_not_in_wiki6m": 2}
+    report = summary.report()
+    assert "written queries whose gold entity maps to no KB entry: 2" in report
+    assert "note 1: withkb_without_question" in report
+
+
+def test_infoseek_titles_from_entity_text_without_wiki6m(infoseek: InfoSeek, downloads: Downloads) -> None:
+    pools, summary = build_infoseek_pools(
+        infoseek.questions, infoseek.withkb, load_retrieval_results(infoseek.retrieval), downloads.kb,
+        images=infoseek.images, options=PoolOptions(purpose="train", features="text"))
+    assert [p.query_id for p in pools] == ["infoseek_val_00000001", "infoseek_val_00000002"]
+    assert summary.dropped["no_positive_in_top_k"] == 2 and summary.gold_unmapped == {}
+    assert "entity_id_not_in_wiki6m" not in summary.notes
+
+
+def test_infoseek_image_layouts_and_titles(tmp_path: Path) -> None:
+    make_image(tmp_path / "oven_images" / "12" / "oven_12345678.png")
+    make_image(tmp_path / "flat" / "oven_00000007.JPEG")  # EchoSight's flat InfoSeek folders
+    nested, flat = QueryImageRoots(infoseek=tmp_path / "oven_images"), QueryImageRoots(infoseek=tmp_path / "flat")
+    assert nested.resolve("infoseek", "oven_12345678", "x") == tmp_path / "oven_images" / "12" / "oven_12345678.png"
+    assert flat.resolve("infoseek", "oven_00000007", "x") == tmp_path / "flat" / "oven_00000007.JPEG"
+    assert nested.resolve("infoseek", "oven_12999999", "x") is None
+    id2image = write_jsonl(tmp_path / "id2image.jsonl", [{"image_id": "img_a", "image_path": "flat/oven_00000007.JPEG"}])
+    mapped = QueryImageRoots(infoseek=tmp_path, infoseek_id2image=load_id2image(id2image))
+    assert mapped.resolve("infoseek", "img_a", "x") == tmp_path / "flat" / "oven_00000007.JPEG"
+    assert normalize_title("café_de   Flore ") == "Café de Flore" == normalize_title("Café de Flore")
+    assert normalize_title("iPhone") == "IPhone"  # MediaWiki's first-letter rule, as in its URLs
+
+
+def test_infoseek_ids_in_the_ranking_and_gzipped_wiki6m(infoseek: InfoSeek, downloads: Downloads) -> None:
+    gz = infoseek.root / "Wiki6M_ver_1_0.jsonl.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps({"wikidata_id": "Q243", "wikipedia_title": "Eiffel Tower", "wikipedia_content": "..."}) + "\n")
+    assert load_wiki6m_titles(gz) == {"Q243": "Eiffel Tower"}
+    results = load_retrieval_results(write_json(infoseek.root / "ids.json", {
+        "infoseek_val_00000004": {"retrieved_entries": ["Q5", "Q64436"]}}))  # a ranking of Wikidata ids
+    pools, summary = build_infoseek_pools(infoseek.questions, infoseek.withkb, results, downloads.kb,
+                                          images=infoseek.images, options=PoolOptions(features="text"))
+    assert [c.positive for c in pools[0].candidates] == [False, True]
+    assert summary.dropped["no_retrieval_result"] == 3
+
+
+def test_malformed_infoseek_files_name_file_line_and_field(infoseek: InfoSeek, downloads: Downloads) -> None:
+    results = load_retrieval_results(infoseek.retrieval)
+
+    def run(questions: Path = infoseek.questions, withkb: Path = infoseek.withkb, wiki6m: Path | None = None) -> None:
+        build_infoseek_pools(questions, withkb, results, downloads.kb, images=infoseek.images, wiki6m=wiki6m,
+                             options=PoolOptions(features="text"))
+
+    bad_kb = write_jsonl(infoseek.root / "bad_withkb.jsonl", [{"data_id": "d1", "entity_id": "Q1"}, {"data_id": "d2"}])
+    with pytest.raises(DataError, match=r"bad_withkb\.jsonl:2: field 'entity_id' must be a non-empty string, got "
+                                        r"missing \(a withkb line holds data_id, entity_id, entity_text\)"):
+        run(withkb=bad_kb)
+    # the README's one-file command on the real withkb file: the question file is what lacks nothing
+    with pytest.raises(DataError, match=r"infoseek_val_withkb\.jsonl:1: field 'question' must be a non-empty string"):
+        run(questions=infoseek.withkb)
+    bad_q = write_jsonl(infoseek.root / "bad_q.jsonl", [{"data_id": "d1", "image_id": 7, "question": "q"}])
+    with pytest.raises(DataError, match=r"bad_q\.jsonl:1: field 'image_id' must be a non-empty string, got int 7"):
+        run(questions=bad_q)
+    bad_wiki = write_jsonl(infoseek.root / "wiki.jsonl", [{"wikidata_id": "Q1", "title": "wrong field"}])
+    with pytest.raises(DataError, match=r"wiki\.jsonl:1: field 'wikipedia_title' must be a non-empty string, got missing"):
+        run(wiki6m=bad_wiki)
+    with pytest.raises(DataError, match=r"nothere\.jsonl: Wiki6M title file not found"):
+        run(wiki6m=infoseek.root / "nothere.jsonl")
+
+
+# ---------------------------------------------------------------- EchoSight's E_VQA_Hard_Neg.json
+#
+# Go2Heart/EchoSight dataset/dataset.py reads it as
+# negative_db[question_image_path.split("/")[-1].split(".")[0]] -> [{"entry": url, "similarity": s}, ...]
+# where the path is the first of dataset_image_ids through dataset_utils.get_image (GLDv2
+# nested by id, iNaturalist through train_id2name.json).
+
+
+def test_echosight_hard_negatives_are_keyed_by_query_image(downloads: Downloads) -> None:
+    hard_neg = write_json(downloads.root / "E_VQA_Hard_Neg.json", {
+        "abc123": [{"entry": LOUVRE, "similarity": 0.5}, {"entry": EIFFEL, "similarity": 0.7},
+                   {"entry": EIFFEL, "similarity": 0.6}],
+        "img1001": [{"entry": NOTRE, "similarity": 0.2}, {"entry": OAK, "similarity": 0.2}],  # tie: file order
+        "def456": [{"entry": LOUVRE, "similarity": 0.9}],
+    })
+    results = load_retrieval_results(hard_neg)
+    assert results.keyed_by == "image"
+    assert [e.url for e in results.rankings["abc123"]] == [EIFFEL, EIFFEL, LOUVRE]
+    pools, summary = build(downloads, retrieval=hard_neg, purpose="train")
+    assert [p.query_id for p in pools] == ["E-VQA_0", "E-VQA_1"]
+    assert [c.id for c in pools[0].candidates] == [EIFFEL, LOUVRE] and pools[0].candidates[0].positive
+    assert [c.id for c in pools[1].candidates] == [NOTRE, OAK] and pools[1].candidates[1].positive
+    assert summary.dropped == {"question_type=2_hop": 1, "query_image_missing": 1, "no_positive_in_top_k": 1}
+    bad = write_json(downloads.root / "bad_neg.json", {"abc123": [{"entry": EIFFEL, "similarity": "high"}]})
+    with pytest.raises(DataError, match=r"bad_neg\.json: entry 'abc123': field '\[0\]\.similarity' must be a finite number"):
+        load_retrieval_results(bad)
+    other = write_json(downloads.root / "other_neg.json", {"zzz": [{"entry": EIFFEL, "similarity": 1.0}]})
+    with pytest.raises(DataError, match=r"none of the 3 query images \(e\.g\. 'abc123'\) has a retrieval result"):
+        build(downloads, retrieval=other)
+
+
+def test_summary_counts_agree_with_the_written_file(downloads: Downloads) -> None:
+    # The query without a positive (E-VQA_3) is ranked entities with no image and no KB entry:
+    # training drops it, and its candidates must not be counted.
+    retrieval = write_json(downloads.root / "r.json", {
+        "E-VQA_0": {"retrieved_entries": [LOUVRE, EIFFEL]},
+        "E-VQA_1": {"retrieved_entries": [OAK, NOTRE]},
+        "E-VQA_3": {"retrieved_entries": [ABSENT, OAK, NOTRE]},
+    })
+    kb_keys = set(load_knowledge_base(downloads.kb))
+    missing = {}
+    for purpose in ("train", "eval"):
+        pools, summary = build(downloads, retrieval=retrieval, purpose=purpose)
+        out = write_query_pools(pools, downloads.root / f"{purpose}.jsonl", downloads.root)
+        written = load_query_pools(out, root=downloads.root)
+        candidates = [c for p in written for c in p.candidates]
+        assert summary.queries_kept == len(written)
+        assert summary.kb_images_missing == sum(c.image is None for c in candidates)
+        assert summary.entities_missing_from_kb == sum(entity_key(c.id) not in kb_keys for c in candidates)
+        assert summary.without_positive == sum(not p.has_positive for p in written)
+        assert summary.queries_read == summary.queries_kept + sum(summary.dropped.values())
+        missing[purpose] = (summary.kb_images_missing, summary.entities_missing_from_kb)
+    # OAK and NOTRE of E-VQA_1 have no local image; E-VQA_3 (ABSENT, OAK, NOTRE) only counts when written
+    assert missing == {"train": (2, 0), "eval": (5, 1)}
 
 
 def test_recipe_writes_a_file_that_load_query_pools_reads(downloads: Downloads, capsys, load_recipe) -> None:
@@ -409,4 +552,18 @@ def test_recipe_reports_errors_and_checks_options(downloads: Downloads, capsys, 
     with pytest.raises(SystemExit) as exc:
         recipe.main(recipe.parse_args(["infoseek", "--help"]))
     assert exc.value.code == 0
-    assert "--entity-map" in capsys.readouterr().out
+    assert "--withkb" in capsys.readouterr().out
+
+
+def test_recipe_infoseek_from_the_published_files(infoseek: InfoSeek, downloads: Downloads, capsys, load_recipe) -> None:
+    recipe = load_recipe("prepare_data")
+    out = infoseek.root / "data" / "infoseek" / "eval.jsonl"
+    args = ["infoseek", "--annotations", str(infoseek.questions), "--withkb", str(infoseek.withkb),
+            "--wiki6m", str(infoseek.wiki6m), "--retrieval", str(infoseek.retrieval), "--kb", str(downloads.kb),
+            "--infoseek-root", str(infoseek.root / "oven_images"), "--kb-image-root", str(infoseek.root / "kb_images"),
+            "--purpose", "eval", "--out", str(out)]
+    assert recipe.main(recipe.parse_args(args)) == 0
+    printed = capsys.readouterr().out
+    assert "read 7 queries, kept 4" in printed and "dropped 1: duplicate_data_id" in printed
+    assert f"wrote 4 query pools to {out}" in printed
+    assert [p.query_id for p in load_query_pools(out)][:2] == ["infoseek_val_00000001", "infoseek_val_00000002"]

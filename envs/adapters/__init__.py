@@ -18,10 +18,27 @@ line; in Python::
 """
 
 from envs.adapters.evqa import build_evqa_pools, read_evqa_queries
-from envs.adapters.images import QueryImageRoots, load_id2image, load_inat_id2name
-from envs.adapters.infoseek import build_infoseek_pools, load_entity_map, read_infoseek_queries
-from envs.adapters.kb import KbEntry, KbImages, entity_key, iter_json_object, load_kb_image_map, load_knowledge_base
-from envs.adapters.pools import AdapterSummary, AnnotatedQuery, PoolOptions, build_pools
+from envs.adapters.images import QueryImageRoots, load_id2image, load_inat_id2name, oven_shard
+from envs.adapters.infoseek import (
+    KbLink,
+    build_infoseek_pools,
+    load_wiki6m_titles,
+    read_infoseek_queries,
+    read_withkb,
+)
+from envs.adapters.kb import (
+    KbEntry,
+    KbImages,
+    entity_key,
+    iter_json_object,
+    iter_knowledge_base,
+    knowledge_base_items,
+    load_kb_image_map,
+    load_knowledge_base,
+    normalize_title,
+    scan_knowledge_base,
+)
+from envs.adapters.pools import AdapterSummary, AnnotatedQuery, PoolOptions, build_pools, ranking_for
 from envs.adapters.retrieval import RetrievalResults, RetrievedEntity, load_retrieval_results
 
 __all__ = [
@@ -29,6 +46,7 @@ __all__ = [
     "AnnotatedQuery",
     "KbEntry",
     "KbImages",
+    "KbLink",
     "PoolOptions",
     "QueryImageRoots",
     "RetrievalResults",
@@ -38,12 +56,19 @@ __all__ = [
     "build_pools",
     "entity_key",
     "iter_json_object",
-    "load_entity_map",
+    "iter_knowledge_base",
+    "knowledge_base_items",
     "load_id2image",
     "load_inat_id2name",
     "load_kb_image_map",
     "load_knowledge_base",
     "load_retrieval_results",
+    "load_wiki6m_titles",
+    "normalize_title",
+    "oven_shard",
+    "ranking_for",
     "read_evqa_queries",
     "read_infoseek_queries",
+    "read_withkb",
+    "scan_knowledge_base",
 ]

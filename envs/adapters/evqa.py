@@ -23,7 +23,7 @@ from pathlib import Path
 
 from envs.adapters.images import QueryImageRoots
 from envs.adapters.kb import KbImages, entity_key
-from envs.adapters.pools import AdapterSummary, AnnotatedQuery, PoolOptions, build_pools, find_query_image
+from envs.adapters.pools import AdapterSummary, AnnotatedQuery, PoolOptions, build_pools, find_query_image, image_keys
 from envs.adapters.retrieval import RetrievalResults
 from envs.data import DataError, QueryPool
 
@@ -92,7 +92,8 @@ def read_evqa_queries(path: str | os.PathLike, images: QueryImageRoots, summary:
             gold = entity_key(_first_of(_field(row, "wikipedia_url", where), "wikipedia_url", where))
             image = find_query_image(images, dataset_name, image_id, where, summary)
             if image is not None:
-                queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=frozenset({gold})))
+                queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=frozenset({gold}),
+                                              image_keys=image_keys(image, image_id)))
     return queries
 
 

@@ -7,9 +7,13 @@ The public downloads store them in several layouts:
   EchoSight ships), or files renamed flat to ``<image_id>.jpg`` (as OMGM does).
 - Google Landmarks v2 (``"landmarks"``): the original nested tree
   ``a/b/c/abc123.jpg`` (first three characters of the id), or flat ``abc123.jpg``.
-- InfoSeek / OVEN (``"infoseek"``): flat ``<image_id>.jpg`` or ``.JPEG``, or an
-  ``id2image`` JSONL mapping (``{"image_id": ..., "image_path": ...}`` per line, as the
-  InfoSeek toolkit uses).
+- InfoSeek / OVEN (``"infoseek"``): the official OVEN layout, nested by the first two
+  digits of the id's number, ``oven_images/01/oven_01963180.jpg`` (what the OVEN
+  toolkit's ``image_downloads/merge_oven_images.py`` writes, keeping each source image's
+  extension, and what UniIR reads as ``oven_images/<image_id[-8:-6]>/<image_id>.jpg``);
+  flat ``<image_id>.jpg`` or ``.JPEG`` (EchoSight's InfoSeek folders); or, when neither
+  fits, an ``id2image`` JSONL mapping of your own (``{"image_id": ..., "image_path": ...}``
+  per line, the file the InfoSeek toolkit's scripts expect you to prepare).
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ def _first_existing(stem: Path) -> Path | None:
     return None
 
 
+def oven_shard(image_id: str) -> str | None:
+    """The OVEN image folder of ``image_id``: the first two characters of the part after its
+    last ``_`` (``oven_01963180`` -> ``01``), as ``merge_oven_images.py`` shards them."""
+    number = image_id.rsplit("_", 1)[-1]
+    return number[:2] if len(number) >= 2 and number[:2].isalnum() else None
+
+
 @dataclass(frozen=True)
 class QueryImageRoots:
     """Image folders and layouts for each ``dataset_name`` an annotation can name.
@@ -49,7 +60,8 @@ class QueryImageRoots:
     inat_id2name: Mapping[str, str] | None = None
     """iNaturalist image id -> file name relative to ``inaturalist``; ``None``: flat ``<id>.jpg``."""
     infoseek_id2image: Mapping[str, str] | None = None
-    """InfoSeek image id -> path (absolute, or relative to ``infoseek``); ``None``: flat ``<id>.jpg``."""
+    """InfoSeek image id -> path (absolute, or relative to ``infoseek``); ``None``: the OVEN
+    layout ``<root>/<2 digits>/<id>.<ext>``, then flat ``<root>/<id>.<ext>``."""
 
     def resolve(self, dataset_name: str, image_id: str, where: str) -> Path | None:
         """The file holding ``image_id``, or ``None`` when it is not on disk.
@@ -76,7 +88,9 @@ class QueryImageRoots:
                 path = Path(mapped) if self.infoseek is None else self.infoseek / mapped
                 return path if path.is_file() else None
             root = self._root(self.infoseek, "infoseek", "--infoseek-root", where)
-            return _first_existing(root / image_id)
+            shard = oven_shard(image_id)
+            nested = _first_existing(root / shard / image_id) if shard else None
+            return nested or _first_existing(root / image_id)
         raise DataError(
             f"{where}: field 'dataset_name': unknown image dataset {dataset_name!r} "
             "(expected 'inaturalist', 'landmarks' or 'infoseek')"

@@ -1,32 +1,60 @@
-"""InfoSeek annotations (original JSONL) to query pools.
+"""InfoSeek annotations, as published, to query pools.
 
-InfoSeek's ``infoseek_{train,val}.jsonl`` hold one JSON object per line with
-``data_id``, ``image_id``, ``question``, ``answer``, ``data_split``, ...; the gold
-entity is only in the "with KB" files (``infoseek_{train,val}_withkb.jsonl``), as a
-Wikidata id (``entity_id``). Query images are OVEN/InfoSeek images found by
-``image_id`` (see :mod:`envs.adapters.images`).
+InfoSeek (open-vision-language/infoseek, README "InfoSeek Annotation") publishes each
+split's annotations in two JSONL files:
 
-Retrievers rank Wikipedia URLs, so matching the gold entity needs an entity map
-(Wikidata id -> Wikipedia URL). Without one, an entity id matches only rankings that
-list entity ids themselves. EchoSight's InfoSeek CSV (already in E-VQA format, with
-``wikipedia_url``) needs no map: read it with :mod:`envs.adapters.evqa`.
+- ``infoseek_{train,val,test}.jsonl``: the questions, one object per line with
+  ``data_id``, ``image_id``, ``question``, ``answer``, ``answer_eval``, ``data_split``;
+- ``infoseek_{train,val}_withkb.jsonl`` ("KB mapping"): only ``data_id``, ``entity_id``
+  (the Wikidata id of the entity in the image) and ``entity_text`` (its Wikipedia title
+  on the 2022-10-01 dump, as OVEN's README describes the field).
+
+They are joined on ``data_id``, as UniIR's ``infoseek_data_preprocessor.py`` does
+(``withkb`` read as ``data_id -> entity_id``, questions de-duplicated by ``data_id``,
+keeping the first). A repeated ``data_id`` is counted, never fatal.
+
+Retrievers rank Wikipedia URLs (the keys of E-VQA's and EchoSight's KBs), so the gold
+entity is tied to KB entries by **title**: the id's ``wikipedia_title`` in Wiki6M's title
+file (``Wiki6M_ver_1_0_title_only.jsonl``, ``{"wikidata_id", "wikipedia_title"}`` per
+line, published with InfoSeek and OVEN), or else the ``withkb`` line's ``entity_text``,
+matched in :func:`~envs.adapters.kb.normalize_title` form against each KB entry's
+``title`` and its URL. The Wikidata id itself also counts, for rankings that list ids.
+Query images are OVEN images found by ``image_id`` (:mod:`envs.adapters.images`).
+
+EchoSight's InfoSeek CSV (already in E-VQA format, with ``wikipedia_url``) needs none of
+this: read it with :mod:`envs.adapters.evqa`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 from envs.adapters.images import QueryImageRoots
-from envs.adapters.kb import KbImages, entity_key
-from envs.adapters.pools import AdapterSummary, AnnotatedQuery, PoolOptions, build_pools, find_query_image
+from envs.adapters.kb import KbImages, entity_key, normalize_title
+from envs.adapters.pools import (
+    AdapterSummary,
+    AnnotatedQuery,
+    PoolOptions,
+    build_pools,
+    find_query_image,
+    image_keys,
+)
 from envs.adapters.retrieval import RetrievalResults
 from envs.data import DataError, QueryPool, iter_jsonl
 
-ENTITY_ID_FIELDS: tuple[str, ...] = ("entity_id", "wikidata_id", "id")
-ENTITY_URL_FIELDS: tuple[str, ...] = ("wikipedia_url", "url")
+
+@dataclass(frozen=True)
+class KbLink:
+    """One ``withkb`` line: the entity a question is about."""
+
+    entity_id: str
+    entity_text: str | None
+    where: str
 
 
 def _string(record: dict, name: str, where: str, hint: str = "") -> str:
@@ -37,36 +65,99 @@ def _string(record: dict, name: str, where: str, hint: str = "") -> str:
     return value.strip()
 
 
-def _first_present(record: dict, names: tuple[str, ...], where: str) -> str:
-    for name in names:
-        if name in record:
-            return _string(record, name, where)
-    raise DataError(f"{where}: missing field: one of {', '.join(names)}")
+def _optional_string(record: dict, name: str, where: str) -> str | None:
+    value = record.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__} {value!r:.60}")
+    return value.strip()
 
 
-def load_entity_map(path: str | os.PathLike) -> dict[str, str]:
-    """Read a Wikidata-id -> Wikipedia-URL map.
+def _objects(path: Path) -> Iterator[tuple[int, str, dict]]:
+    """``(line, "file:line", object)`` per non-blank line of a JSONL file (``.gz`` too)."""
+    lines = _iter_gzip_jsonl(path) if path.suffix == ".gz" else iter_jsonl(path)
+    for line_number, where, record in lines:
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+        yield line_number, where, record
 
-    A ``.json`` file is one object ``{entity_id: url}``; any other file is JSONL with one
-    of ``entity_id``/``wikidata_id``/``id`` and one of ``wikipedia_url``/``url`` per line.
+
+def _iter_gzip_jsonl(path: Path) -> Iterator[tuple[int, str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with gzip.open(path, "rb") as handle:
+        line_number = 0
+        while True:
+            try:
+                raw = handle.readline()
+            except (OSError, EOFError) as exc:
+                raise DataError(f"{path}:{line_number + 1}: not a readable gzip file: {exc}") from exc
+            if not raw:
+                return
+            line_number += 1
+            where = f"{path}:{line_number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            if not text.strip():
+                continue
+            try:
+                yield line_number, where, json.loads(text)
+            except (ValueError, RecursionError) as exc:
+                raise DataError(f"{where}: invalid JSON: {exc}") from None
+
+
+def read_withkb(path: str | os.PathLike, summary: AdapterSummary) -> dict[str, KbLink]:
+    """``data_id -> KbLink`` from an ``infoseek_*_withkb.jsonl`` file.
+
+    A repeated ``data_id`` keeps its first line and is counted in ``summary.notes``
+    (``withkb_duplicate_data_id``, or ``withkb_conflicting_data_id`` when the entity differs).
+
+    Raises:
+        DataError: naming the file, line and field of a malformed line.
     """
     source = Path(path)
     if not source.is_file():
-        raise DataError(f"{source}: entity map not found")
-    if source.suffix == ".json":
-        try:
-            data: Any = json.loads(source.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{source}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise DataError(f"{source}: an entity map must be a JSON object {{entity_id: wikipedia_url}}")
-        return dict(data)
-    mapping: dict[str, str] = {}
-    for _, where, record in iter_jsonl(source):
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: a record must be a JSON object")
-        mapping[_first_present(record, ENTITY_ID_FIELDS, where)] = _first_present(record, ENTITY_URL_FIELDS, where)
-    return mapping
+        raise DataError(f"{source}: withkb file not found")
+    links: dict[str, KbLink] = {}
+    for _, where, record in _objects(source):
+        data_id = _string(record, "data_id", where)
+        entity_id = _string(record, "entity_id", where, " (a withkb line holds data_id, entity_id, entity_text)")
+        link = KbLink(entity_id=entity_id, entity_text=_optional_string(record, "entity_text", where), where=where)
+        first = links.get(data_id)
+        if first is None:
+            links[data_id] = link
+        elif first.entity_id == entity_id:
+            summary.note("withkb_duplicate_data_id")
+        else:
+            summary.note("withkb_conflicting_data_id")
+    return links
+
+
+def load_wiki6m_titles(path: str | os.PathLike, keep: Collection[str] | None = None) -> dict[str, str]:
+    """``wikidata_id -> wikipedia_title`` from Wiki6M (``Wiki6M_ver_1_0_title_only.jsonl``, or
+    the full ``Wiki6M_ver_1_0.jsonl[.gz]``, which has the same two fields), streamed.
+
+    Args:
+        path: the Wiki6M JSONL (``.gz`` is read as gzip).
+        keep: the ids to keep (every line is still validated); ``None`` keeps all 6M.
+
+    Raises:
+        DataError: naming the file, line and field of a malformed line.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise DataError(f"{source}: Wiki6M title file not found")
+    wanted = None if keep is None else set(keep)
+    titles: dict[str, str] = {}
+    for _, where, record in _objects(source):
+        wikidata_id = _string(record, "wikidata_id", where, " (Wiki6M lines hold wikidata_id and wikipedia_title)")
+        title = _string(record, "wikipedia_title", where)
+        if wanted is None or wikidata_id in wanted:
+            titles.setdefault(wikidata_id, title)
+    return titles
 
 
 def read_infoseek_queries(
@@ -74,10 +165,22 @@ def read_infoseek_queries(
     images: QueryImageRoots,
     summary: AdapterSummary,
     *,
-    entity_field: str = "entity_id",
-    entity_urls: Mapping[str, str] | None = None,
+    withkb: Mapping[str, KbLink] | None = None,
+    titles: Mapping[str, str] | None = None,
 ) -> list[AnnotatedQuery]:
-    """Annotated queries from an InfoSeek ``*_withkb.jsonl`` file; drops are counted in ``summary``.
+    """Annotated queries from an ``infoseek_{split}.jsonl`` question file joined with its
+    ``withkb`` links; every drop and mismatch is counted in ``summary``.
+
+    Args:
+        path: the question file.
+        images: where the OVEN images are.
+        summary: updated with reads, drops (``duplicate_data_id``, ``no_entity_in_withkb``,
+            ``query_image_missing``, ...) and notes (``withkb_without_question``,
+            ``entity_id_not_in_wiki6m``).
+        withkb: ``data_id -> KbLink`` (:func:`read_withkb`); ``None`` reads queries without
+            a gold entity (what ``recipes/retrieve.py`` needs).
+        titles: Wiki6M's ``wikidata_id -> wikipedia_title`` (:func:`load_wiki6m_titles`);
+            without it (or for an id it lacks) the title is the link's ``entity_text``.
 
     Raises:
         DataError: naming the file, the 1-based line and the field of a malformed line.
@@ -86,55 +189,69 @@ def read_infoseek_queries(
     if not source.is_file():
         raise DataError(f"{source}: annotation file not found")
     queries: list[AnnotatedQuery] = []
-    first_line: dict[str, int] = {}
-    for line_number, where, record in iter_jsonl(source):
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: a record must be a JSON object")
+    seen: set[str] = set()
+    for line_number, where, record in _objects(source):
         summary.queries_read += 1
         query_id = _string(record, "data_id", where)
-        if query_id in first_line:
-            raise DataError(f"{where}: field 'data_id': duplicate query id {query_id!r} (first at line {first_line[query_id]})")
-        first_line[query_id] = line_number
         question = _string(record, "question", where)
         image_id = _string(record, "image_id", where)
-        entity_id = _string(record, entity_field, where, " (the gold entity is in the *_withkb.jsonl files)")
+        if query_id in seen:
+            summary.drop("duplicate_data_id")
+            continue
+        seen.add(query_id)
+        gold: frozenset[str] = frozenset()
+        gold_titles: frozenset[str] = frozenset()
+        unmapped = None
+        if withkb is not None:
+            link = withkb.get(query_id)
+            if link is None:
+                summary.drop("no_entity_in_withkb")
+                continue
+            gold = frozenset({entity_key(link.entity_id)})
+            title = titles.get(link.entity_id) if titles is not None else None
+            if titles is not None and title is None:
+                summary.note("entity_id_not_in_wiki6m")
+            title = title or link.entity_text
+            if title:
+                gold_titles = frozenset({normalize_title(title)})
+            else:
+                unmapped = "entity_id_without_title"
         image = find_query_image(images, "infoseek", image_id, where, summary)
         if image is None:
             continue
-        gold = {entity_key(entity_id)}
-        if entity_urls is not None:
-            url = entity_urls.get(entity_id)
-            if url is None:
-                summary.gold_entities_unmapped += 1
-            else:
-                gold.add(entity_key(url))
-        queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=frozenset(gold)))
+        queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=gold,
+                                      gold_titles=gold_titles, image_keys=image_keys(image, image_id),
+                                      gold_unmapped=unmapped))
+    if withkb is not None:
+        summary.note("withkb_without_question", len(set(withkb) - seen))
     return queries
 
 
 def build_infoseek_pools(
-    annotations: str | os.PathLike,
+    questions: str | os.PathLike,
+    withkb: str | os.PathLike,
     retrieval: RetrievalResults,
     knowledge_base: str | os.PathLike,
     *,
     images: QueryImageRoots,
     kb_images: KbImages | None = None,
-    entity_urls: Mapping[str, str] | None = None,
-    entity_field: str = "entity_id",
+    wiki6m: str | os.PathLike | None = None,
     options: PoolOptions = PoolOptions(),
 ) -> tuple[list[QueryPool], AdapterSummary]:
-    """Query pools from InfoSeek JSONL annotations and a retriever's results.
+    """Query pools from InfoSeek's question and ``withkb`` files and a retriever's results.
 
     Args:
-        annotations: ``infoseek_{train,val}_withkb.jsonl``.
+        questions: ``infoseek_{train,val}.jsonl``.
+        withkb: ``infoseek_{train,val}_withkb.jsonl``.
         retrieval: the retriever's ranking keyed by ``data_id``.
         knowledge_base: the KB JSON (e.g. EchoSight's 100K InfoSeek KB), streamed.
-        images: where the InfoSeek images are (``infoseek`` root and/or ``id2image``).
+        images: where the OVEN images are.
         kb_images: where the KB images are; required unless ``options.features == "text"``.
-        entity_urls: gold entity id -> Wikipedia URL (:func:`load_entity_map`).
-        entity_field: the annotation field holding the gold entity id.
+        wiki6m: ``Wiki6M_ver_1_0_title_only.jsonl`` (optional; ``entity_text`` otherwise).
         options: pool size, candidate features and purpose.
     """
-    summary = AdapterSummary(source=str(annotations), purpose=options.purpose, top_k=options.top_k)
-    queries = read_infoseek_queries(annotations, images, summary, entity_field=entity_field, entity_urls=entity_urls)
+    summary = AdapterSummary(source=str(questions), purpose=options.purpose, top_k=options.top_k)
+    links = read_withkb(withkb, summary)
+    titles = load_wiki6m_titles(wiki6m, keep={link.entity_id for link in links.values()}) if wiki6m else None
+    queries = read_infoseek_queries(questions, images, summary, withkb=links, titles=titles)
     return build_pools(queries, retrieval, Path(knowledge_base), kb_images, options, summary), summary

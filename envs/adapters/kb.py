@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence, TextIO
@@ -34,6 +35,18 @@ def entity_key(url: str) -> str:
 def title_from_url(url: str) -> str:
     """Article title spelled by a Wikipedia URL (``.../wiki/Eiffel_Tower`` -> ``Eiffel Tower``)."""
     return unquote(url.rstrip("/").rsplit("/", 1)[-1]).replace("_", " ")
+
+
+def normalize_title(title: str) -> str:
+    """A Wikipedia title in MediaWiki's canonical form, so one article matches however its
+    title was written: Unicode NFC, underscores as spaces, whitespace runs collapsed and
+    trimmed, the first character upper-cased (MediaWiki treats it as case-insensitive; the
+    rest of a title is case-sensitive). This is how Wikipedia spells a title in its URLs
+    (``.../wiki/<title with underscores>``, the keys of E-VQA's and EchoSight's KBs), and
+    how InfoSeek's ``entity_text`` / Wiki6M's ``wikipedia_title`` (titles of the 2022-10-01
+    dump) are matched to KB entries here."""
+    text = " ".join(unicodedata.normalize("NFC", title).replace("_", " ").split())
+    return text[:1].upper() + text[1:]
 
 
 @dataclass(frozen=True)
@@ -158,13 +171,56 @@ def load_knowledge_base(path: str | os.PathLike, keep: Collection[str] | None = 
     Raises:
         DataError: naming the file and the entry's URL for a malformed entry.
     """
+    return scan_knowledge_base(path, keep)[0]
+
+
+def iter_knowledge_base(path: str | os.PathLike) -> Iterator[KbEntry]:
+    """Every entry of a KB JSON in file order, validated, streamed (one entry in memory at a time).
+
+    Raises:
+        DataError: naming the file and the entry's URL for a malformed entry.
+    """
     source = Path(path)
+    for url, value in iter_json_object(source):
+        yield _kb_entry(url, value, f"{source}: entry {url!r}")
+
+
+def scan_knowledge_base(
+    path: str | os.PathLike, keep: Collection[str] | None = None, titles: Collection[str] = ()
+) -> tuple[dict[str, KbEntry], dict[str, list[str]]]:
+    """One streaming pass over a KB JSON: the entries to keep, and which entries bear some titles.
+
+    Args:
+        path: the KB JSON (``{wikipedia_url: entry}``).
+        keep: entity keys (:func:`entity_key`) of the entries to return; ``None``: all.
+        titles: :func:`normalize_title` forms to look for, matched against each entry's
+            ``title`` field and the title its URL spells.
+
+    Returns:
+        ``(entries by entity key, {normalized title: [entity keys bearing it, in file order]})``;
+        a title no entry bears is absent from the second mapping.
+
+    Raises:
+        DataError: naming the file and the entry's URL for a malformed kept entry.
+    """
+    source = Path(path)
+    wanted = set(titles)
     entries: dict[str, KbEntry] = {}
+    by_title: dict[str, list[str]] = {}
     for url, value in iter_json_object(source):
         key = entity_key(url)
         if keep is None or key in keep:
             entries[key] = _kb_entry(url, value, f"{source}: entry {url!r}")
-    return entries
+        if wanted:
+            title = value.get("title") if isinstance(value, dict) else None
+            names = {normalize_title(title_from_url(url))}
+            if isinstance(title, str):
+                names.add(normalize_title(title))
+            for name in names & wanted:
+                keys = by_title.setdefault(name, [])
+                if key not in keys:
+                    keys.append(key)
+    return entries, by_title
 
 
 def candidate_text(title: str, lead: str, max_chars: int) -> str:
@@ -259,8 +315,12 @@ class KbImages:
         and ``title``), or ``None``; cached per entity."""
         key = entity_key(url)
         if key not in self._found:
-            self._found[key] = next((p for p in self._paths(url, entry, title) if _readable(p)), None)
+            self._found[key] = self.find_first_image(url, entry, title)
         return self._found[key]
+
+    def find_first_image(self, url: str, entry: KbEntry | None, title: str) -> Path | None:
+        """:meth:`first_image` without the cache (for one pass over a whole KB)."""
+        return next((p for p in self._paths(url, entry, title) if _readable(p)), None)
 
 
 def _readable(path: Path) -> bool:
@@ -271,3 +331,52 @@ def _readable(path: Path) -> bool:
     except DataError:
         return False
     return True
+
+
+def knowledge_base_items(
+    path: str | os.PathLike,
+    features: str,
+    kb_images: KbImages | None = None,
+    *,
+    max_text_chars: int = 1000,
+    progress: bool = True,
+) -> tuple[list, dict[str, int]]:
+    """The KB's entries as :class:`envs.kb_index.KbItem` s for a :class:`~envs.kb_index.KnowledgeBaseIndex`.
+
+    Each item is what a candidate of that entity carries in a query pool: its id is the
+    KB's URL key, its image the first readable local image (:meth:`KbImages.find_first_image`,
+    the lookup candidates use) and its text ``"<title>. <lead section>"`` cut to
+    ``max_text_chars`` (:func:`candidate_text`). Only what ``features`` (``"image"``,
+    ``"text"`` or ``"image+text"``) needs is looked up; an item without a local image
+    has ``image=None`` and the index counts it.
+
+    Returns:
+        ``(items in file order, counts)`` with counts ``entries`` (read) and
+        ``duplicate_urls`` (entries whose URL, as :func:`entity_key` spells it, came
+        earlier in the file: the first is kept).
+
+    Raises:
+        DataError: for a malformed entry (file and URL named), or ``kb_images`` missing
+            when ``features`` needs images.
+    """
+    from tqdm.auto import tqdm
+
+    from envs.kb_index import KbItem, check_features
+
+    check_features(features)
+    if features != "text" and kb_images is None:
+        raise DataError(f"features {features!r} need KB images (a KB-image root or map)")
+    items: list[KbItem] = []
+    seen: set[str] = set()
+    counts = {"entries": 0, "duplicate_urls": 0}
+    for entry in tqdm(iter_knowledge_base(path), desc=f"reading {Path(path).name}", unit=" entries", disable=not progress):
+        counts["entries"] += 1
+        key = entity_key(entry.url)
+        if key in seen:
+            counts["duplicate_urls"] += 1
+            continue
+        seen.add(key)
+        image = kb_images.find_first_image(entry.url, entry, entry.title) if features != "text" else None
+        text = candidate_text(entry.title, entry.lead, max_text_chars) if features != "image" else None
+        items.append(KbItem(id=entry.url, image=image, text=text))
+    return items, counts

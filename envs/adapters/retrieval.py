@@ -1,10 +1,10 @@
-"""Retriever output: the ranked Wikipedia entities per query (EchoSight and OMGM files).
+"""Retriever output: the ranked Wikipedia entities per query (EchoSight, OMGM and our own files).
 
-Both are one JSON object keyed by query id: InfoSeek's ``data_id``, or ``E-VQA_<i>``
-where ``i`` counts the E-VQA rows the retriever kept (every question type except
-``2_hop``, see :mod:`envs.adapters.evqa`).
+The per-query files are one JSON object keyed by query id: InfoSeek's ``data_id``, or
+``E-VQA_<i>`` where ``i`` counts the E-VQA rows the retriever kept (every question type
+except ``2_hop``, see :mod:`envs.adapters.evqa`).
 
-EchoSight (``test_reranker.py --save_result``)::
+EchoSight (``test/test_reranker.py --save_result``; also what ``recipes/retrieve.py`` writes)::
 
     {"E-VQA_0": {"retrieved_entries": [url, ...], "retrieval_similarities": [...],
                  "reranked_entries": [url, ...], "reranked_sections": [...]}}
@@ -14,13 +14,25 @@ OMGM (``step1_img2sum.py`` / ``step2b_IT2IT_rerank.py``)::
     {"E-VQA_0": {"retrieved_entities": [{"url": ..., "title": ...}, ...],
                  "retrieval_similarities": [...]}}
 
-Only the ranked entity list is read; the similarities are the retriever's, not the
-scorer's, and play no part in a query pool.
+EchoSight's published training-side file, ``E_VQA_Hard_Neg.json`` (EVA-CLIP top entries
+for each E-VQA training image), is keyed by the **query image** instead: the image file's
+name up to its first dot, as EchoSight's ``dataset/dataset.py`` looks it up
+(``question_image_path.split("/")[-1].split(".")[0]``: the GLDv2 id, or for iNaturalist
+the file name ``train_id2name.json`` gives)::
+
+    {"abc123def4567890": [{"entry": url, "similarity": 0.83}, ...], ...}
+
+Its entries are ranked by ``similarity``, highest first (ties keep file order). Every
+question about that image gets the same ranking.
+
+Only the ranked entity list decides a pool; the similarities are the retriever's, not
+the scorer's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +40,8 @@ from typing import Any, Literal, Mapping
 
 from envs.data import DataError
 
-RetrievalFormat = Literal["auto", "echosight", "omgm"]
+RetrievalFormat = Literal["auto", "echosight", "omgm", "echosight_hard_neg"]
+RESULT_FORMATS: tuple[str, ...] = ("auto", "echosight", "omgm", "echosight_hard_neg")
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,8 @@ class RetrievalResults:
 
     source: str
     rankings: Mapping[str, tuple[RetrievedEntity, ...]]
+    keyed_by: Literal["query", "image"] = "query"
+    """``"query"``: keys are query ids; ``"image"``: keys are query-image names (``E_VQA_Hard_Neg.json``)."""
 
 
 def _detect_format(data: dict, source: Path) -> str:
@@ -53,10 +68,26 @@ def _detect_format(data: dict, source: Path) -> str:
             return "omgm"
         if isinstance(value, dict) and "retrieved_entries" in value:
             return "echosight"
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "entry" in value[0]:
+            return "echosight_hard_neg"
     raise DataError(
-        f"{source}: cannot tell the retrieval format: no entry has 'retrieved_entries' (EchoSight) "
-        "or 'retrieved_entities' (OMGM)"
+        f"{source}: cannot tell the retrieval format: no entry has 'retrieved_entries' (EchoSight), "
+        "'retrieved_entities' (OMGM) or is a list of {'entry', 'similarity'} (EchoSight's E_VQA_Hard_Neg.json)"
     )
+
+
+def _hard_neg_ranking(value: Any, where: str) -> tuple[RetrievedEntity, ...]:
+    if not isinstance(value, list):
+        raise DataError(f"{where}: must be a list of {{'entry', 'similarity'}} objects, got {type(value).__name__}")
+    scored = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("entry"), str) or not item["entry"].strip():
+            raise DataError(f"{where}: field '[{i}].entry' must be a URL string, got {item!r:.80}")
+        similarity = item.get("similarity")
+        if isinstance(similarity, bool) or not isinstance(similarity, (int, float)) or not math.isfinite(similarity):
+            raise DataError(f"{where}: field '[{i}].similarity' must be a finite number, got {similarity!r:.40}")
+        scored.append((-float(similarity), i, item["entry"].strip()))
+    return tuple(RetrievedEntity(url=url) for _, _, url in sorted(scored))
 
 
 def _echosight_ranking(value: dict, field_name: str, where: str) -> tuple[RetrievedEntity, ...]:
@@ -91,7 +122,8 @@ def load_retrieval_results(
 
     Args:
         path: the result JSON.
-        format: ``"echosight"``, ``"omgm"`` or ``"auto"`` (decided from the entries' keys).
+        format: ``"echosight"``, ``"omgm"``, ``"echosight_hard_neg"`` (``E_VQA_Hard_Neg.json``,
+            keyed by query image) or ``"auto"`` (decided from the entries' shape).
         use_reranked: EchoSight only: rank by ``reranked_entries`` (its Q-Former
             re-ranking) instead of the retriever's ``retrieved_entries``.
 
@@ -111,6 +143,10 @@ def load_retrieval_results(
     if use_reranked and resolved != "echosight":
         raise DataError(f"{source}: use_reranked needs EchoSight results (with 'reranked_entries'), this file is {resolved}")
     rankings: dict[str, tuple[RetrievedEntity, ...]] = {}
+    if resolved == "echosight_hard_neg":
+        for image_key, value in data.items():
+            rankings[image_key] = _hard_neg_ranking(value, f"{source}: entry {image_key!r}")
+        return RetrievalResults(source=str(source), rankings=rankings, keyed_by="image")
     for query_id, value in data.items():
         where = f"{source}: entry {query_id!r}"
         if not isinstance(value, dict):
@@ -121,5 +157,5 @@ def load_retrieval_results(
         elif resolved == "omgm":
             rankings[query_id] = _omgm_ranking(value, where)
         else:
-            raise ValueError(f"format must be 'auto', 'echosight' or 'omgm', got {format!r}")
+            raise ValueError(f"format must be one of {', '.join(RESULT_FORMATS)}, got {format!r}")
     return RetrievalResults(source=str(source), rankings=rankings)
