@@ -1,5 +1,5 @@
 """Policies, the r-GRPO advantage estimator and the glue that connects them to verl."""
 
-from agents import verl_quiet
+from agents.verl import quiet as verl_quiet
 
 verl_quiet.install()

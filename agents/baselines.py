@@ -16,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from envs.boxes import expand_box, image_box_to_view
-from envs.region_rerank import FULL, REGION, RegionRerankEnv
+from envs.actions import FULL, REGION
+from envs.region_rerank import RegionRerankEnv
 
 Action = dict[str, Any]
 Policy = Callable[[dict, dict, RegionRerankEnv], Any]

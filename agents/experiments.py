@@ -22,7 +22,7 @@ from agents.baselines import OraclePolicy
 from agents.evaluation import evaluate_and_report, trace_policy
 from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
-from envs.region_rerank import RegionRerankEnv
+from envs.factory import make_env, make_scorer
 from rewards import RewardConfig
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
@@ -41,8 +41,9 @@ def run_variants(
     ``{"runs": [...], "summary": {variant: {metric: (mean, std)}}}``."""
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(variants.values()))
-    scorer = first.make_scorer()
-    test_env = RegionRerankEnv(test_data, scorer, split=test_split, purpose="eval", obs_size=first.obs_size)
+    scorer = make_scorer(first.scorer)
+    # Default reward for every variant (one yardstick); the observation is the policies' own.
+    test_env = make_env(test_data, scorer, split=test_split, purpose="eval", obs_size=first.env.obs_size)
     indices = range(len(test_env.pools) if test_queries is None else min(test_queries, len(test_env.pools)))
     source = str(test_data) if test_data else f"embedded benchmark, {test_split} split"
     # The oracle, once: every run's gallery draws its box, and the oracle costs ~6x a

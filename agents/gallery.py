@@ -26,7 +26,8 @@ from PIL import Image
 
 from envs.boxes import image_box_to_view
 from envs.data import load_image
-from envs.region_rerank import REGION, RegionRerankEnv
+from envs.actions import REGION
+from envs.region_rerank import RegionRerankEnv
 from rewards.evaluation import EpisodeRecord
 
 GAIN, LOSS, KEPT_FULL, RANDOM = "gain", "loss", "kept FULL", "random"

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from envs.region_rerank import FULL, REGION
+from envs.actions import FULL, REGION
 
 
 GROUPS = 8

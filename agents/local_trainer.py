@@ -40,9 +40,11 @@ from agents.local_policy import (
     token_log_probs,
 )
 from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
-from envs.region_rerank import REGION, RegionRerankEnv
-from envs.scorer import Scorer, make_scorer
-from rewards import RewardConfig
+from envs.actions import REGION
+from envs.region_rerank import RegionRerankEnv
+from envs.factory import make_env, make_scorer
+from envs.scorer import Scorer
+from envs.settings import EnvSettings, ScorerSettings
 
 NOT_SUPPORTED = {"gae": "needs a critic (values); use --backend verl", "remax": "needs a greedy-rollout baseline"}
 
@@ -83,26 +85,18 @@ class LocalTrainConfig:
     """training query pools (JSONL); default: the embedded benchmark's train split"""
     val_data: Path | None = None
     """validation query pools (JSONL); default: the embedded benchmark's val split"""
-    scorer_model: str | None = None
-    """open_clip scorer name; default: the embedded rr-tiny scorer"""
-    scorer_pretrained: str | None = None
-    """zoo tag or checkpoint file for scorer_model"""
-    obs_size: int = 64
-    """side of the observation image the policy sees"""
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    """the frozen re-ranker to train against (default: the embedded rr-tiny scorer)"""
+    env: EnvSettings = field(default_factory=lambda: EnvSettings(obs_size=64))
+    """the episode: reward and how it is paid, observation size (64 px for the small policy)"""
     out: Path = Path("runs/local")
     """output folder: policy.pt, metrics.csv, TensorBoard events, curves.png"""
     threads: int = 2
-    """torch intra-op threads"""
+    """torch intra-op threads (set by the recipes, once per process)"""
     progress: bool = True
     """show progress bars"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """reward weights and penalties"""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """policy architecture"""
-
-    def make_scorer(self) -> Scorer:
-        """The scorer this config names: ``scorer_model`` if set, else the embedded rr-tiny."""
-        return make_scorer(self.scorer_model or None, self.scorer_pretrained)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON types (paths as strings), for checkpoints and logs."""
@@ -118,9 +112,8 @@ class TrainResult:
 
 def make_envs(config: LocalTrainConfig, scorer: Scorer) -> tuple[RegionRerankEnv, RegionRerankEnv]:
     """Training env (pools without a positive dropped) and validation env (all kept)."""
-    common = dict(reward_config=config.reward, obs_size=config.obs_size)
-    train_env = RegionRerankEnv(config.data, scorer, split="train", purpose="train", **common)
-    val_env = RegionRerankEnv(config.val_data, scorer, split="val", purpose="eval", **common)
+    train_env = make_env(config.data, scorer, split="train", purpose="train", settings=config.env)
+    val_env = make_env(config.val_data, scorer, split="val", purpose="eval", settings=config.env)
     return train_env, val_env
 
 
@@ -179,7 +172,7 @@ def compute_advantages(estimator: str, token_rewards, mask, uids, decisions, gro
     from verl.trainer.config import AlgoConfig
     from verl.trainer.ppo.ray_trainer import compute_advantage
 
-    from agents.verl_plugin import decisions_in_scope
+    from agents.verl.plugin import decisions_in_scope
 
     uid_array = np.array(uids, dtype=object)
     data = DataProto.from_dict(
@@ -216,15 +209,14 @@ def evaluate_greedy(net: CropPolicyNet, env: RegionRerankEnv, n_queries: int) ->
 def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult:
     """Run the CPU r-GRPO loop; writes the checkpoint, metrics and curves to ``config.out``.
 
-    ``scorer``: the re-ranker to train against; ``None`` builds ``config.make_scorer()``.
+    ``scorer``: the re-ranker to train against; ``None`` builds ``make_scorer(config.scorer)``.
     Pass one to share a loaded model between training and evaluation.
     """
     from torch.utils.tensorboard import SummaryWriter
     from verl.trainer.ppo.core_algos import agg_loss
 
     check_estimator(config.estimator)
-    torch.set_num_threads(config.threads)
-    train_env, val_env = make_envs(config, scorer if scorer is not None else config.make_scorer())
+    train_env, val_env = make_envs(config, scorer if scorer is not None else make_scorer(config.scorer))
     # Seeded after the scorer is built (building one may draw from torch's global RNG), so
     # the policy's initial weights depend on the seed alone.
     torch.manual_seed(config.seed)

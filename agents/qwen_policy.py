@@ -18,39 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.prompts import build_messages
-from envs.boxes import QWEN_MIN_PIXELS
+from agents.qwen_vision import check_pixel_limits
+from envs.settings import ImageSettings
 from envs.wrappers import TextAction
-
-DEFAULT_MAX_PIXELS = 1024 * 28 * 28
-"""Default pixel budget of a view shown to the policy: at most 1024 image tokens, which
-keeps a Qwen2.5-VL prompt on one GPU (the model's own limit is 16384 tokens)."""
-
-
-def _size_entry(size: Any, key: str) -> int | None:
-    """An entry of an image processor's ``size`` (a dict or transformers' ``SizeDict``)."""
-    try:
-        return size[key]
-    except (KeyError, TypeError):
-        return getattr(size, key, None)
-
-
-def check_pixel_limits(processor: Any, min_pixels: int, max_pixels: int) -> None:
-    """Raise unless ``[min_pixels, max_pixels]`` lies within the processor's own limits.
-
-    qwen-vl-utils resizes each image to multiples of 28 px within ``[min_pixels,
-    max_pixels]``; if that range left the processor's, the processor would resize again
-    and the model's box coordinates would refer to an image the parser does not know.
-    """
-    if not 0 < min_pixels <= max_pixels:
-        raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}")
-    size = getattr(getattr(processor, "image_processor", None), "size", None)
-    low, high = _size_entry(size, "shortest_edge"), _size_entry(size, "longest_edge")
-    if (low is not None and min_pixels < low) or (high is not None and max_pixels > high):
-        raise ValueError(
-            f"min_pixels={min_pixels}, max_pixels={max_pixels} must lie within the processor's pixel limits "
-            f"[{low}, {high}], or the processor resizes the image again and the model's box coordinates no "
-            "longer match the image the parser assumes"
-        )
 
 
 class QwenVLPolicy:
@@ -60,8 +30,7 @@ class QwenVLPolicy:
         model_path: a Qwen2.5-VL folder (or hub id where the hub is reachable).
         max_new_tokens: most tokens per answer.
         device: torch device; default ``cuda`` when available, else ``cpu``.
-        min_pixels: least pixels of the view as shown to the model.
-        max_pixels: most pixels of the view as shown to the model (bounds its image tokens).
+        images: pixel limits of the view as shown to the model (bound its image tokens).
         greedy: greedy decoding (default); otherwise sample with ``temperature``.
         temperature: sampling temperature when not greedy.
 
@@ -73,8 +42,7 @@ class QwenVLPolicy:
         model_path: str | os.PathLike,
         max_new_tokens: int = 128,
         device: str | None = None,
-        min_pixels: int = QWEN_MIN_PIXELS,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        images: ImageSettings = ImageSettings(),
         greedy: bool = True,
         temperature: float = 1.0,
     ):
@@ -85,11 +53,11 @@ class QwenVLPolicy:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.processor = AutoProcessor.from_pretrained(model_path)
-        check_pixel_limits(self.processor, min_pixels, max_pixels)
+        check_pixel_limits(self.processor, images)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
-        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.images = images
         self.greedy, self.temperature = greedy, temperature
         self.name = f"qwen2.5-vl:{Path(model_path).name}"
         self.last_text = ""
@@ -98,7 +66,7 @@ class QwenVLPolicy:
         """The chat for the current step: the view the policy sees and the question."""
         return build_messages(
             info["question"], info["policy_image"], int(obs["step"]), env.unwrapped.max_steps,
-            min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+            min_pixels=self.images.min_pixels, max_pixels=self.images.max_pixels,
         )
 
     def generate(self, messages: list[dict]) -> str:
@@ -119,7 +87,7 @@ class QwenVLPolicy:
     def action_from_text(self, text: str, env) -> Any:
         """The env action for ``text``: a box in pixels of the image the model saw becomes
         a 0-1 box of the current view; unparseable text a ``MalformedAction``."""
-        wrapper = TextAction(env.unwrapped, frame="resized", min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        wrapper = TextAction(env.unwrapped, frame="resized", min_pixels=self.images.min_pixels, max_pixels=self.images.max_pixels)
         return wrapper.action(text)
 
     def __call__(self, obs: dict, info: dict, env) -> Any:

@@ -15,7 +15,7 @@ Region-R1 trains its cropping policy with GRPO plus two changes (docs/DESIGN.md 
    singleton groups included (mean 0, std 1, as verl does).
 
 Everything here is a pure function of tensors and sequences, shared by the CPU trainer
-and the verl glue in :mod:`agents.verl_plugin`.
+and the verl glue in :mod:`agents.verl.plugin`.
 """
 
 from __future__ import annotations
@@ -190,30 +190,63 @@ class BalanceResult:
     """How many extra rollouts were drawn (all but ``swap_in_draw`` are discarded)."""
 
 
+@dataclass(frozen=True)
+class BalancePlan:
+    """How a group that lacks a decision gets it (docs/DESIGN.md "r-GRPO", point 1).
+
+    Pure: the caller draws the extra rollouts (synchronously in the CPU trainer, awaited in
+    the verl agent loop) until :meth:`done`, then :meth:`result` says what to keep.
+    """
+
+    decisions: tuple[int, ...]
+    """The group's sampled decisions."""
+    missing: int
+    """The decision no member took."""
+    swap_out: int
+    """Index of the member replaced: the last one (the rollouts are exchangeable, so which
+    one does not bias the group)."""
+    budget: int
+    """The most extra rollouts to draw before forcing the decision."""
+
+    def done(self, draws: Sequence[int]) -> bool:
+        """Whether the extra ``draws`` so far (their decisions, in order) end the search."""
+        return len(draws) >= self.budget or (len(draws) > 0 and draws[-1] == self.missing)
+
+    def result(self, draws: Sequence[int]) -> BalanceResult:
+        """The outcome after ``draws``: "resampled" if the last draw brings the missing decision, else "forced"."""
+        balanced = self.decisions[: self.swap_out] + (self.missing,)
+        if draws and draws[-1] == self.missing:
+            return BalanceResult("resampled", balanced, self.missing, self.swap_out, len(draws) - 1, len(draws))
+        return BalanceResult("forced", balanced, self.missing, self.swap_out, None, len(draws))
+
+
+def plan_balance(decisions: Sequence[int], budget: int) -> BalancePlan | None:
+    """The plan for a group of ``decisions`` (0 FULL / 1 REGION), or ``None`` if it already
+    holds both (or has fewer than two members) and nothing changes."""
+    if budget < 0:
+        raise ValueError(f"budget = {budget}: must be >= 0")
+    missing = needs_balancing(decisions)
+    if missing is None:
+        return None
+    return BalancePlan(tuple(int(d) for d in decisions), missing, len(decisions) - 1, budget)
+
+
 def balance_group(decisions: Sequence[int], draw_extra: Callable[[], int], budget: int) -> BalanceResult:
-    """Decide how to make a group hold both decisions (docs/DESIGN.md "r-GRPO", point 1).
+    """Balance a group by :func:`plan_balance`, drawing synchronously.
 
     Args:
         decisions: the group's sampled decisions, 0 (FULL) or 1 (REGION).
         draw_extra: draws one more on-policy rollout for the same query and returns its
             decision; the caller keeps the rollouts, in draw order.
         budget: the most extra rollouts to draw before forcing the decision.
-
-    When a decision is missing every member has the other one; the last member is the
-    one swapped out (the rollouts are exchangeable, so which one does not bias the group).
     """
-    if budget < 0:
-        raise ValueError(f"budget = {budget}: must be >= 0")
-    missing = needs_balancing(decisions)
-    if missing is None:
+    plan = plan_balance(decisions, budget)
+    if plan is None:
         return BalanceResult("balanced", tuple(int(d) for d in decisions))
-    swap_out = len(decisions) - 1
-    balanced = tuple(int(d) for d in decisions[:swap_out]) + (missing,)
-    for draw in range(budget):
-        (drawn,) = validate_binary_decisions([draw_extra()], name="draw_extra()")
-        if drawn == missing:
-            return BalanceResult("resampled", balanced, missing, swap_out, draw, draw + 1)
-    return BalanceResult("forced", balanced, missing, swap_out, None, budget)
+    draws: list[int] = []
+    while not plan.done(draws):
+        draws.extend(validate_binary_decisions([draw_extra()], name="draw_extra()"))
+    return plan.result(draws)
 
 
 def balance_path_rates(results: Iterable[BalanceResult]) -> dict[BalancePath, float]:

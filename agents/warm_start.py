@@ -187,7 +187,6 @@ def warm_start(config: WarmStartConfig, train_pools: Sequence[QueryPool], val_po
 
     from agents.tiny_qwen import build_tiny_qwen
 
-    torch.set_num_threads(config.threads)
     start = time.perf_counter()
     out = build_tiny_qwen(config.out, seed=config.seed)
     model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)

@@ -6,4 +6,4 @@ imports it for you.
 
 import gymnasium as gym
 
-gym.register(id="RegionRerank-v0", entry_point="envs.region_rerank:RegionRerankEnv")
+gym.register(id="RegionRerank-v0", entry_point="envs.factory:make_env")

@@ -89,7 +89,6 @@ class QueryDataset(Sequence[QueryPool]):
     pools: list[QueryPool]
     source: str = "<memory>"
     dropped_without_positive: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.pools)

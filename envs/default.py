@@ -149,5 +149,4 @@ def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: B
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     dataset = load_query_pools(folder / POOLS_FILE, purpose=purpose)
-    dataset.extra.update(split=split, config=asdict(config), scorer=scorer_name)
     return dataset

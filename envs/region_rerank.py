@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import string
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -14,13 +16,12 @@ from PIL import Image, ImageDraw
 
 from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, read_action
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
-from envs.data import DataError, QueryPool, load_image, load_query_pools
+from envs.data import DataError, QueryPool, load_image
 from envs.scorer import Scorer
+from envs.settings import EnvSettings, settings_from_dict
 from rewards import RankingStats, RewardConfig, RewardTerms, box_iou, full_reward, region_reward
 
-__all__ = ["FULL", "MALFORMED", "REGION", "InvalidBoxAction", "MalformedAction", "Outcome", "RegionRerankEnv"]
-
-RewardMode = Literal["terminal", "incremental"]
+__all__ = ["Outcome", "RegionRerankEnv"]
 
 
 @dataclass
@@ -38,7 +39,6 @@ class Outcome:
     stats: RankingStats | None = None
     terms: RewardTerms | None = None
     reason: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class RegionRerankEnv(gym.Env):
@@ -106,18 +106,22 @@ class RegionRerankEnv(gym.Env):
     REGION steps. There is no truncation.
 
     ## Arguments
-    - ``dataset``: a query-pool JSONL path, a sequence of :class:`envs.data.QueryPool`, or
-      ``None`` for the embedded benchmark's ``split``.
-    - ``scorer``: an :class:`envs.scorer.Scorer`, or ``None`` for the embedded default scorer.
-    - ``split``: embedded-benchmark split when ``dataset`` is ``None`` (``"train"``, ``"val"``, ``"test"``).
-    - ``purpose``: ``"eval"`` keeps pools without a positive, ``"train"`` drops them (for a path).
-    - ``max_steps``: REGION steps allowed (1 is the paper's setting; more is multi-step zoom).
-    - ``reward_config``: the reward's weights, penalties and options.
-    - ``reward_mode``: ``"terminal"`` or ``"incremental"`` (see Rewards).
-    - ``obs_size``: side of the square observation image.
-    - ``policy_max_side``: information gap; ``None`` shows the policy the full-resolution view.
-    - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid box;
-      ``None`` takes ``reward_config.min_box_side`` (4 px by default).
+    - ``pools``: the query pools (a sequence of :class:`envs.data.QueryPool`). Paths and
+      the embedded default are resolved by :func:`envs.factory.make_env`, which is what
+      ``gym.make("RegionRerank-v0")`` calls.
+    - ``scorer``: a built :class:`envs.scorer.Scorer` (:func:`envs.factory.make_scorer`).
+    - ``settings``: the episode's :class:`envs.settings.EnvSettings`; its fields may also
+      be given one by one as keywords (``max_steps=2``, ``reward=RewardConfig(...)``,
+      ``obs_size``, ``policy_max_side``, ``min_box_side``, ``reward_mode``):
+
+      - ``max_steps``: REGION steps allowed (1 is the paper's setting; more is multi-step zoom);
+      - ``reward``: the reward's weights, penalties and options (``reward_config`` is a
+        deprecated spelling);
+      - ``reward_mode``: ``"terminal"`` or ``"incremental"`` (see Rewards);
+      - ``obs_size``: side of the square observation image;
+      - ``policy_max_side``: information gap; ``None`` shows the policy the full-resolution view;
+      - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid
+        box; ``None`` takes ``reward.min_box_side`` (4 px by default).
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the query image with the view, the crop and the rank drawn on it).
     """
 
@@ -125,43 +129,35 @@ class RegionRerankEnv(gym.Env):
 
     def __init__(
         self,
-        dataset: str | os.PathLike | Sequence[QueryPool] | None = None,
-        scorer: Scorer | None = None,
+        pools: Sequence[QueryPool],
+        scorer: Scorer,
         *,
-        split: str = "test",
-        purpose: Literal["train", "eval"] = "eval",
-        max_steps: int = 1,
-        reward_config: RewardConfig | None = None,
-        reward_mode: RewardMode = "terminal",
-        obs_size: int = 224,
-        policy_max_side: int | None = None,
-        min_box_side: float | None = None,
+        settings: EnvSettings | Mapping[str, Any] | None = None,
         render_mode: str | None = None,
+        **fields: Any,
     ):
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        if reward_mode not in ("terminal", "incremental"):
-            raise ValueError(f"reward_mode must be 'terminal' or 'incremental', got {reward_mode!r}")
-        if obs_size < 8:
-            raise ValueError(f"obs_size must be >= 8, got {obs_size}")
-        if policy_max_side is not None and policy_max_side < 8:
-            raise ValueError(f"policy_max_side must be >= 8 or None, got {policy_max_side}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-
-        self.pools = _resolve_dataset(dataset, split, purpose)
+        if isinstance(pools, (str, os.PathLike)) or pools is None:
+            raise TypeError(
+                f"RegionRerankEnv takes loaded query pools, got {pools!r}; "
+                "use gym.make('RegionRerank-v0', dataset=...) or envs.factory.make_env for a path or the default"
+            )
+        if scorer is None:
+            raise TypeError("RegionRerankEnv takes a built scorer; envs.factory.make_scorer() builds the default")
+        self.settings = _settings(settings, fields)
+        self.pools = pools
         if len(self.pools) == 0:
-            raise ValueError(f"dataset {dataset!r} holds no query pools")
-        self.scorer = scorer if scorer is not None else _default_scorer()
-        self.max_steps = max_steps
-        self.reward_config = reward_config or RewardConfig()
-        self.reward_mode = reward_mode
-        self.obs_size = obs_size
-        self.policy_max_side = policy_max_side
-        self.min_box_side = self.reward_config.min_box_side if min_box_side is None else float(min_box_side)
-        if self.min_box_side < 0:
-            raise ValueError(f"min_box_side must be >= 0, got {self.min_box_side}")
+            raise ValueError("RegionRerankEnv: the dataset holds no query pools")
+        self.scorer = scorer
+        self.max_steps = self.settings.max_steps
+        self.reward_config = self.settings.reward
+        self.reward_mode = self.settings.reward_mode
+        self.obs_size = obs_size = self.settings.obs_size
+        self.policy_max_side = self.settings.policy_max_side
+        self.min_box_side = self.settings.box_side
         self.render_mode = render_mode
+        max_steps = self.max_steps
 
         self.action_space = spaces.Dict(
             {"decision": spaces.Discrete(2), "box": spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32)}
@@ -410,17 +406,16 @@ def _resize_filter(size: tuple[int, int], target: int) -> dict[str, Any]:
     return {"resample": Image.Resampling.NEAREST}
 
 
-def _resolve_dataset(dataset, split: str, purpose: str) -> Sequence[QueryPool]:
-    if dataset is None:
-        from envs.default import default_dataset
-
-        return default_dataset(split=split, purpose=purpose)
-    if isinstance(dataset, (str, os.PathLike)):
-        return load_query_pools(dataset, purpose=purpose)
-    return dataset
-
-
-def _default_scorer() -> Scorer:
-    from envs.default import default_scorer
-
-    return default_scorer()
+def _settings(settings: EnvSettings | Mapping[str, Any] | None, fields: dict[str, Any]) -> EnvSettings:
+    """The env's settings: ``settings`` with single ``fields`` given as keywords on top."""
+    if "reward_config" in fields:  # the spelling before EnvSettings; one name per concept now
+        warnings.warn("RegionRerankEnv(reward_config=...) is deprecated; pass reward=...", DeprecationWarning, stacklevel=3)
+        fields["reward"] = fields.pop("reward_config")
+    base = settings_from_dict(EnvSettings, settings, "settings")
+    if not fields:
+        return base
+    known = {f.name for f in dataclasses.fields(EnvSettings)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"RegionRerankEnv got unknown keyword(s) {unknown}; env settings are {sorted(known)}")
+    return dataclasses.replace(base, **fields)

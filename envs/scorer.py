@@ -208,7 +208,6 @@ class OpenClipScorer:
             whatever else is in the batch or was cached before (bound: 1e-6 per
             component; measured: bitwise identical, and the scores too, which are
             one float64 matrix-vector product per view). ``False`` batches freely.
-        num_threads: if given, sets torch's (process-wide) intra-op thread count.
 
     Cached candidate features are keyed by candidate id together with the image path
     or text they came from, so two datasets reusing an id do not share a vector. The
@@ -225,7 +224,6 @@ class OpenClipScorer:
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 8,
         batch_invariant: bool = True,
-        num_threads: int | None = None,
     ) -> None:
         if candidate_features not in get_args(CandidateFeatures):
             raise ValueError(f"candidate_features={candidate_features!r}; expected one of {get_args(CandidateFeatures)}")
@@ -237,8 +235,6 @@ class OpenClipScorer:
                 f"unknown open_clip model {model!r}: see open_clip.list_models() for known names, "
                 f"or add a config JSON to {MODEL_CONFIG_DIR}"
             )
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
         weights, kind = _resolve_pretrained(model, pretrained)
         try:
             # pretrained_text=False: random weights must never fetch a text tower from the hub
@@ -418,18 +414,3 @@ class OpenClipScorer:
         with os.fdopen(fd, "wb") as f:
             np.save(f, vector.astype(np.float32))
         os.replace(tmp, path)
-
-
-def make_scorer(model: str | None = None, pretrained: str | os.PathLike | None = None, **kwargs) -> Scorer:
-    """An :class:`OpenClipScorer` for ``model``, or the embedded default scorer when ``model`` is None.
-
-    ``kwargs`` are :class:`OpenClipScorer`'s keyword arguments (``device``,
-    ``candidate_features``, ``cache_dir``, ...); they apply to the default scorer too.
-    """
-    if model is None:
-        if pretrained is not None:
-            raise ValueError("pretrained= needs a model name; model=None means the embedded default scorer")
-        from envs.default import default_scorer
-
-        return default_scorer(**kwargs)
-    return OpenClipScorer(model, pretrained, **kwargs)

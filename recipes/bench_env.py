@@ -21,8 +21,9 @@ both sides alike:
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,10 @@ import torch
 import tyro
 
 from envs.boxes import crop, view_box_to_image
-from envs.region_rerank import REGION, RegionRerankEnv
-from envs.scorer import make_scorer
+from envs.actions import REGION
+from envs.region_rerank import RegionRerankEnv
+from envs.factory import make_env, make_scorer
+from envs.settings import ScorerSettings, upgrade_legacy_flags
 from rewards import ranking_stats, region_reward
 
 
@@ -43,18 +46,12 @@ class Args:
     """boxes per group for the batched-vs-sequential comparison"""
     data: Path | None = None
     """query-pool JSONL; default: the embedded benchmark's test split"""
-    scorer_model: str | None = None
-    """open_clip model name; default: the embedded rr-tiny scorer"""
-    scorer_pretrained: str | None = None
-    """zoo tag or checkpoint file for --scorer-model"""
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    """the re-ranker (open_clip name, or module:attr); default: the embedded rr-tiny scorer"""
     threads: int = 2
     """torch intra-op threads (the build machines have 2 cores)"""
     seed: int = 0
     """seed of the query order and the random boxes"""
-
-    def __post_init__(self) -> None:
-        if self.scorer_pretrained and not self.scorer_model:  # tyro reports this as a usage error
-            raise ValueError(f"--scorer-pretrained {self.scorer_pretrained} needs --scorer-model (the weights' open_clip model)")
 
 
 def random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -81,7 +78,7 @@ def timed(fn) -> float:
 
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
-    env = RegionRerankEnv(args.data, make_scorer(args.scorer_model, args.scorer_pretrained))
+    env = make_env(args.data, make_scorer(args.scorer))
     rng = np.random.default_rng(args.seed)
     n_queries = min(args.queries, len(env.pools))
     order = rng.permutation(len(env.pools))[:n_queries]
@@ -123,4 +120,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:])))

@@ -7,17 +7,20 @@ policy is evaluated greedily on the test split; the table gives mean ± std over
 the plot the training-reward curves.
 
     python recipes/compare_algorithms.py                       # 4 algorithms x 3 seeds
-    python recipes/compare_algorithms.py --seeds 0 1 --iterations 100
+    python recipes/compare_algorithms.py --seeds 0 1 --train.iterations 100
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import tyro
+
+from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
 from agents.experiments import plot_learning_curves, run_variants, variants_table
 from agents.local_trainer import LocalTrainConfig
@@ -29,8 +32,6 @@ class Args:
     """verl advantage-estimator names to compare"""
     seeds: tuple[int, ...] = (0, 1, 2)
     """training seeds per algorithm"""
-    iterations: int | None = None
-    """training iterations per run (the shared budget); an alias of --train.iterations, which it overrides when given"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
     out: Path = Path("runs/compare")
@@ -41,7 +42,7 @@ class Args:
 
 def main(args: Args) -> dict:
     torch.set_num_threads(args.train.threads)
-    base = args.train if args.iterations is None else dataclasses.replace(args.train, iterations=args.iterations)
+    base = args.train
     variants = {
         name: dataclasses.replace(base, estimator=name, balance_groups=(name == "rgrpo")) for name in args.algorithms
     }
@@ -55,4 +56,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
+    argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
+    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))

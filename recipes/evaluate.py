@@ -14,12 +14,13 @@ queries with the policy's, the annotated and the oracle's boxes; see
 
     python recipes/evaluate.py                              # embedded default, test split
     python recipes/evaluate.py --gallery.policies oracle --gallery.gains 8   # what to draw
-    python recipes/evaluate.py --data pools.jsonl --scorer-model EVA02-B-16 --scorer-pretrained eva.pt
+    python recipes/evaluate.py --data pools.jsonl --scorer.model EVA02-B-16 --scorer.pretrained eva.pt
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,8 @@ from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from agents.gallery import GalleryConfig
 from envs.data import DataError
-from envs.region_rerank import RegionRerankEnv
-from envs.scorer import make_scorer
-from rewards import RewardConfig
+from envs.factory import make_env, make_scorer
+from envs.settings import EnvSettings, ScorerSettings, upgrade_legacy_flags
 
 
 @dataclass
@@ -41,10 +41,8 @@ class Args:
     """embedded-benchmark split, used when --data is not given"""
     data: Path | None = None
     """query-pool JSONL (all queries are kept, for CondR@1); default: the embedded benchmark"""
-    scorer_model: str | None = None
-    """open_clip model name (e.g. EVA02-B-16); default: the embedded rr-tiny scorer"""
-    scorer_pretrained: str | None = None
-    """zoo tag or local checkpoint file for --scorer-model"""
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    """the re-ranker (--scorer.model EVA02-B-16, or module:attr for your own); default: the embedded rr-tiny scorer"""
     baselines: tuple[str, ...] = ("full", "center", "random", "annotated", "oracle")
     """baselines to run, from: full, center, random, annotated, oracle"""
     center_scale: float = 0.5
@@ -59,22 +57,16 @@ class Args:
     """a Qwen2.5-VL model folder for the zero-shot VLM baseline"""
     max_queries: int | None = None
     """evaluate only the first N queries (quick checks)"""
-    max_steps: int = 1
-    """REGION steps per episode (1 is the paper's setting)"""
     out: Path = Path("runs/eval")
     """output folder for results.md, results.json and the plots"""
     seed: int = 0
     """seed of the random-crop baseline"""
     threads: int = 2
     """torch intra-op threads"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """reward weights and penalties (the mean reward column uses them)"""
+    env: EnvSettings = field(default_factory=EnvSettings)
+    """the episode: REGION steps (1 is the paper's setting), reward weights and penalties (the mean reward column uses them)"""
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     """which queries gallery.png shows, and for which policies"""
-
-    def __post_init__(self) -> None:
-        if self.scorer_pretrained and not self.scorer_model:  # tyro reports this as a usage error
-            raise ValueError(f"--scorer-pretrained {self.scorer_pretrained} needs --scorer-model (the weights' open_clip model)")
 
 
 def build_policies(args: Args) -> dict[str, object]:
@@ -102,10 +94,7 @@ def build_policies(args: Args) -> dict[str, object]:
 
 def main(args: Args) -> dict[str, dict]:
     torch.set_num_threads(args.threads)
-    scorer = make_scorer(args.scorer_model, args.scorer_pretrained)
-    env = RegionRerankEnv(
-        args.data, scorer, split=args.split, purpose="eval", max_steps=args.max_steps, reward_config=args.reward
-    )
+    env = make_env(args.data, make_scorer(args.scorer), split=args.split, purpose="eval", settings=args.env)
     n = len(env.pools) if args.max_queries is None else min(args.max_queries, len(env.pools))
     source = str(args.data) if args.data else f"embedded benchmark, {args.split} split"
     summaries = evaluate_and_report(env, build_policies(args), range(n), args.out, source, args.gallery)
@@ -114,6 +103,6 @@ def main(args: Args) -> dict[str, dict]:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
+        main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:])))
     except DataError as err:  # bad input data: say which file/line/field, no traceback
         raise SystemExit(f"error: {err}") from None

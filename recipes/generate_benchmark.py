@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,8 @@ import tyro
 
 from envs.data import load_query_pools
 from envs.default import DEFAULT_CONFIG, write_split
-from envs.scorer import make_scorer
+from envs.factory import make_scorer
+from envs.settings import ScorerSettings, upgrade_legacy_flags
 from envs.synthetic import SPLITS, BenchmarkConfig
 
 
@@ -52,14 +54,8 @@ class Args:
     """side of the query images in pixels"""
     clutter: float = DEFAULT_CONFIG.scene.clutter
     """background clutter level in [0, 1]"""
-    scorer_model: str | None = None
-    """open_clip model that mines hard negatives (default: the embedded rr-tiny)"""
-    scorer_pretrained: str | None = None
-    """its checkpoint file or zoo tag"""
-
-    def __post_init__(self) -> None:
-        if self.scorer_pretrained and not self.scorer_model:  # tyro reports this as a usage error
-            raise ValueError(f"--scorer-pretrained {self.scorer_pretrained} needs --scorer-model (the weights' open_clip model)")
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    """the re-ranker (open_clip name, or module:attr); default: the embedded rr-tiny scorer"""
 
 
 def benchmark_config(args: Args) -> BenchmarkConfig:
@@ -78,7 +74,7 @@ def benchmark_config(args: Args) -> BenchmarkConfig:
 
 def main(args: Args) -> None:
     config = benchmark_config(args)
-    scorer = make_scorer(args.scorer_model, args.scorer_pretrained)
+    scorer = make_scorer(args.scorer)
     print(f"benchmark {config}\nhard negatives mined with {scorer.name}")
     for split in SPLITS if args.split == "all" else (args.split,):
         start = time.perf_counter()
@@ -89,4 +85,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
+    main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:]), description=__doc__.split("\n\n")[0]))

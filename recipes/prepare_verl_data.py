@@ -1,27 +1,26 @@
 """Export query pools as the parquet files verl's ``RLHFDataset`` reads for training
-(the row format is described in :mod:`agents.verl_data`).
+(the row format is described in :mod:`agents.verl.data`).
 
     python recipes/prepare_verl_data.py                          # embedded benchmark, train + val
     python recipes/prepare_verl_data.py --train data/evqa/train.jsonl --val data/evqa/val.jsonl \\
-        --out data/verl/evqa --max-pixels 401408
+        --out data/verl/evqa --images.max-pixels 401408
 
 Writes ``train.parquet`` and ``val.parquet`` to ``--out`` (and, for the embedded
-benchmark, the pool files they point to). ``--max-steps``, ``--min-pixels`` and
-``--max-pixels`` must match the training run's (``recipes/train_rgrpo.py`` exports the
+benchmark, the pool files they point to). ``--max-steps`` and ``--images.*``
+must match the training run's (``recipes/train_rgrpo.py`` exports the
 embedded benchmark itself with its own settings when no data files are given).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
 
-from agents.qwen_policy import DEFAULT_MAX_PIXELS
-from agents.verl_data import export_verl_data
-from envs.boxes import QWEN_MIN_PIXELS
+from agents.verl.data import export_verl_data
 from envs.data import DataError
+from envs.settings import ImageSettings
 
 
 @dataclass
@@ -34,10 +33,8 @@ class Args:
     """output folder for train.parquet and val.parquet"""
     max_steps: int = 1
     """REGION steps per episode the prompt announces (must match the agent loop's max_steps)"""
-    min_pixels: int = QWEN_MIN_PIXELS
-    """least pixels of the query image as shown to the policy (must match the agent loop)"""
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    """most pixels of the query image as shown to the policy (must match the agent loop)"""
+    images: ImageSettings = field(default_factory=ImageSettings)
+    """pixel limits of the query image as shown to the policy (must match the agent loop's)"""
     data_source: str | None = None
     """data_source column (verl groups validation metrics by it); default: region_rerank/<file stem or split>"""
     max_queries: int | None = None
@@ -47,8 +44,7 @@ class Args:
 def main(args: Args) -> dict[str, Path]:
     """Write ``train.parquet`` and ``val.parquet``; returns their paths by split."""
     return export_verl_data(
-        args.out, args.train, args.val, max_steps=args.max_steps, min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels, data_source=args.data_source, max_queries=args.max_queries,
+        args.out, args.train, args.val, max_steps=args.max_steps, images=args.images, data_source=args.data_source, max_queries=args.max_queries,
     )
 
 

@@ -5,17 +5,20 @@ default weight (``RewardConfig.ablation``), same budget and seeds; every policy 
 evaluated greedily on the test split under the same yardstick.
 
     python recipes/reward_ablation.py
-    python recipes/reward_ablation.py --seeds 0 --iterations 100
+    python recipes/reward_ablation.py --seeds 0 --train.iterations 100
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import tyro
+
+from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
 from agents.experiments import ablation_rewards, plot_learning_curves, run_variants, variants_table
 from agents.local_trainer import LocalTrainConfig
@@ -25,8 +28,6 @@ from agents.local_trainer import LocalTrainConfig
 class Args:
     seeds: tuple[int, ...] = (0, 1)
     """training seeds per reward configuration"""
-    iterations: int | None = None
-    """training iterations per run (the shared budget); an alias of --train.iterations, which it overrides when given"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
     out: Path = Path("runs/ablation")
@@ -37,8 +38,8 @@ class Args:
 
 def main(args: Args) -> dict:
     torch.set_num_threads(args.train.threads)
-    base = args.train if args.iterations is None else dataclasses.replace(args.train, iterations=args.iterations)
-    variants = {name: dataclasses.replace(base, reward=reward) for name, reward in ablation_rewards().items()}
+    base = args.train
+    variants = {name: dataclasses.replace(base, env=dataclasses.replace(base.env, reward=reward)) for name, reward in ablation_rewards().items()}
     results = run_variants(variants, args.seeds, args.out, test_queries=args.test_queries)
     table = variants_table(results["summary"], len(args.seeds))
     (args.out / "results.md").write_text(table + "\n")
@@ -48,4 +49,6 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
+    argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
+    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))

@@ -12,6 +12,7 @@ test split next to FULL; writes ``results.md``, ``results.json``, the plots and
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from agents.evaluation import evaluate_and_report
 from envs.actions import read_flat_action
 from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
-from envs.scorer import make_scorer
+from envs.factory import make_env, make_scorer
+from envs.settings import EnvSettings, upgrade_legacy_flags
 from envs.wrappers import FlatBoxAction, HashedQuestion, hashed_bag_of_words
-from rewards import RewardConfig
 
 
 @dataclass
@@ -35,8 +36,6 @@ class Args:
     """PPO environment steps (one step is one episode with max_steps=1)"""
     seed: int = 0
     """seed of PPO and of the training env's query draws"""
-    obs_size: int = 64
-    """side of the observation image (SB3's CNN needs at least 36)"""
     question_dim: int = 256
     """hash buckets of the question's bag of words"""
     n_steps: int = 512
@@ -55,8 +54,8 @@ class Args:
     """torch intra-op threads"""
     out: Path = Path("runs/sb3_ppo")
     """output folder: ppo.zip, results.md, results.json and the plots"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """reward weights and penalties (training and the mean reward column)"""
+    env: EnvSettings = field(default_factory=lambda: EnvSettings(obs_size=64))
+    """the episode: observation size (SB3's CNN needs at least 36 px), reward weights and penalties (training and the mean reward column)"""
 
 
 class SB3Policy:
@@ -72,16 +71,12 @@ class SB3Policy:
         return read_flat_action(np.clip(action, 0.0, 1.0))
 
 
-def make_env(args: Args, scorer, split: str, purpose: str) -> RegionRerankEnv:
-    return RegionRerankEnv(None, scorer, split=split, purpose=purpose, obs_size=args.obs_size, reward_config=args.reward)
-
-
 def main(args: Args) -> dict[str, dict]:
     from stable_baselines3 import PPO
 
     torch.set_num_threads(args.threads)
     scorer = make_scorer()
-    train_env = FlatBoxAction(HashedQuestion(make_env(args, scorer, "train", "train"), dim=args.question_dim))
+    train_env = FlatBoxAction(HashedQuestion(make_env(None, scorer, split="train", purpose="train", settings=args.env), dim=args.question_dim))
     train_env.reset(seed=args.seed)
     model = PPO(
         "MultiInputPolicy",
@@ -99,7 +94,7 @@ def main(args: Args) -> dict[str, dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "ppo.zip")
 
-    test_env = make_env(args, scorer, "test", "eval")
+    test_env = make_env(None, scorer, split="test", purpose="eval", settings=args.env)
     n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
     policies = {**baseline_policies(("full",)), "sb3-ppo": SB3Policy(model, args.question_dim)}
     source = f"embedded benchmark, test split; SB3 PPO {args.timesteps} steps, seed {args.seed}"
@@ -108,6 +103,6 @@ def main(args: Args) -> dict[str, dict]:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
+        main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:])))
     except DataError as err:  # bad input data: say which file/line/field, no traceback
         raise SystemExit(f"error: {err}") from None

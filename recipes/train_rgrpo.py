@@ -2,11 +2,11 @@
 
 ``--backend verl`` composes verl's own ``ppo_trainer`` config (Hydra compose API on
 ``verl/trainer/config``) with this project's defaults, registers the RegionRerank agent
-loop (:mod:`agents.agent_loop`) and launches verl's trainer (``verl.trainer.main_ppo``).
+loop (:mod:`agents.verl.agent_loop`) and launches verl's trainer (``verl.trainer.main_ppo``).
 Any verl option is a positional Hydra override ``key=value``, applied last, so swapping
 the algorithm is one of them: ``algorithm.adv_estimator=grpo`` (or ``rloo``,
 ``reinforce_plus_plus``, ``gae``, ... anything in verl's estimator registry; ``rgrpo``
-is the default and comes from :mod:`agents.verl_plugin`).
+is the default and comes from :mod:`agents.verl.plugin`).
 
 ``--backend local`` trains the small CPU policy of :mod:`agents.local_trainer` on the
 same env and with verl's estimators (``--local.*`` flags; the override
@@ -22,10 +22,12 @@ default.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
 import tyro
 import yaml
 
@@ -33,10 +35,11 @@ from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
-from agents.verl_config import ESTIMATOR_KEY, VerlArgs
-from agents.verl_launch import launch
+from agents.verl.config import ESTIMATOR_KEY, VerlArgs
+from agents.verl.launch import launch
 from envs.data import DataError
-from envs.region_rerank import RegionRerankEnv
+from envs.factory import make_env, make_scorer
+from envs.settings import upgrade_legacy_flags
 
 @dataclass
 class Args:
@@ -89,12 +92,13 @@ def run_local(args: Args) -> None:
     if args.dry_run:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return
-    scorer = config.make_scorer()
+    torch.set_num_threads(config.threads)
+    scorer = make_scorer(config.scorer)
     result = train(config, scorer)
     print(f"policy: {result.checkpoint} ({result.seconds:.0f} s of training)")
     if args.test_queries == 0:
         return
-    test_env = RegionRerankEnv(args.test_data, scorer, split="test", purpose="eval", obs_size=config.obs_size)
+    test_env = make_env(args.test_data, scorer, split="test", purpose="eval", obs_size=config.env.obs_size)
     n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
     policies = {**baseline_policies(), "trained": load_policy(result.checkpoint)}
     source = str(args.test_data) if args.test_data else "embedded benchmark, test split"
@@ -105,8 +109,6 @@ def resolve_backend(backend: str) -> str:
     """``auto`` is verl when a GPU is visible, else local."""
     if backend != "auto":
         return backend
-    import torch
-
     return "verl" if torch.cuda.is_available() else "local"
 
 
@@ -120,6 +122,6 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
+        main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:], ("verl", "verl-cpu", "local"))))
     except (DataError, ValueError) as err:  # bad input or settings: say which, no traceback
         raise SystemExit(f"error: {err}") from None

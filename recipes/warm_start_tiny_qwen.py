@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 import tyro
 
 from agents.warm_start import WarmStartConfig, warm_start
@@ -20,6 +21,7 @@ from envs.default import default_dataset
 
 
 def main(config: WarmStartConfig) -> dict:
+    torch.set_num_threads(config.threads)  # the shipped checkpoint is bit-reproducible at this thread count
     train = default_dataset(split="train", purpose="train")
     val = default_dataset(split="val", purpose="train")
     record = warm_start(config, list(train), list(val))

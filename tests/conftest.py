@@ -81,8 +81,11 @@ def make_tiny_scorer(tiny_model_name, tiny_checkpoint) -> Callable[..., OpenClip
 
     from envs.scorer import OpenClipScorer
 
+    import torch
+
+    torch.set_num_threads(1)  # process-wide: set once here, as a recipe sets it at its entry point
+
     def make(checkpoint: Path | None = None, **kwargs) -> OpenClipScorer:
-        kwargs.setdefault("num_threads", 1)
         return OpenClipScorer(tiny_model_name, checkpoint or tiny_checkpoint, **kwargs)
 
     return make

@@ -1,4 +1,4 @@
-"""The verl agent loop (agents/agent_loop.py) end to end on CPU.
+"""The verl agent loop (agents/verl/agent_loop.py) end to end on CPU.
 
 Everything is real except the inference server: a tiny randomly initialised Qwen2.5-VL
 (built offline by agents/tiny_qwen.py) generates through transformers behind a stand-in
@@ -29,20 +29,16 @@ from hydra.core.global_hydra import GlobalHydra
 from qwen_vl_utils import fetch_image
 
 import verl
-from agents.agent_loop import (
-    AGENT_NAME,
-    FORCED_REGION_PREFIX,
-    MALFORMED,
-    LoopSettings,
-    RegionRerankAgentLoop,
-    agent_loop_config,
-)
+from agents.verl.agent_loop import FORCED_REGION_PREFIX, RegionRerankAgentLoop
+from agents.verl.settings import AGENT_NAME, LoopSettings, agent_loop_config
 from agents.baselines import grid_boxes, region_action
 from agents.tiny_qwen import cached_tiny_qwen
-from agents.verl_plugin import compute_rgrpo_advantage, decisions_for_batch
+from agents.verl.plugin import compute_rgrpo_advantage, decisions_for_batch
+from envs.actions import MALFORMED
 from envs.boxes import QWEN_MIN_PIXELS, qwen_resized_size
 from envs.data import write_query_pools
 from envs.region_rerank import RegionRerankEnv
+from envs.settings import EnvSettings, ImageSettings
 from envs.text_actions import FULL_MARKER, format_action_text
 from rewards import RewardConfig
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigWrap, _agent_loop_registry
@@ -126,7 +122,20 @@ def pool_file(tiny_pool, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def settings(tiny_model_name, tiny_checkpoint) -> dict:
-    return {"scorer_model": tiny_model_name, "scorer_pretrained": str(tiny_checkpoint), "max_pixels": MAX_PIXELS}
+    """The loop's keyword arguments, as verl passes them from the config file."""
+    return {"scorer": {"model": tiny_model_name, "pretrained": str(tiny_checkpoint)}, "images": {"max_pixels": MAX_PIXELS}}
+
+
+def with_(settings: dict, **changes) -> dict:
+    """``settings`` with single fields changed, each in its settings object (env, images or the loop's own)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+    for key, value in changes.items():
+        group = "env" if key in EnvSettings.__dataclass_fields__ else "images" if key in ImageSettings.__dataclass_fields__ else None
+        if group is None:
+            out[key] = value
+        else:
+            out.setdefault(group, {})[key] = value
+    return out
 
 
 def compose_trainer_config(*overrides: str):
@@ -199,7 +208,7 @@ def test_random_model_writes_malformed_answers_and_pays_the_penalty(trainer_conf
     processor = qwen[1]
     out = run_loop(
         trainer_config, server, processor, {"pool_file": str(pool_file), "query_id": tiny_pool.query_id},
-        reward={"malformed_penalty": -0.5}, **settings,
+        **with_(settings, reward={"malformed_penalty": -0.5}),
     )
     (call,) = server.calls
     assert out.reward_score == -0.5
@@ -264,7 +273,7 @@ def test_multi_step_zoom_shows_every_crop_in_order_and_trains_only_model_tokens(
 
     out = run_loop(
         trainer_config, server, processor, {"pool_file": str(pool_file), "query_id": tiny_pool.query_id},
-        max_steps=3, **settings,
+        **with_(settings, max_steps=3),
     )
 
     # each call sees one more view; the views are the crops, resized as the model sees them
@@ -307,7 +316,7 @@ def test_episode_stops_on_the_current_crop_when_the_response_budget_is_spent(
     config = copy.deepcopy(trainer_config)
     config.actor_rollout_ref.rollout.response_length = answer_tokens + 8  # no room for the next view
     server.script = [text]
-    out = run_loop(config, server, qwen[1], {"pool_file": str(pool_file), "query_id": tiny_pool.query_id}, max_steps=3, **settings)
+    out = run_loop(config, server, qwen[1], {"pool_file": str(pool_file), "query_id": tiny_pool.query_id}, **with_(settings, max_steps=3))
 
     assert len(server.calls) == 1 and len(out.multi_modal_data["images"]) == 1
     assert out.extra_fields["truncated"] and out.extra_fields["outcome"] == "stop"
@@ -342,7 +351,7 @@ def test_group_without_full_is_forced_to_hold_one_with_its_tokens_masked(trainer
     _, info = reference_env().reset(options={"query_index": 0})
     crop = crop_text([0.1, 0.1, 0.9, 0.9], info["policy_image"])
     server.script = [crop] * 4 + [crop]  # four REGION answers, then one redraw that is REGION again
-    outs = run_group(trainer_config, server, qwen[1], pool_file, tiny_pool.query_id, 4, balance_budget=1, **settings)
+    outs = run_group(trainer_config, server, qwen[1], pool_file, tiny_pool.query_id, 4, **with_(settings, balance_budget=1))
 
     assert len(server.calls) == 5  # the forced FULL needs no generation
     assert sorted(o.extra_fields["decision"] for o in outs) == [0, 1, 1, 1]
@@ -355,7 +364,7 @@ def test_group_without_full_is_forced_to_hold_one_with_its_tokens_masked(trainer
 
 def test_group_without_region_completes_a_forced_tool_call_with_its_own_box(trainer_config, server, qwen, pool_file, settings, tiny_pool):
     server.script = [FULL_MARKER] * 3 + ["10, 10, 40, 40]}}\n</tool_call>"]
-    outs = run_group(trainer_config, server, qwen[1], pool_file, tiny_pool.query_id, 3, balance_budget=0, **settings)
+    outs = run_group(trainer_config, server, qwen[1], pool_file, tiny_pool.query_id, 3, **with_(settings, balance_budget=0))
 
     assert sorted(o.extra_fields["decision"] for o in outs) == [0, 0, 1]
     (forced,) = [o for o in outs if o.extra_fields["decision"] == 1]
@@ -397,7 +406,7 @@ def test_verl_worker_runs_multi_step_groups_and_hands_decisions_to_rgrpo(
 ):
     n = 4
     loop_file = tmp_path / "agent_loop.yaml"
-    loop_file.write_text(yaml.safe_dump(agent_loop_config(**settings, max_steps=2)))
+    loop_file.write_text(yaml.safe_dump(agent_loop_config(LoopSettings.from_kwargs(**with_(settings, max_steps=2)))))
     config = compose_trainer_config(
         f"actor_rollout_ref.model.path={tiny_qwen_dir}",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loop_file}",
@@ -457,11 +466,12 @@ def test_verl_worker_runs_multi_step_groups_and_hands_decisions_to_rgrpo(
 def test_loop_is_registered_only_through_its_config_file(settings):
     # Importing the loop must not put a settings-less entry in verl's registry: verl imports
     # it lazily at the first episode, and such an entry would replace the config file's.
-    assert AGENT_NAME not in _agent_loop_registry or "max_pixels" in _agent_loop_registry[AGENT_NAME]
-    (entry,) = agent_loop_config(**settings, max_steps=2, reward={"w_margin": 0.0})
-    assert entry["name"] == AGENT_NAME and entry["_target_"] == "agents.agent_loop.RegionRerankAgentLoop"
+    assert AGENT_NAME not in _agent_loop_registry or "images" in _agent_loop_registry[AGENT_NAME]
+    (entry,) = agent_loop_config(LoopSettings.from_kwargs(**with_(settings, max_steps=2, reward={"w_margin": 0.0})))
+    assert entry["name"] == AGENT_NAME and entry["_target_"] == "agents.verl.agent_loop.RegionRerankAgentLoop"
     loaded = LoopSettings.from_kwargs(**{k: v for k, v in entry.items() if k not in ("name", "_target_")})
-    assert loaded.max_steps == 2 and loaded.reward == RewardConfig(w_margin=0.0)
+    assert loaded.env.max_steps == 2 and loaded.env.reward == RewardConfig(w_margin=0.0)
+    assert loaded.scorer.model == settings["scorer"]["model"]
 
 
 def test_shipped_agent_loop_file_holds_the_defaults():
@@ -470,12 +480,12 @@ def test_shipped_agent_loop_file_holds_the_defaults():
 
 
 def test_bad_settings_are_rejected_by_name(trainer_config, server, qwen, settings):
-    with pytest.raises(ValueError, match="unknown region_rerank agent-loop settings"):
-        LoopSettings.from_kwargs(max_stepz=2)
-    with pytest.raises(ValueError, match="max_steps"):
-        LoopSettings.from_kwargs(max_steps=0)
+    with pytest.raises(ValueError, match=r"region_rerank agent-loop settings: unknown key\(s\) \['max_steps'\]"):
+        LoopSettings.from_kwargs(max_steps=2)
+    with pytest.raises(ValueError, match=r"settings.env: max_steps must be >= 1"):
+        LoopSettings.from_kwargs(env={"max_steps": 0})
     with pytest.raises(ValueError, match="pixel limits"):
-        run_loop(trainer_config, server, qwen[1], {}, **{**settings, "min_pixels": 100})
+        run_loop(trainer_config, server, qwen[1], {}, **with_(settings, min_pixels=100))
 
 
 def test_row_without_a_pool_file_is_rejected(trainer_config, server, qwen, settings):

@@ -17,6 +17,9 @@ from agents.baselines import (
 from agents.evaluation import evaluate_policy
 from envs.region_rerank import RegionRerankEnv
 from rewards.evaluation import EpisodeRecord, rank_bucket, summarize_episodes
+import tyro
+
+from envs.settings import ScorerSettings
 
 def record(baseline, final, cropped, has_positive=True, pool=20, reward=0.0) -> EpisodeRecord:
     return EpisodeRecord("q", pool, has_positive, baseline, final, 0.0, cropped, reward, 1, "x")
@@ -77,7 +80,7 @@ def test_oracle_is_an_upper_bound_of_every_baseline(scene_pools, tiny_scorer):
 def test_evaluate_recipe_end_to_end(scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path, load_recipe):
     recipe = load_recipe("evaluate")
     args = recipe.Args(
-        data=scene_pool_files["val"], scorer_model=tiny_model_name, scorer_pretrained=str(tiny_checkpoint), out=tmp_path
+        data=scene_pool_files["val"], scorer=ScorerSettings(tiny_model_name, str(tiny_checkpoint)), out=tmp_path
     )
     summaries = recipe.main(args)
     assert list(summaries) == ["full", "center-0.5", "random", "annotated", "oracle"]
@@ -95,8 +98,9 @@ def test_evaluate_recipe_end_to_end(scene_pool_files, tiny_model_name, tiny_chec
 
 
 @pytest.mark.parametrize("name", ["evaluate", "bench_env", "generate_benchmark"])
-def test_recipes_refuse_scorer_weights_without_a_model(name, load_recipe, tmp_path):
+def test_recipes_refuse_scorer_weights_without_a_model(name, load_recipe, capsys):
     recipe = load_recipe(name)
-    extra = {"out": tmp_path} if name == "generate_benchmark" else {}
-    with pytest.raises(ValueError, match=r"--scorer-pretrained w\.pt needs --scorer-model"):
-        recipe.Args(scorer_pretrained="w.pt", **extra)
+    extra = ["--out", "x"] if name == "generate_benchmark" else []
+    with pytest.raises(SystemExit):
+        tyro.cli(recipe.Args, args=["--scorer.pretrained", "w.pt", *extra])
+    assert "pretrained= needs a model name" in capsys.readouterr().err

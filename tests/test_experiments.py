@@ -7,6 +7,7 @@ import pytest
 from agents.experiments import ABLATIONS, ablation_rewards, plot_learning_curves, run_variants, variants_table
 from agents.local_policy import PolicyConfig
 from agents.local_trainer import LocalTrainConfig
+from envs.settings import EnvSettings, ScorerSettings
 
 
 def test_ablation_rewards_switch_terms_on_in_order():
@@ -18,9 +19,9 @@ def test_ablation_rewards_switch_terms_on_in_order():
 
 def test_run_variants_trains_and_evaluates_each_seed(scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
     base = LocalTrainConfig(
-        data=scene_pool_files["train"], val_data=scene_pool_files["val"], scorer_model=tiny_model_name,
-        scorer_pretrained=str(tiny_checkpoint), iterations=3, queries_per_batch=4, group_size=4, eval_every=0,
-        obs_size=32, policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4), progress=False,
+        data=scene_pool_files["train"], val_data=scene_pool_files["val"], scorer=ScorerSettings(tiny_model_name, str(tiny_checkpoint)),
+        iterations=3, queries_per_batch=4, group_size=4, eval_every=0,
+        env=EnvSettings(obs_size=32), policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4), progress=False,
     )
     variants = {"rgrpo": base, "grpo": dataclasses.replace(base, estimator="grpo", balance_groups=False)}
     results = run_variants(variants, (0, 1), tmp_path, test_data=scene_pool_files["val"])

@@ -10,6 +10,8 @@ import torch
 from agents.local_policy import CropPolicyNet, PolicyConfig, load_policy, question_features, save_policy
 from agents.local_trainer import GroupSampler, LocalTrainConfig, action_tokens, compute_advantages, train
 from envs.region_rerank import RegionRerankEnv
+from envs.factory import make_env, make_scorer
+from envs.settings import EnvSettings, ScorerSettings
 
 
 @pytest.fixture()
@@ -21,14 +23,13 @@ def small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, **overr
     config = dict(
         data=pool_files["train"],
         val_data=pool_files["val"],
-        scorer_model=tiny_model_name,
-        scorer_pretrained=str(tiny_checkpoint),
+        scorer=ScorerSettings(tiny_model_name, str(tiny_checkpoint)),
         iterations=30,
         queries_per_batch=6,
         group_size=6,
         eval_every=15,
         eval_queries=6,
-        obs_size=32,
+        env=EnvSettings(obs_size=32),
         policy=PolicyConfig(image_size=32, channels=16, hidden=32, grid=4),
         out=tmp_path / "run",
         progress=False,
@@ -117,7 +118,7 @@ def test_short_run_raises_the_expected_reward_and_is_reproducible(benchmark_file
         eval_queries=8, out=tmp_path / "run", progress=False,
     )
     result = train(config)
-    env = RegionRerankEnv(benchmark_file, purpose="train", obs_size=config.obs_size)
+    env = make_env(benchmark_file, purpose="train", settings=config.env)
     torch.manual_seed(1)
     untrained = expected_reward(CropPolicyNet(config.policy), env)
     trained = expected_reward(load_policy(result.checkpoint).net, env)
@@ -149,7 +150,7 @@ def test_question_features_are_stable_hashes():
 
 def test_a_passed_scorer_is_used_and_does_not_change_the_run(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
     config = small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, iterations=4, eval_every=0)
-    scorer = config.make_scorer()
+    scorer = make_scorer(config.scorer)
     shared = train(dataclasses.replace(config, out=tmp_path / "shared"), scorer)
     assert scorer.stats.image_forwards >= 4 * config.queries_per_batch  # one batched forward per group
     # Building the scorer inside train() draws nothing the policy's initialisation sees.

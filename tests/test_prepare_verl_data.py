@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from agents.agent_loop import AGENT_NAME, query_pool
+from agents.verl.agent_loop import query_pool
+from agents.verl.settings import AGENT_NAME
 from agents.prompts import to_verl_prompt
 from agents.tiny_qwen import cached_tiny_qwen
-from agents.verl_data import write_parquet
+from agents.verl.data import write_parquet
 from envs.data import DataError
+from envs.settings import ImageSettings
 from verl.utils import hf_processor, hf_tokenizer
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import build_multimodal_processor_inputs
@@ -31,7 +33,7 @@ def recipe(load_recipe):
 @pytest.fixture(scope="module")
 def exported(recipe, scene_pool_files, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("verl-data")
-    args = recipe.Args(train=scene_pool_files["train"], val=scene_pool_files["val"], out=out, max_steps=2, max_pixels=MAX_PIXELS)
+    args = recipe.Args(train=scene_pool_files["train"], val=scene_pool_files["val"], out=out, max_steps=2, images=ImageSettings(max_pixels=MAX_PIXELS))
     return recipe.main(args)
 
 

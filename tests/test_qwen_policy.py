@@ -16,6 +16,7 @@ from agents.qwen_policy import QwenVLPolicy
 from agents.tiny_qwen import cached_tiny_qwen
 from envs.boxes import QWEN_MIN_PIXELS, qwen_resized_size
 from envs.region_rerank import RegionRerankEnv
+from envs.settings import ImageSettings
 from envs.text_actions import FULL_MARKER, MalformedAction, format_action_text
 
 MAX_PIXELS = 64 * 28 * 28
@@ -24,7 +25,7 @@ MAX_PIXELS = 64 * 28 * 28
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> QwenVLPolicy:
     torch.set_num_threads(1)
-    return QwenVLPolicy(cached_tiny_qwen(tmp_path_factory.getbasetemp()), max_new_tokens=12, max_pixels=MAX_PIXELS)
+    return QwenVLPolicy(cached_tiny_qwen(tmp_path_factory.getbasetemp()), max_new_tokens=12, images=ImageSettings(max_pixels=MAX_PIXELS))
 
 
 def test_zero_shot_policy_runs_through_the_evaluator(policy, tiny_pool, tiny_scorer):
@@ -66,4 +67,4 @@ def test_each_zoom_step_asks_about_the_current_view(policy, scene_pools, tiny_sc
 
 def test_pixel_limits_beyond_the_processor_are_rejected(tmp_path_factory):
     with pytest.raises(ValueError, match="processor's pixel limits"):
-        QwenVLPolicy(cached_tiny_qwen(tmp_path_factory.getbasetemp()), max_pixels=10**9)
+        QwenVLPolicy(cached_tiny_qwen(tmp_path_factory.getbasetemp()), images=ImageSettings(max_pixels=10**9))

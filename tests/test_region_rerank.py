@@ -13,7 +13,8 @@ from PIL import Image
 import envs  # noqa: F401  (registers RegionRerank-v0)
 from envs.boxes import crop, expand_box, from_norm, qwen_resized_size, view_box_to_image
 from envs.data import Candidate, QueryPool
-from envs.region_rerank import FULL, REGION, RegionRerankEnv
+from envs.actions import FULL, REGION
+from envs.region_rerank import RegionRerankEnv
 from envs.text_actions import MalformedAction
 from envs.wrappers import FlatBoxAction, HashedQuestion, TextAction
 from rewards import RewardConfig, full_reward, ranking_stats, region_reward
@@ -124,7 +125,7 @@ def test_out_of_view_box_is_clamped(env):
 
 
 def test_malformed_as_full_option(pools, tiny_scorer):
-    env = RegionRerankEnv(pools, tiny_scorer, reward_config=RewardConfig(malformed_as_full=True))
+    env = RegionRerankEnv(pools, tiny_scorer, reward=RewardConfig(malformed_as_full=True))
     _, info = env.reset(options={"query_index": 0})
     _, reward, _, _, info = env.step(MalformedAction("unparseable", "???"))
     assert info["outcome"] == "full"

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from envs.boxes import crop, region_r1_resized_size
-from envs.region_rerank import REGION, RegionRerankEnv
+from envs.actions import REGION
+from envs.region_rerank import RegionRerankEnv
 from envs.wrappers import TextAction
 from rewards import RewardConfig, region_reward
 
@@ -68,7 +69,7 @@ def test_public_resize_rule_hand_computed():
 
 @pytest.fixture()
 def public_env(scene_pools, tiny_scorer) -> RegionRerankEnv:
-    return RegionRerankEnv(scene_pools, tiny_scorer, reward_config=PUBLIC)
+    return RegionRerankEnv(scene_pools, tiny_scorer, reward=PUBLIC)
 
 
 def test_crops_are_resized_before_scoring_and_any_positive_area_is_valid(public_env, scene_pools, tiny_scorer):

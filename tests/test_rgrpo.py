@@ -24,7 +24,7 @@ from agents.rgrpo import (
     decision_balanced_baseline,
     needs_balancing,
 )
-from agents.verl_plugin import (
+from agents.verl.plugin import (
     DECISION_KEY,
     ESTIMATOR_NAME,
     compute_rgrpo_advantage,
@@ -237,8 +237,8 @@ def test_plain_import_verl_registers_rgrpo_in_a_fresh_process():
         import verl
         from verl.trainer.ppo import core_algos
         fn = core_algos.get_adv_estimator_fn("rgrpo")
-        assert fn.__module__ == "agents.verl_plugin" and fn.__name__ == "compute_rgrpo_advantage", fn
-        import agents.verl_plugin as plugin
+        assert fn.__module__ == "agents.verl.plugin" and fn.__name__ == "compute_rgrpo_advantage", fn
+        import agents.verl.plugin as plugin
         assert fn is plugin.compute_rgrpo_advantage
         importlib.reload(plugin)  # a second import must not trip verl's duplicate-name check
         plugin.register_rgrpo_estimator()

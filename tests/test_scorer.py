@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from envs.data import Candidate, DataError, QueryPool, load_image
-from envs.scorer import OpenClipScorer, l2_normalize, make_scorer
+from envs.scorer import OpenClipScorer, l2_normalize
 
 
 def candidate_images_and_texts(scorer: OpenClipScorer, pool: QueryPool) -> tuple[dict, dict]:
@@ -182,15 +182,3 @@ def test_unreadable_candidate_image_is_named(tiny_scorer, tiny_pool, tmp_path):
     pool = dataclasses.replace(tiny_pool, candidates=(Candidate("ghost", True, image=tmp_path / "ghost.png"),))
     with pytest.raises(DataError, match=r"candidate 'ghost' of query 'q0'.*ghost.png"):
         tiny_scorer.candidate_embeddings(pool)
-
-
-def test_make_scorer_builds_an_open_clip_scorer(tiny_model_name, tiny_checkpoint, tiny_scorer):
-    scorer = make_scorer(tiny_model_name, tiny_checkpoint, candidate_features="image", num_threads=1)
-    assert isinstance(scorer, OpenClipScorer) and scorer.name == tiny_scorer.name
-    with pytest.raises(ValueError, match="model name"):
-        make_scorer(None, tiny_checkpoint)
-
-
-def test_scorer_options_reach_the_default_scorer_too():
-    scorer = make_scorer(None, candidate_features="text", num_threads=1)
-    assert scorer.candidate_features == "text"

@@ -1,4 +1,4 @@
-"""recipes/train_rgrpo.py and agents/verl_config.py: verl's config composed with the
+"""recipes/train_rgrpo.py and agents/verl/config.py: verl's config composed with the
 project's defaults (GPU and CPU), one-override algorithm swaps, size checks before launch,
 the dry run, and the backends' entry points (no GPU needed)."""
 
@@ -15,8 +15,9 @@ import tyro
 import yaml
 from omegaconf import OmegaConf
 
-from agents.agent_loop import AGENT_NAME, LoopSettings
-from agents.verl_config import (
+from agents.verl.settings import AGENT_NAME, LoopSettings
+from envs.settings import EnvSettings, ScorerSettings
+from agents.verl.config import (
     VerlArgs,
     agent_loop_file,
     check_estimator,
@@ -57,7 +58,7 @@ def test_defaults_compose_into_a_valid_verl_config(recipe, verl_args):
     assert config.trainer.v1.trainer_mode == "rgrpo_sync"
     assert config.data.train_files == str((verl_args.out / "data" / "train.parquet").resolve())
     # the prompt holds the system prompt and the largest allowed image
-    assert config.data.max_prompt_length >= verl_args.max_pixels // (28 * 28) + 500
+    assert config.data.max_prompt_length >= verl_args.images.max_pixels // (28 * 28) + 500
 
 
 @pytest.mark.parametrize("estimator", ["rgrpo", "grpo", "rloo", "reinforce_plus_plus", "remax", "gpg", "gae"])
@@ -122,21 +123,22 @@ def test_overrides_pass_through_after_the_defaults(recipe, verl_args):
 
 def test_multi_step_zoom_gets_room_for_every_view(recipe, tiny_qwen_dir, tmp_path):
     one = VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path)
-    three = VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=3)
+    three = VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, env=EnvSettings(max_steps=3))
     config = compose_verl_config(three)
     assert config.actor_rollout_ref.rollout.limit_images == 3
-    image_tokens = three.max_pixels // (28 * 28)
+    image_tokens = three.images.max_pixels // (28 * 28)
     assert sequence_lengths(three)[1] >= sequence_lengths(one)[1] * 3 + 2 * image_tokens
 
 
 def test_agent_loop_file_carries_the_env_settings(recipe, tiny_qwen_dir, tmp_path):
-    args = VerlArgs(model_path=str(tiny_qwen_dir), out=tmp_path, max_steps=2, scorer_model="EVA02-B-16", scorer_pretrained="eva.pt")
+    args = VerlArgs(
+        model_path=str(tiny_qwen_dir), out=tmp_path, env=EnvSettings(max_steps=2), scorer=ScorerSettings("EVA02-B-16", "eva.pt")
+    )
     path = write_agent_loop_file(args)
     (entry,) = yaml.safe_load(path.read_text())
-    assert entry["name"] == AGENT_NAME and entry["_target_"] == "agents.agent_loop.RegionRerankAgentLoop"
+    assert entry["name"] == AGENT_NAME and entry["_target_"] == "agents.verl.agent_loop.RegionRerankAgentLoop"
     settings = LoopSettings.from_kwargs(**{k: v for k, v in entry.items() if k not in ("name", "_target_")})
-    assert (settings.max_steps, settings.scorer_model, settings.scorer_pretrained) == (2, "EVA02-B-16", "eva.pt")
-    assert settings.max_pixels == args.max_pixels and settings.reward == args.reward
+    assert settings.env == args.env and settings.scorer == args.scorer and settings.images == args.images
 
 
 def test_dry_run_prints_the_resolved_config(recipe, verl_args, capsys):
@@ -153,9 +155,9 @@ def test_dry_run_prints_the_resolved_config(recipe, verl_args, capsys):
 def test_command_line_takes_flags_and_positional_overrides(recipe):
     args = tyro.cli(
         recipe.Args,
-        args=["--backend", "verl", "--dry-run", "--verl.max-steps", "2", "algorithm.adv_estimator=grpo", "trainer.total_epochs=2"],
+        args=["--backend", "verl", "--dry-run", "--verl.env.max-steps", "2", "algorithm.adv_estimator=grpo", "trainer.total_epochs=2"],
     )
-    assert args.backend == "verl" and args.dry_run and args.verl.max_steps == 2
+    assert args.backend == "verl" and args.dry_run and args.verl.env.max_steps == 2
     assert args.overrides == ("algorithm.adv_estimator=grpo", "trainer.total_epochs=2")
 
 
@@ -180,9 +182,9 @@ def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
     from agents.local_trainer import LocalTrainConfig
 
     local = LocalTrainConfig(
-        data=scene_pool_files["train"], val_data=scene_pool_files["val"], scorer_model=tiny_model_name,
-        scorer_pretrained=str(tiny_checkpoint), iterations=4, queries_per_batch=4, group_size=4, eval_every=2,
-        eval_queries=3, obs_size=32, policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4),
+        data=scene_pool_files["train"], val_data=scene_pool_files["val"], scorer=ScorerSettings(tiny_model_name, str(tiny_checkpoint)),
+        iterations=4, queries_per_batch=4, group_size=4, eval_every=2,
+        eval_queries=3, env=EnvSettings(obs_size=32), policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4),
         out=tmp_path / "run", progress=False,
     )
     recipe.main(recipe.Args(backend="auto", local=local, test_data=scene_pool_files["val"]))

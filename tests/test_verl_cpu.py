@@ -1,4 +1,4 @@
-"""verl on CPU (agents/verl_cpu.py, agents/verl_launch.py): the pieces, and verl's real
+"""verl on CPU (agents/verl/cpu.py, agents/verl/launch.py): the pieces, and verl's real
 trainer end to end.
 
 The end-to-end test is the project's proof that the verl half trains: it runs
@@ -23,8 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from agents import verl_cpu
-from agents.verl_launch import NO_DECISIONS_WARNING, format_summary, summarize
+from agents.verl import cpu as verl_cpu
+from agents.verl.launch import NO_DECISIONS_WARNING, format_summary, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_rollout_log_probs_are_those_of_the_tempered_distribution():
 
 
 def test_rollout_metrics_count_answers_crops_and_balance_paths():
-    from agents.verl_plugin import decisions_complete, rollout_metrics
+    from agents.verl.plugin import decisions_complete, rollout_metrics
 
     extras = [
         {"decision": 1, "balance_path": "balanced", "env_seconds": 0.25},

@@ -22,7 +22,7 @@ rollout of a query). One run is one episode of :class:`envs.region_rerank.Region
 The run returns ``reward_score`` (the episode's summed reward, so verl's reward manager
 is bypassed), ``multi_modal_data`` (every view shown, in order) and ``extra_fields``:
 ``decision`` (the first decision: 0 FULL, 1 REGION, -1 malformed; the key
-:data:`agents.verl_plugin.DECISION_KEY` that the ``rgrpo`` estimator reads),
+:data:`agents.verl.plugin.DECISION_KEY` that the ``rgrpo`` estimator reads),
 ``baseline_rank``, ``final_rank``, ``outcome``, ``reward_terms``, ``steps``,
 ``balance_path`` (how the sample's group was balanced: ``off``, ``balanced``,
 ``resampled``, ``forced``, ``few_valid``, ``timeout`` or ``failed``) and
@@ -33,7 +33,8 @@ Decision-balanced groups (r-GRPO, docs/DESIGN.md): when training samples a group
 rollouts of a query (same ``uid``) and every valid first answer took the same decision,
 the group's last valid member redraws its first answer on-policy until the missing
 decision appears (at most ``balance_budget`` draws, decided by
-:func:`agents.rgrpo.balance_group`), and only then forces it: FULL as forced text,
+the plan of :func:`agents.rgrpo.plan_balance`, shared with the CPU trainer and
+awaited here without leaving the event loop), and only then forces it: FULL as forced text,
 REGION as a forced ``image_zoom_in_tool`` prefix that the policy completes with its own
 box; forced tokens get ``response_mask`` 0. Malformed answers are neither decision: a
 group is balanced over its parsed answers. Balancing needs the rollouts of a group in
@@ -42,7 +43,7 @@ one worker (verl's v1 worker runs a prompt's ``n`` sessions together) and sampli
 
 verl instantiates the loop once per sample with the keyword arguments of its entry in
 ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` (see
-:func:`agent_loop_config`); the scorer and the query pools are loaded once per worker
+:mod:`agents.verl.settings`); the scorer and the query pools are loaded once per worker
 process and shared.
 """
 
@@ -53,7 +54,7 @@ import functools
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 from uuid import uuid4
 
@@ -61,17 +62,17 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from agents.prompts import REGION_ANSWER_PREFIX, build_messages, followup_message
-from agents.qwen_policy import DEFAULT_MAX_PIXELS, check_pixel_limits
-from agents.rgrpo import balance_group
-from agents.verl_config import AGENT_NAME
+from agents.qwen_vision import check_pixel_limits
+from agents.verl.groups import DecisionGroups, Group
+from agents.verl.settings import AGENT_NAME, LoopSettings
 from envs.actions import FULL, MALFORMED, REGION, read_decision
-from envs.boxes import QWEN_MIN_PIXELS
 from envs.data import QueryPool, load_query_pools
+from envs.factory import make_scorer
 from envs.region_rerank import RegionRerankEnv
-from envs.scorer import Scorer, make_scorer
+from envs.scorer import Scorer
+from envs.settings import ScorerSettings
 from envs.text_actions import FULL_MARKER
 from envs.wrappers import TextAction
-from rewards import RewardConfig
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
 from verl.utils.profiler import simple_timer
 
@@ -84,76 +85,10 @@ FORCED_FULL_TEXT = FULL_MARKER
 """Text that forces a FULL answer."""
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    """What an episode needs besides the row: the scorer, the env and the image limits.
-
-    These are the keyword arguments of the loop's entry in verl's agent-loop config file.
-    """
-
-    scorer_model: str | None = None
-    """open_clip model name of the frozen re-ranker; ``None``: the embedded default scorer."""
-    scorer_pretrained: str | None = None
-    """Zoo tag or local checkpoint file for ``scorer_model``."""
-    scorer_device: str = "cpu"
-    """Device of the scorer inside the rollout worker (the GPUs belong to vLLM / FSDP)."""
-    candidate_features: str = "auto"
-    """How candidates become vectors (see :class:`envs.scorer.OpenClipScorer`)."""
-    scorer_cache_dir: str | None = None
-    """On-disk candidate-embedding cache shared by workers; ``None``: memory only."""
-    max_steps: int = 1
-    """REGION steps per episode (1 is the paper's setting; more is multi-step zoom)."""
-    reward_mode: str = "terminal"
-    """How zoom steps are paid (``"terminal"`` or ``"incremental"``, see the env)."""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """Reward weights and penalties."""
-    policy_max_side: int | None = None
-    """Information gap: longest side of the view shown to the policy; ``None``: full resolution."""
-    min_box_side: float = 4.0
-    """Smallest valid crop side in original pixels."""
-    min_pixels: int = QWEN_MIN_PIXELS
-    """Least pixels of an image shown to the policy (qwen-vl-utils resize)."""
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    """Most pixels of an image shown to the policy; bounds its tokens to ``max_pixels / 784``."""
-    balance_groups: bool = True
-    """Make every sampled group of ``n >= 2`` rollouts hold both decisions (r-GRPO)."""
-    balance_budget: int = 4
-    """Extra on-policy draws for a missing decision before it is forced."""
-    group_timeout_s: float = 600.0
-    """Longest wait for the rest of a group before going on unbalanced."""
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "LoopSettings":
-        """Settings from config values (``DictConfig`` or plain); ``reward`` may be a mapping."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise ValueError(f"unknown {AGENT_NAME} agent-loop settings {unknown}; known: {sorted(names)}")
-        values = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in kwargs.items()}
-        reward = values.get("reward")
-        if isinstance(reward, Mapping):
-            values["reward"] = RewardConfig(**reward)
-        settings = cls(**values)
-        if settings.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {settings.max_steps}")
-        if settings.balance_budget < 0:
-            raise ValueError(f"balance_budget must be >= 0, got {settings.balance_budget}")
-        return settings
-
-
-def agent_loop_config(**settings: Any) -> list[dict[str, Any]]:
-    """The content of verl's ``agent_loop_config_path`` file that registers this loop
-    with ``settings`` (keyword arguments of :class:`LoopSettings`)."""
-    checked = LoopSettings.from_kwargs(**settings)
-    entry = {"name": AGENT_NAME, "_target_": f"agents.agent_loop.{RegionRerankAgentLoop.__qualname__}"}
-    entry.update(asdict(checked))
-    return [entry]
-
-
 # --------------------------------------------------------------------------- per-process state
 # verl builds a new loop object per sample; the scorer and pools must outlive it.
 _POOLS: dict[str, dict[str, QueryPool]] = {}
-_SCORERS: dict[tuple, Scorer] = {}
+_SCORERS: dict[ScorerSettings, Scorer] = {}
 _STATE_LOCK = threading.Lock()
 # Env steps run in worker threads; one at a time keeps the scorer's caches consistent.
 _ENV_LOCK = threading.Lock()
@@ -171,88 +106,17 @@ def query_pool(pool_file: str | os.PathLike, query_id: str) -> QueryPool:
     return pools[query_id]
 
 
-def shared_scorer(settings: LoopSettings) -> Scorer:
+def shared_scorer(settings: ScorerSettings) -> Scorer:
     """The scorer ``settings`` name, built once per process."""
-    key = (settings.scorer_model, settings.scorer_pretrained, settings.scorer_device,
-           settings.candidate_features, settings.scorer_cache_dir)
     with _STATE_LOCK:
-        if key not in _SCORERS:
-            # Every option reaches the default scorer too (model None), not only named models.
-            _SCORERS[key] = make_scorer(
-                settings.scorer_model,
-                settings.scorer_pretrained,
-                device=settings.scorer_device,
-                candidate_features=settings.candidate_features,
-                cache_dir=settings.scorer_cache_dir,
-            )
-        return _SCORERS[key]
+        if settings not in _SCORERS:
+            _SCORERS[settings] = make_scorer(settings)
+        return _SCORERS[settings]
 
 
 def _locked_call(fn, *args, **kwargs):
     with _ENV_LOCK:
         return fn(*args, **kwargs)
-
-
-# --------------------------------------------------------------------------- decision groups
-@dataclass
-class _Group:
-    """The rollouts of one query in this process, for decision balancing."""
-
-    members: list[int] = field(default_factory=list)
-    left: set[int] = field(default_factory=set)
-    decisions: dict[int, int | None] = field(default_factory=dict)
-    reported: asyncio.Event = field(default_factory=asyncio.Event)
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    swap_out: int | None = None
-    missing: int | None = None
-    path: str = "balanced"
-
-    def report(self, ticket: int, decision: int | None) -> None:
-        """Record a member's first decision (``None``: it dropped out); plan when all are in."""
-        if ticket in self.decisions:
-            return
-        self.decisions[ticket] = decision
-        if len(self.decisions) < len(self.members):
-            return
-        valid = [t for t in self.members if self.decisions[t] in (FULL, REGION)]
-        present = {self.decisions[t] for t in valid}
-        if len(valid) >= 2 and len(present) == 1:
-            self.swap_out = valid[-1]
-            self.missing = REGION if present == {FULL} else FULL
-        else:
-            # Balancing works on parsed answers; malformed ones are neither decision.
-            self.settle("balanced" if len(present) == 2 or len(self.members) < 2 else "few_valid")
-        self.reported.set()
-
-    def settle(self, path: str) -> None:
-        """Publish how the group ended up: balanced, resampled, forced, few_valid or failed."""
-        self.path = path
-        self.settled.set()
-
-
-class DecisionGroups:
-    """Rollouts of the same ``uid`` in this process, so a group can be balanced."""
-
-    def __init__(self) -> None:
-        self._groups: dict[str, _Group] = {}
-        self._next_ticket = 0
-
-    def join(self, uid: str) -> tuple[_Group, int]:
-        """Enter the group of ``uid``. Called before the first ``await`` of a run, so all
-        rollouts of a query that verl created in one batch have joined before any reports."""
-        group = self._groups.setdefault(uid, _Group())
-        self._next_ticket += 1
-        group.members.append(self._next_ticket)
-        return group, self._next_ticket
-
-    def leave(self, uid: str, group: _Group, ticket: int) -> None:
-        """Leave the group at the end of a run (or on an error, which then counts as no decision)."""
-        group.report(ticket, None)
-        if ticket == group.swap_out and not group.settled.is_set():
-            group.settle("failed")
-        group.left.add(ticket)
-        if len(group.left) == len(group.members) and self._groups.get(uid) is group:
-            del self._groups[uid]
 
 
 _DECISION_GROUPS = DecisionGroups()
@@ -309,7 +173,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
     """verl agent loop: one RegionRerank episode per sample (see the module docstring).
 
     Keyword arguments other than verl's are :class:`LoopSettings` fields. verl finds the
-    loop through the ``agent_loop_config_path`` file (:func:`agent_loop_config`), never
+    loop through the ``agent_loop_config_path`` file (:func:`agents.verl.settings.agent_loop_config`), never
     through verl's ``@register`` decorator: the decorator's entry has no settings, and
     since verl imports this module lazily, at the first episode, it would replace the
     file's entry for every later episode, which would then silently run with default
@@ -321,7 +185,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         super().__init__(*args, **kwargs)
         self.settings = LoopSettings.from_kwargs(**settings)
         self.response_length = self.rollout_config.response_length
-        check_pixel_limits(self.processor, self.settings.min_pixels, self.settings.max_pixels)
+        check_pixel_limits(self.processor, self.settings.images)
 
     # ------------------------------------------------------------------ helpers
     async def _env_call(self, episode_metrics: dict, fn, *args, **kwargs):
@@ -394,8 +258,8 @@ class RegionRerankAgentLoop(AgentLoopBase):
     async def _append_view(self, ep: _Episode, step: int) -> bool:
         """Show the new view as the next user turn; False if it does not fit the response budget."""
         message = followup_message(
-            ep.info["policy_image"], step, self.settings.max_steps,
-            min_pixels=self.settings.min_pixels, max_pixels=self.settings.max_pixels,
+            ep.info["policy_image"], step, self.settings.env.max_steps,
+            min_pixels=self.settings.images.min_pixels, max_pixels=self.settings.images.max_pixels,
         )
         shown = await self._shown_image(message)
         # The conversation keeps the resized image, so every later render sees what the model saw.
@@ -422,35 +286,31 @@ class RegionRerankAgentLoop(AgentLoopBase):
         return bool(terminated or truncated)
 
     async def _balanced_first_turn(
-        self, ep: _Episode, turn: _Turn, group: _Group, ticket: int, sampling_params: dict, request_id: str
+        self, ep: _Episode, turn: _Turn, group: Group, ticket: int, sampling_params: dict, request_id: str
     ) -> tuple[_Turn, str, int]:
-        """Report the first decision to the group; the member chosen to swap redraws (then
-        forces) the missing decision. Returns the turn to keep, its path and extra draws."""
+        """Report the first decision to the group; the member its plan swaps out redraws
+        (then forces) the missing decision. Returns the turn to keep, its path and extra draws."""
         group.report(ticket, turn.decision)
         try:
             await asyncio.wait_for(group.reported.wait(), self.settings.group_timeout_s)
         except asyncio.TimeoutError:
             logger.warning("%s: group did not complete in %.0f s; not balanced", AGENT_NAME, self.settings.group_timeout_s)
             return turn, "timeout", 0
-        if group.swap_out != ticket:
+        plan = group.plan
+        if group.swap_out != ticket or plan is None:
             return turn, "member", 0
 
-        missing = group.missing
         draws: list[_Turn] = []
-        loop = asyncio.get_running_loop()
-
-        def draw_extra() -> int:
-            drawn = asyncio.run_coroutine_threadsafe(self._answer(ep, sampling_params, request_id), loop).result()
-            draws.append(drawn)
+        decisions: list[int] = []
+        while not plan.done(decisions):
+            draws.append(await self._answer(ep, sampling_params, request_id))
             # A malformed redraw does not bring the missing decision either.
-            return drawn.decision if drawn.decision in (FULL, REGION) else 1 - missing
-
-        valid = [group.decisions[t] for t in group.members if group.decisions[t] in (FULL, REGION)]
-        result = await loop.run_in_executor(None, balance_group, valid, draw_extra, self.settings.balance_budget)
+            decisions.append(draws[-1].decision if draws[-1].decision in (FULL, REGION) else 1 - plan.missing)
+        result = plan.result(decisions)
         if result.path == "resampled":
             kept = draws[result.swap_in_draw]
         else:
-            forced = FORCED_FULL_TEXT if missing == FULL else FORCED_REGION_PREFIX
+            forced = FORCED_FULL_TEXT if plan.missing == FULL else FORCED_REGION_PREFIX
             kept = await self._answer(ep, sampling_params, request_id, forced=forced)
         group.settle(result.path)
         return kept, result.path, result.draws
@@ -469,30 +329,30 @@ class RegionRerankAgentLoop(AgentLoopBase):
             self.settings.balance_groups and uid is not None and float(sampling_params.get("temperature", 1.0)) > 0
         )
         # Join before the first await, so the whole group has joined before anyone reports.
-        group, ticket = _DECISION_GROUPS.join(str(uid)) if balancing else (None, 0)
+        group, ticket = _DECISION_GROUPS.join(str(uid), self.settings.balance_budget) if balancing else (None, 0)
         try:
             return await self._run_episode(sampling_params, extra_info, group, ticket)
         finally:
             if group is not None:
                 _DECISION_GROUPS.leave(str(uid), group, ticket)
 
-    async def _run_episode(self, sampling_params: dict, extra_info: dict, group: _Group | None, ticket: int) -> AgentLoopOutput:
+    async def _run_episode(self, sampling_params: dict, extra_info: dict, group: Group | None, ticket: int) -> AgentLoopOutput:
         s = self.settings
         metrics: dict[str, float] = {}
         pool = await self._env_call(metrics, query_pool, extra_info["pool_file"], str(extra_info["query_id"]))
-        scorer = await self._env_call(metrics, shared_scorer, s)
-        env = RegionRerankEnv(
-            [pool], scorer, max_steps=s.max_steps, reward_config=s.reward, reward_mode=s.reward_mode,
-            policy_max_side=s.policy_max_side, min_box_side=s.min_box_side,
-        )
+        scorer = await self._env_call(metrics, shared_scorer, s.scorer)
+        env = RegionRerankEnv([pool], scorer, settings=s.env)
         _, info = await self._env_call(metrics, env.reset, options={"query_index": 0})
-        messages = build_messages(info["question"], info["policy_image"], 0, s.max_steps, min_pixels=s.min_pixels, max_pixels=s.max_pixels)
+        messages = build_messages(
+            info["question"], info["policy_image"], 0, s.env.max_steps,
+            min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels,
+        )
         images = [await self._shown_image(messages[1])]
         self._assert_mm_supported(True)
         prompt_ids = await self.ct_build_initial_tokens(messages, images=images)
         ep = _Episode(
             env=env,
-            text_env=TextAction(env, frame="resized", min_pixels=s.min_pixels, max_pixels=s.max_pixels),
+            text_env=TextAction(env, frame="resized", min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels),
             info=info, messages=messages, images=images, runtime_ids=list(prompt_ids), metrics=metrics,
         )
         request_id = uuid4().hex
@@ -577,24 +437,3 @@ class RegionRerankAgentLoop(AgentLoopBase):
             metrics=ep.metrics,
             extra_fields=extra,
         )
-
-
-SHIPPED_CONFIG_HEADER = """\
-# Registers the RegionRerank agent loop (agents/agent_loop.py) with verl, for runs launched
-# with verl's own entry point instead of recipes/train_rgrpo.py (which writes this file per
-# run from its flags):
-#
-#   python -m verl.trainer.main_ppo ... \\
-#       actor_rollout_ref.rollout.agent.agent_loop_config_path=recipes/config/agent_loop.yaml \\
-#       actor_rollout_ref.rollout.agent.default_agent_loop=region_rerank
-#
-# Every key after _target_ is a LoopSettings field (the defaults are shown); scorer_model: null
-# is the embedded rr-tiny scorer. Generated by `python -m agents.agent_loop`; do not edit.
-"""
-
-
-if __name__ == "__main__":
-    import yaml
-
-    print(SHIPPED_CONFIG_HEADER + yaml.safe_dump(agent_loop_config(), sort_keys=False), end="")
-

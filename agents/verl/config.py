@@ -1,6 +1,6 @@
 """The verl run configuration: one place that composes verl's ``ppo_trainer`` config for
 ``--backend verl`` (GPUs, vLLM / SGLang) and ``--backend verl-cpu`` (CPU, the
-transformers rollout of :mod:`agents.verl_cpu`).
+transformers rollout of :mod:`agents.verl.cpu`).
 
 :func:`compose_verl_config` takes verl's own Hydra config (``verl/trainer/config``),
 applies :func:`project_overrides` (the r-GRPO estimator, the agent loop, the sizes of
@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
 import yaml
 
-from agents.qwen_policy import DEFAULT_MAX_PIXELS
-from envs.boxes import QWEN_MIN_PIXELS
-from rewards import RewardConfig
+from agents.verl.settings import AGENT_NAME, LoopSettings, agent_loop_config
+from envs.settings import EnvSettings, ImageSettings, ScorerSettings
 
 ESTIMATOR_KEY = "algorithm.adv_estimator"
-AGENT_NAME = "region_rerank"
-"""``agent_name`` of the RegionRerank agent loop (:mod:`agents.agent_loop`)."""
-METRIC_PREFIX = AGENT_NAME
-"""Prefix of the per-step metrics the project adds to verl's (:func:`agents.verl_plugin.rollout_metrics`)."""
 IMAGE_TOKEN_PIXELS = 28 * 28
 """Pixels per Qwen2.5-VL image token (14 px patches merged 2 x 2)."""
 FOLLOWUP_TEXT_TOKENS = 128
@@ -102,28 +97,16 @@ class VerlArgs:
     """experiment tracker run name"""
     agent_workers: int = 4
     """agent-loop worker processes (each holds a scorer)"""
-    scorer_model: str | None = None
-    """open_clip re-ranker (e.g. EVA02-L-14); default: the embedded rr-tiny scorer"""
-    scorer_pretrained: str | None = None
-    """zoo tag or local checkpoint of scorer_model"""
-    scorer_device: str = "cpu"
-    """device of the scorer in the agent-loop workers"""
-    max_steps: int = 1
-    """REGION steps per episode (1 is the paper's setting; >1 is multi-step zoom)"""
-    reward_mode: Literal["terminal", "incremental"] = "terminal"
-    """how zoom steps are paid"""
-    policy_max_side: int | None = None
-    """information gap: longest side of the view shown to the policy"""
-    min_pixels: int = QWEN_MIN_PIXELS
-    """least pixels of a view shown to the policy"""
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    """most pixels of a view shown to the policy"""
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    """the frozen re-ranker the agent-loop workers score with (e.g. --verl.scorer.model EVA02-L-14)"""
+    env: EnvSettings = field(default_factory=EnvSettings)
+    """the episode the agent loop runs: steps, reward and how it is paid, information gap"""
+    images: ImageSettings = field(default_factory=ImageSettings)
+    """pixel limits of every view shown to the policy (they bound its image tokens)"""
     balance_groups: bool = True
     """decision-balanced groups (r-GRPO); off: plain on-policy groups"""
     balance_budget: int = 4
     """extra on-policy draws for a group's missing decision before it is forced"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """reward weights and penalties"""
 
     @classmethod
     def for_cpu(cls) -> "VerlArgs":
@@ -147,7 +130,7 @@ class VerlArgs:
             test_freq=10,
             save_freq=-1,
             agent_workers=1,
-            max_pixels=64 * IMAGE_TOKEN_PIXELS,
+            images=ImageSettings(max_pixels=64 * IMAGE_TOKEN_PIXELS),
             experiment_name="rgrpo-cpu",
         )
 
@@ -173,9 +156,9 @@ def sequence_lengths(args: VerlArgs) -> tuple[int, int]:
     The prompt holds the first view (at most ``max_pixels / 784`` image tokens); each
     further turn of multi-step zoom adds an answer and the next view to the response.
     """
-    image_tokens = args.max_pixels // IMAGE_TOKEN_PIXELS
+    image_tokens = args.images.max_pixels // IMAGE_TOKEN_PIXELS
     prompt = args.prompt_text_tokens + image_tokens
-    response = args.answer_tokens * args.max_steps + (args.max_steps - 1) * (image_tokens + FOLLOWUP_TEXT_TOKENS)
+    response = args.answer_tokens * args.env.max_steps + (args.env.max_steps - 1) * (image_tokens + FOLLOWUP_TEXT_TOKENS)
     return prompt, response
 
 
@@ -204,8 +187,6 @@ def check_sizes(args: VerlArgs) -> None:
     # A crop answer (tool call with a box) needs about this many tokens with Qwen's tokenizer.
     if args.answer_tokens < 16:
         problems.append(f"answer_tokens={args.answer_tokens} is too small for a crop answer (at least 16)")
-    if args.max_pixels < args.min_pixels:
-        problems.append(f"max_pixels={args.max_pixels} is below min_pixels={args.min_pixels}")
     if problems:
         raise ValueError("verl run sizes: " + "; ".join(problems))
 
@@ -226,13 +207,13 @@ def longest_prompt_tokens(tokenizer, questions: Sequence[str], max_steps: int = 
 def check_prompt_fits(args: VerlArgs, tokenizer, questions: Sequence[str]) -> None:
     """Raise ``ValueError`` naming ``prompt_text_tokens`` when the longest prompt of the data,
     with the largest image, would not fit ``data.max_prompt_length``."""
-    needed = longest_prompt_tokens(tokenizer, questions, args.max_steps)
+    needed = longest_prompt_tokens(tokenizer, questions, args.env.max_steps)
     if needed > args.prompt_text_tokens:
         prompt_length, _ = sequence_lengths(args)
         raise ValueError(
             f"prompt_text_tokens={args.prompt_text_tokens} is too small: the longest prompt of the data has "
-            f"{needed} text tokens with this model's tokenizer (plus up to {args.max_pixels // IMAGE_TOKEN_PIXELS} "
-            f"image tokens for max_pixels={args.max_pixels}; max_prompt_length would be {prompt_length}); "
+            f"{needed} text tokens with this model's tokenizer (plus up to {args.images.max_pixels // IMAGE_TOKEN_PIXELS} "
+            f"image tokens for max_pixels={args.images.max_pixels}; max_prompt_length would be {prompt_length}); "
             f"raise prompt_text_tokens to at least {needed}"
         )
 
@@ -242,30 +223,19 @@ def agent_loop_file(args: VerlArgs) -> Path:
     return (args.out / "agent_loop.yaml").resolve()
 
 
-def agent_loop_settings(args: VerlArgs) -> dict:
-    """The :class:`agents.agent_loop.LoopSettings` of this run."""
-    return dict(
-        scorer_model=args.scorer_model,
-        scorer_pretrained=args.scorer_pretrained,
-        scorer_device=args.scorer_device,
-        max_steps=args.max_steps,
-        reward_mode=args.reward_mode,
-        reward=asdict(args.reward),
-        policy_max_side=args.policy_max_side,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-        balance_groups=args.balance_groups,
-        balance_budget=args.balance_budget,
+def loop_settings(args: VerlArgs) -> LoopSettings:
+    """The :class:`agents.verl.settings.LoopSettings` of this run."""
+    return LoopSettings(
+        scorer=args.scorer, env=args.env, images=args.images,
+        balance_groups=args.balance_groups, balance_budget=args.balance_budget,
     )
 
 
 def write_agent_loop_file(args: VerlArgs) -> Path:
     """Write verl's ``agent_loop_config_path`` file that registers the RegionRerank loop."""
-    from agents.agent_loop import agent_loop_config
-
     path = agent_loop_file(args)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(agent_loop_config(**agent_loop_settings(args)), sort_keys=False))
+    path.write_text(yaml.safe_dump(agent_loop_config(loop_settings(args)), sort_keys=False))
     return path
 
 
@@ -282,7 +252,7 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
     train_files, val_files = data_files(args)
     log_prob = log_prob_micro_batch(args)
     overrides = [
-        # algorithm: r-GRPO (agents.verl_plugin), KL as a loss as in GRPO
+        # algorithm: r-GRPO (agents.verl.plugin), KL as a loss as in GRPO
         f"{ESTIMATOR_KEY}=rgrpo",
         "algorithm.norm_adv_by_std_in_grpo=true",
         "algorithm.use_kl_in_reward=false",
@@ -318,14 +288,14 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         f"actor_rollout_ref.rollout.gpu_memory_utilization={args.gpu_memory_utilization}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={log_prob}",
-        f"+actor_rollout_ref.rollout.limit_images={args.max_steps}",
+        f"+actor_rollout_ref.rollout.limit_images={args.env.max_steps}",
         f"actor_rollout_ref.rollout.agent.default_agent_loop={AGENT_NAME}",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={agent_loop_file(args)}",
         f"actor_rollout_ref.rollout.agent.num_workers={args.agent_workers}",
         # critic: only used when an override picks a critic-based estimator (gae)
         f"critic.model.path={model}",
         f"critic.ppo_micro_batch_size_per_gpu={args.micro_batch_size_per_gpu}",
-        # trainer: verl's v1 trainer with the r-GRPO decision hand-off (agents.verl_plugin);
+        # trainer: verl's v1 trainer with the r-GRPO decision hand-off (agents.verl.plugin);
         # it defers to verl's own advantage step for every other estimator
         "trainer.use_v1=true",
         "trainer.v1.trainer_mode=rgrpo_sync",
@@ -347,7 +317,7 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
 
 def cpu_overrides(args: VerlArgs) -> list[str]:
     """What verl 0.9.1 needs to train on a CPU (each line names the block it gets past;
-    the platform, the engines and the rollout are registered by :mod:`agents.verl_cpu`)."""
+    the platform, the engines and the rollout are registered by :mod:`agents.verl.cpu`)."""
     return [
         "trainer.device=cpu",
         # FSDP1 syncs module states on GPU tensors; FSDP2 runs on gloo
@@ -406,7 +376,7 @@ def compose_verl_config(args: VerlArgs, overrides: Sequence[str] = (), cpu: bool
 def check_estimator(name: str, cpu: bool = False) -> None:
     """Raise ``ValueError`` unless verl knows the advantage estimator ``name`` (registry or
     hard-wired) and, on CPU, it can run there."""
-    import agents.verl_plugin  # noqa: F401  registers rgrpo even where the entry point is not installed
+    import agents.verl.plugin  # noqa: F401  registers rgrpo even where the entry point is not installed
     from verl.trainer.ppo.core_algos import AdvantageEstimator, get_adv_estimator_fn
 
     if cpu and name in NOT_ON_CPU:
@@ -432,7 +402,7 @@ def missing_for_verl(rollout_engine: str, cpu: bool = False) -> list[str]:
     if importlib.util.find_spec("transfer_queue") is None:
         missing.append("TransferQueue, used by verl's v1 trainer (pip install 'transferqueue==0.1.11')")
     plugins = {entry.value for entry in importlib.metadata.entry_points(group="verl.plugins")}
-    if "agents.verl_plugin" not in plugins:
-        missing.append("this project installed (pip install -e .), so verl's Ray workers load agents.verl_plugin")
+    if "agents.verl.plugin" not in plugins:
+        missing.append("this project installed (pip install -e .), so verl's Ray workers load agents.verl.plugin")
     return missing
 

@@ -6,7 +6,7 @@ SGLang and TensorRT-LLM. This module supplies what is missing, through verl's ow
 extension points wherever one exists, so that verl's real trainer (``main_ppo`` -> the
 v1 trainer, TransferQueue, FSDP2 actor and reference, the agent loop, verl's weight sync)
 runs end to end on a CPU with a tiny model. It is loaded through
-``VERL_USE_EXTERNAL_MODULES=agents.verl_cpu`` (see :func:`verl_cpu_environment`), which
+``VERL_USE_EXTERNAL_MODULES=agents.verl.cpu`` (see :func:`verl_cpu_environment`), which
 ``import verl`` imports in the driver and in every Ray worker *before* anything asks for
 the platform, and which raises on an import error instead of logging it at DEBUG.
 
@@ -44,7 +44,7 @@ verl internals it relies on, none of which has a public extension point:
 
 The settings the trainer needs besides these (FSDP2, sdpa attention, no padding removal
 or torch.compile, one TransferQueue storage unit, logical Ray GPUs, float32) are Hydra
-overrides composed in :mod:`agents.verl_config`. :data:`SUPPORTED_VERL` is the only
+overrides composed in :mod:`agents.verl.config`. :data:`SUPPORTED_VERL` is the only
 verl version this module was written against; :func:`check_verl_version` refuses
 others before a run starts.
 """
@@ -80,7 +80,7 @@ def check_verl_version(version: str | None = None) -> None:
         version = verl.__version__
     if version != SUPPORTED_VERL:
         raise RuntimeError(
-            f"--backend verl-cpu patches verl internals of verl {SUPPORTED_VERL} (see agents/verl_cpu.py); "
+            f"--backend verl-cpu patches verl internals of verl {SUPPORTED_VERL} (see agents/verl/cpu.py); "
             f"verl {version} is installed. Install verl=={SUPPORTED_VERL} or use --backend verl on GPUs."
         )
 
@@ -94,7 +94,7 @@ def verl_cpu_environment() -> dict[str, str]:
     """
     return {
         "VERL_PLATFORM": PLATFORM_NAME,
-        "VERL_USE_EXTERNAL_MODULES": f"{__name__},agents.verl_plugin",
+        "VERL_USE_EXTERNAL_MODULES": f"{__name__},agents.verl.plugin",
         # TransferQueue's I/O threads default to 8 and warn on every call when there are fewer cores.
         "TQ_NUM_THREADS": str(min(8, os.cpu_count() or 1)),
     }
@@ -512,7 +512,7 @@ def register() -> None:
     patch_gloo_process_group()
     patch_forward_only_offload()
     _register_rollout()
-    import agents.verl_plugin  # noqa: F401  (what verl's plug-in hook loads, once the platform exists)
+    import agents.verl.plugin  # noqa: F401  (what verl's plug-in hook loads, once the platform exists)
 
 
 register()

@@ -2,7 +2,7 @@
 
 Each query becomes one row: the Qwen2.5-VL prompt of :func:`agents.prompts.to_verl_prompt`
 (system prompt, ``<image>`` placeholder, question), the query image, ``data_source``,
-``agent_name="region_rerank"`` (so verl runs :mod:`agents.agent_loop`),
+``agent_name="region_rerank"`` (so verl runs :mod:`agents.verl.agent_loop`),
 ``reward_model.ground_truth`` (the positive candidate ids, as JSON) and ``extra_info``
 with ``query_id`` and ``pool_file``, the query-pool JSONL the agent loop rebuilds the
 episode from (the loop rebuilds the prompt around the env's view; the row's copy serves
@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agents.prompts import to_verl_prompt
-from agents.qwen_policy import DEFAULT_MAX_PIXELS
-from agents.verl_config import AGENT_NAME
-from envs.boxes import QWEN_MIN_PIXELS
+from agents.verl.settings import AGENT_NAME
+from envs.settings import ImageSettings
 from envs.data import QueryPool, load_query_pools, write_query_pools
+from envs.default import default_dataset
 
 Split = Literal["train", "val"]
 
@@ -40,13 +40,12 @@ def verl_rows(
     split: str,
     data_source: str,
     max_steps: int = 1,
-    min_pixels: int = QWEN_MIN_PIXELS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    images: ImageSettings = ImageSettings(),
 ) -> list[dict]:
     """One ``RLHFDataset`` row per pool, pointing back at ``pool_file`` (which holds them).
 
-    The image item carries ``min_pixels`` / ``max_pixels`` so verl's prompt-length filter
-    resizes it as the agent loop does.
+    The image item carries ``images``' ``min_pixels`` / ``max_pixels`` so verl's
+    prompt-length filter resizes it as the agent loop does.
     """
     pool_file = os.path.abspath(pool_file)
     rows = []
@@ -56,7 +55,7 @@ def verl_rows(
                 "data_source": data_source,
                 "agent_name": AGENT_NAME,
                 "prompt": to_verl_prompt(pool.question, max_steps),
-                "images": [{"image": os.path.abspath(pool.image), "min_pixels": min_pixels, "max_pixels": max_pixels}],
+                "images": [{"image": os.path.abspath(pool.image), "min_pixels": images.min_pixels, "max_pixels": images.max_pixels}],
                 "ability": "region_rerank",
                 "reward_model": {
                     "style": "rule",
@@ -95,8 +94,6 @@ def split_pools(source: Path | None, split: Split, out: Path, max_queries: int |
             print(f"{source}: dropped {dataset.dropped_without_positive} queries without a positive ({split})")
         pools = list(dataset)[:max_queries]
         return pools, source, f"region_rerank/{source.stem}"
-    from envs.default import default_dataset
-
     pools = list(default_dataset(split=split, purpose=purpose))[:max_queries]
     pool_file = write_query_pools(pools, out / f"{split}_pools.jsonl")
     return pools, pool_file, f"region_rerank/synthetic-{split}"
@@ -108,8 +105,7 @@ def export_verl_data(
     val: Path | None = None,
     *,
     max_steps: int = 1,
-    min_pixels: int = QWEN_MIN_PIXELS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    images: ImageSettings = ImageSettings(),
     data_source: str | None = None,
     max_queries: int | None = None,
     val_queries: int | None = None,
@@ -123,7 +119,7 @@ def export_verl_data(
         pools, pool_file, default_source = split_pools(source, split, out, limit)
         rows = verl_rows(
             pools, pool_file, split=split, data_source=data_source or default_source,
-            max_steps=max_steps, min_pixels=min_pixels, max_pixels=max_pixels,
+            max_steps=max_steps, images=images,
         )
         written[split] = write_parquet(rows, out / f"{split}.parquet")
         if not quiet:

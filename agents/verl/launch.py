@@ -1,6 +1,6 @@
 """Launch a verl run (``--backend verl`` or ``verl-cpu``) and summarize it.
 
-:func:`launch` composes the config (:mod:`agents.verl_config`), refuses what cannot run
+:func:`launch` composes the config (:mod:`agents.verl.config`), refuses what cannot run
 before Ray starts, exports the embedded benchmark when no data files are given, writes
 the agent-loop registration and calls verl's own ``main_ppo`` entry point. verl's
 ``file`` logger writes one JSON line of metrics per step to ``OUT/metrics.jsonl``;
@@ -16,18 +16,18 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from agents.verl_config import (
-    METRIC_PREFIX,
+from agents.verl.config import (
     VerlArgs,
     agent_loop_file,
-    agent_loop_settings,
     check_estimator,
     check_prompt_fits,
     compose_verl_config,
     data_files,
+    loop_settings,
     missing_for_verl,
     write_agent_loop_file,
 )
+from agents.verl.settings import METRIC_PREFIX, agent_loop_config
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -65,7 +65,7 @@ def prepare_cpu_process() -> None:
     """Load the CPU pieces in this (driver) process and set the variables every Ray worker
     inherits, so each of them loads the pieces on ``import verl``, before anything asks
     for the platform."""
-    from agents import verl_cpu
+    from agents.verl import cpu as verl_cpu
 
     verl_cpu.check_verl_version()
     os.environ.update(verl_cpu.verl_cpu_environment())
@@ -87,11 +87,9 @@ def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, 
     config = compose_verl_config(args, overrides, cpu=cpu)
     check_estimator(config.algorithm.adv_estimator, cpu=cpu)
     if dry_run:
-        from agents.agent_loop import agent_loop_config
-
         print(OmegaConf.to_yaml(config, resolve=True))
         print(f"# agent loop ({agent_loop_file(args)}):")
-        print(yaml.safe_dump(agent_loop_config(**agent_loop_settings(args)), sort_keys=False))
+        print(yaml.safe_dump(agent_loop_config(loop_settings(args)), sort_keys=False))
         return None
     missing = missing_for_verl(config.actor_rollout_ref.rollout.name, cpu=cpu)
     if missing:
@@ -116,12 +114,11 @@ def export_default_data(args: VerlArgs) -> None:
     """Export the embedded benchmark to ``OUT/data`` when the run names no data files."""
     if args.train_files is not None and args.val_files is not None:
         return
-    from agents.verl_data import export_verl_data
+    from agents.verl.data import export_verl_data
 
     train, val = data_files(args)
     export_verl_data(
-        train.parent, args.train_files, args.val_files, max_steps=args.max_steps, min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels, max_queries=args.max_queries, val_queries=args.val_queries, quiet=True,
+        train.parent, args.train_files, args.val_files, max_steps=args.env.max_steps, images=args.images, max_queries=args.max_queries, val_queries=args.val_queries, quiet=True,
     )
 
 

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from agents.rgrpo import compute_rgrpo_outcome_advantage, validate_decisions
-from agents.verl_config import METRIC_PREFIX
+from agents.verl.settings import METRIC_PREFIX
 from envs.actions import FULL, REGION
 from verl.trainer.ppo import core_algos
 

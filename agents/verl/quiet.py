@@ -5,7 +5,7 @@ never uses are not installed (megatron, mindspeed, torchtitan, veomni, automodel
 its platform manager logs "No supported accelerator detected ... Falling back to
 'nvidia'" on every CPU-only process. Both are filtered by their exact text; every other
 warning of verl stays. :func:`install` runs when :mod:`agents` is imported, so it covers
-the recipes, the tests and (through :mod:`agents.verl_cpu`) verl's Ray workers.
+the recipes, the tests and (through :mod:`agents.verl.cpu`) verl's Ray workers.
 """
 
 from __future__ import annotations

@@ -1,0 +1,234 @@
+"""The settings objects that travel from a recipe to where they are used.
+
+One object per concern, each a frozen dataclass with documented fields:
+
+- :class:`ScorerSettings`: which frozen re-ranker, on which device, with which cache;
+- :class:`EnvSettings`: the episode (steps, reward and how it is paid, what the policy sees);
+- :class:`ImageSettings`: the pixel limits of an image shown to a Qwen-VL policy.
+
+The recipes nest them (so their flags read ``--scorer.model``, ``--env.max-steps``), the
+verl agent loop receives them in its config file, and :mod:`envs.factory` builds scorers
+and envs from them. They are serialized once (:func:`settings_to_dict`: plain JSON/YAML
+types) and parsed once (:func:`settings_from_dict`, which names the unknown or mistyped
+key). Adding an env knob is one change: a field of :class:`EnvSettings` (its default and
+docstring), which every recipe's CLI, the agent-loop config and ``gym.make`` then accept,
+plus the code in :class:`envs.region_rerank.RegionRerankEnv` that uses it.
+
+This module depends only on :mod:`rewards` and :mod:`envs.boxes`, so anything may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar, get_args
+
+from envs.boxes import QWEN_MIN_PIXELS
+from rewards import RewardConfig
+
+RewardMode = Literal["terminal", "incremental"]
+CandidateFeatures = Literal["auto", "image", "text", "image+text"]
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """The frozen image-text re-ranker an env scores with."""
+
+    model: str | None = None
+    """open_clip model name (e.g. ``ViT-B-16``, ``EVA02-L-14``), or ``module:attr`` naming a
+    scorer factory or class of your own (called with ``options``); ``None``: the embedded
+    rr-tiny scorer"""
+    pretrained: str | None = None
+    """open_clip zoo tag or local checkpoint file of ``model``; ``None``: random weights
+    (for a named open_clip model) or the shipped checkpoint (for the default)"""
+    device: str = "cpu"
+    """torch device of the scorer"""
+    candidate_features: CandidateFeatures = "auto"
+    """how a candidate becomes a vector: its image, its text, both (summed and re-normalized,
+    Region-R1's image+text), or ``auto`` (both when it has both)"""
+    cache_dir: str | None = None
+    """folder of an on-disk candidate-embedding cache shared by processes; ``None``: memory only"""
+    options: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments of a ``module:attr`` scorer factory (ignored for open_clip models)"""
+
+    def __post_init__(self) -> None:
+        if self.candidate_features not in get_args(CandidateFeatures):
+            raise ValueError(
+                f"candidate_features={self.candidate_features!r}; expected one of {get_args(CandidateFeatures)}"
+            )
+        if self.model is None and self.pretrained is not None:
+            raise ValueError("pretrained= needs a model name; model=None means the embedded default scorer")
+
+    def __hash__(self) -> int:  # ``options`` is a dict; settings key per-process scorer caches
+        return hash(repr(settings_to_dict(self)))
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """One RegionRerank episode: how many crops, how they are paid, what the policy sees."""
+
+    max_steps: int = 1
+    """REGION steps allowed per episode (1 is the paper's setting; more is multi-step zoom)"""
+    reward_mode: RewardMode = "terminal"
+    """how zoom steps are paid: ``terminal`` (the final view against FULL, once) or
+    ``incremental`` (each step against the view it replaces)"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """reward weights, penalties and options (:class:`rewards.RewardConfig`)"""
+    obs_size: int = 224
+    """side of the square observation image"""
+    policy_max_side: int | None = None
+    """information gap: longest side of the view shown to the policy (crops are still cut and
+    scored at full resolution); ``None``: the full-resolution view"""
+    min_box_side: float | None = None
+    """smallest crop side in original pixels that counts as a valid box; ``None``:
+    ``reward.min_box_side`` (4 px by default)"""
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.reward_mode not in get_args(RewardMode):
+            raise ValueError(f"reward_mode must be 'terminal' or 'incremental', got {self.reward_mode!r}")
+        if self.obs_size < 8:
+            raise ValueError(f"obs_size must be >= 8, got {self.obs_size}")
+        if self.policy_max_side is not None and self.policy_max_side < 8:
+            raise ValueError(f"policy_max_side must be >= 8 or None, got {self.policy_max_side}")
+        if self.box_side < 0:
+            raise ValueError(f"min_box_side must be >= 0, got {self.box_side}")
+
+    @property
+    def box_side(self) -> float:
+        """``min_box_side`` resolved against the reward's default."""
+        return float(self.reward.min_box_side if self.min_box_side is None else self.min_box_side)
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How an image is resized for a Qwen-VL policy (qwen-vl-utils' ``min_pixels`` / ``max_pixels``).
+
+    The policy writes its boxes in pixels of the resized image (the ``"resized"`` frame of
+    :mod:`envs.boxes`), so the prompt builder, the parser and the data export must all
+    use the same limits: they all take this object.
+    """
+
+    min_pixels: int = QWEN_MIN_PIXELS
+    """least pixels of an image shown to the policy"""
+    max_pixels: int = 1024 * 28 * 28
+    """most pixels of an image shown to the policy; bounds its tokens to ``max_pixels / 784``
+    (the default, 1024 tokens, keeps a Qwen2.5-VL prompt on one GPU; the model allows 16384)"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(
+                f"need 0 < min_pixels <= max_pixels, got min_pixels={self.min_pixels}, max_pixels={self.max_pixels}"
+            )
+
+
+def settings_to_dict(settings: Any) -> dict[str, Any]:
+    """A settings dataclass (nested ones included) as plain JSON/YAML types; paths become strings."""
+    return _plain(dataclasses.asdict(settings))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def settings_from_dict(cls: type[S], data: Mapping[str, Any] | S | None, where: str = "") -> S:
+    """``cls`` from a mapping of its fields (nested settings as nested mappings).
+
+    ``data`` may already be a ``cls`` (returned as is) or ``None`` (the defaults). Values are
+    taken as given; the dataclass's own checks run on construction.
+
+    Raises:
+        ValueError: naming ``where`` and the key, for an unknown key or a nested value
+            that is not a mapping.
+    """
+    if data is None:
+        return cls()
+    if isinstance(data, cls):
+        return data
+    label = where or cls.__name__
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{label}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{label}: unknown key(s) {unknown}; known: {sorted(names)}")
+    values = {}
+    for key, value in data.items():
+        nested = _dataclass_of(hints[key])
+        if nested is not None and value is not None:
+            value = settings_from_dict(nested, value, f"{label}.{key}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{label}: {exc}") from exc
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a field annotation names (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+LEGACY_FLAGS: dict[str, str] = {
+    "scorer-model": "scorer.model",
+    "scorer-pretrained": "scorer.pretrained",
+    "scorer-device": "scorer.device",
+    "max-steps": "env.max-steps",
+    "reward-mode": "env.reward-mode",
+    "policy-max-side": "env.policy-max-side",
+    "obs-size": "env.obs-size",
+    "reward.": "env.reward.",
+    "min-pixels": "images.min-pixels",
+    "max-pixels": "images.max-pixels",
+}
+"""Flag spellings from before the settings were nested, and what they are now (suffixes
+after a recipe's group prefix: ``--scorer-model`` -> ``--scorer.model``,
+``--verl.max-steps`` -> ``--verl.env.max-steps``)."""
+
+
+def upgrade_legacy_flags(
+    argv: list[str], groups: tuple[str, ...] = ("",), renames: Mapping[str, str] = LEGACY_FLAGS
+) -> list[str]:
+    """``argv`` with legacy flag spellings (``renames``) rewritten under each of ``groups``
+    (``""`` is the top level), warning once per flag, so old command lines keep working."""
+    upgraded = []
+    for arg in argv:
+        upgraded.append(_upgraded(arg, groups, renames))
+    return upgraded
+
+
+def _upgraded(arg: str, groups: tuple[str, ...], renames: Mapping[str, str]) -> str:
+    if not arg.startswith("--"):
+        return arg
+    flag, eq, value = arg.partition("=")
+    normalized = flag.replace("_", "-")
+    for group in groups:
+        prefix = f"--{group}." if group else "--"
+        if not normalized.startswith(prefix):
+            continue
+        rest = normalized[len(prefix):]
+        for old, new in renames.items():
+            if rest == old or (old.endswith(".") and rest.startswith(old)):
+                renamed = prefix + new + rest[len(old):]
+                warnings.warn(f"{flag} is deprecated; use {renamed}", FutureWarning, stacklevel=3)
+                return renamed + eq + value
+    return arg
