@@ -31,7 +31,7 @@ import numpy as np
 
 from envs.data import Candidate, Purpose, QueryDataset, QueryPool, load_query_pools, write_query_pools
 from envs.scorer import OpenClipScorer, Scorer
-from envs.synthetic import ENTITIES, BenchmarkConfig, build_pools, check_split, reference_image, render_scene, split_specs
+from envs.synthetic import ENTITIES, BenchmarkConfig, check_split, mine_pools, reference_image, render_scene, split_specs
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = D
             ),
             box=box,
         )
-        for spec, pool, box in zip(specs, build_pools(specs, similarity, config, split), boxes)
+        for spec, pool, box in zip(specs, mine_pools(specs, similarity, config, split), boxes)
     ]
     return write_query_pools(pools, root / POOLS_FILE, root)
 

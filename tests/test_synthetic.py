@@ -18,7 +18,7 @@ from envs.synthetic import (
     SHAPES,
     BenchmarkConfig,
     SceneConfig,
-    build_pools,
+    mine_pools,
     cell_of,
     reference_image,
     render_scene,
@@ -131,7 +131,7 @@ def test_pools_hold_the_positive_and_the_hardest_negatives():
     config = dataclasses.replace(CONFIG, test_queries=50)
     specs = split_specs(config, "test")
     similarity = np.random.default_rng(0).normal(size=(len(specs), len(ENTITIES)))
-    pools = build_pools(specs, similarity, config, "test")
+    pools = mine_pools(specs, similarity, config, "test")
     missing = 0
     for spec, pool, sim in zip(specs, pools, similarity):
         target = spec.target.entity.index
@@ -144,9 +144,9 @@ def test_pools_hold_the_positive_and_the_hardest_negatives():
             missing += 1
             assert set(pool.entities) == set(hardest[: config.pool_size])
     assert missing == round(config.missing_positive_fraction * len(specs)) == 5
-    assert build_pools(specs, similarity, config, "test") == pools  # deterministic
+    assert mine_pools(specs, similarity, config, "test") == pools  # deterministic
     with pytest.raises(ValueError, match="similarity must have shape"):
-        build_pools(specs, similarity[:, :10], config, "test")
+        mine_pools(specs, similarity[:, :10], config, "test")
 
 
 @pytest.mark.parametrize(
