@@ -463,6 +463,7 @@ def test_verl_worker_runs_multi_step_groups_and_hands_decisions_to_rgrpo(
 
 
 # --------------------------------------------------------------------------- configuration
+@pytest.mark.verl_contract  # reads verl's private _agent_loop_registry
 def test_loop_is_registered_only_through_its_config_file(settings):
     # Importing the loop must not put a settings-less entry in verl's registry: verl imports
     # it lazily at the first episode, and such an entry would replace the config file's.

@@ -309,6 +309,7 @@ def agent_loop_batch(scores: list[float], decisions: list, uids: list[str], prom
     return data
 
 
+@pytest.mark.verl_contract  # builds batches with verl's private AgentLoopWorker._postprocess
 def test_compute_advantage_dispatch_uses_decision_balanced_baseline(rgrpo_registered):
     uids = ["a", "a", "a", "a", "b", "b", "b", "c"]
     scores = [1.0, 1.0, 1.0, 0.0, 2.0, 0.0, 1.0, 3.0]
@@ -335,6 +336,7 @@ def test_compute_advantage_dispatch_uses_decision_balanced_baseline(rgrpo_regist
     torch.testing.assert_close(difference[4:], torch.zeros(4, difference.shape[1]))
 
 
+@pytest.mark.verl_contract  # builds batches with verl's private AgentLoopWorker._postprocess
 def test_scoped_decisions_of_another_batch_are_rejected(rgrpo_registered):
     data = agent_loop_batch([1.0, 0.0], [1, 0], ["a", "a"])
     with decisions_in_scope(np.array(["b", "b"], dtype=object), [1, 0]):
@@ -342,6 +344,7 @@ def test_scoped_decisions_of_another_batch_are_rejected(rgrpo_registered):
             compute_advantage(data, adv_estimator=ESTIMATOR_NAME, config=AlgoConfig())
 
 
+@pytest.mark.verl_contract  # builds batches with verl's private AgentLoopWorker._postprocess
 def test_missing_decision_names_the_agent_loop_field(rgrpo_registered):
     data = agent_loop_batch([1.0, 0.0], [1, None], ["a", "a"])
     with decisions_in_scope(data.non_tensor_batch["uid"], data.non_tensor_batch[DECISION_KEY]):
@@ -349,6 +352,7 @@ def test_missing_decision_names_the_agent_loop_field(rgrpo_registered):
             compute_advantage(data, adv_estimator=ESTIMATOR_NAME, config=AlgoConfig())
 
 
+@pytest.mark.verl_contract  # calls the v1 trainer's private _compute_advantage
 @pytest.mark.slow
 def test_v1_trainer_mode_hands_decisions_over_through_transfer_queue():
     """verl's v1 ``_compute_advantage`` on a real TransferQueue, samples stored as
