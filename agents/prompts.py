@@ -1,10 +1,16 @@
-"""The Qwen2.5-VL prompt for query-side region cropping (the one place it is written).
+"""The prompts for query-side region cropping (the one place they are written), per model family.
 
 The zero-shot baseline, the verl agent loop and the data export all build their
 messages here, so the policy is trained and evaluated on the same words. The prompt
 offers exactly the answers :func:`envs.text_actions.parse_action_text` reads: a call of
-the ``image_zoom_in_tool`` tool (Qwen2.5 function-calling style, box in absolute pixels
-of the image the model was shown, i.e. the ``"resized"`` frame) or ``NO_CROP_NEEDED``.
+the ``image_zoom_in_tool`` tool (Qwen function-calling style) or ``NO_CROP_NEEDED``.
+What the box numbers mean depends on the model family (:mod:`agents.model_family`):
+absolute pixels of the image the model was shown for Qwen2.5-VL (the ``"resized"``
+frame), 0-1000 relative coordinates of it for Qwen3-VL (``"norm1000"``). Every builder
+takes ``family`` (a name or :class:`agents.model_family.ModelFamily`; ``None``: Qwen2.5-VL,
+the project's default policies' family); :func:`prompt_texts` gives a family's texts.
+The module constants (:data:`TOOL_SCHEMA`, :data:`CROP_EXAMPLE`, :data:`SYSTEM_PROMPT`)
+are Qwen2.5-VL's.
 
 Messages follow the transformers / qwen-vl-utils chat format (content lists with
 ``{"type": "image", "image": ...}`` and ``{"type": "text", "text": ...}`` items);
@@ -14,65 +20,101 @@ Messages follow the transformers / qwen-vl-utils chat format (content lists with
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
+from agents.model_family import ModelFamily, get_family
 from envs.text_actions import FULL_MARKER, TOOL_NAME
 
 IMAGE_PLACEHOLDER = "<image>"
 """verl's RLHFDataset swaps this placeholder for the row's image."""
 
-TOOL_SCHEMA: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": TOOL_NAME,
-        "description": "Crop the query image to one region; the re-ranker then compares only that region "
-        "with the knowledge-base entries.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "bbox_2d": {
-                    "type": "array",
-                    "items": {"type": "number"},
-                    "minItems": 4,
-                    "maxItems": 4,
-                    "description": "The region as [x1, y1, x2, y2] in absolute pixel coordinates of the image "
-                    "you were shown: (x1, y1) is the top-left corner, (x2, y2) the bottom-right corner.",
+
+def _tool_schema(family: ModelFamily) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": TOOL_NAME,
+            "description": "Crop the query image to one region; the re-ranker then compares only that region "
+            "with the knowledge-base entries.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "bbox_2d": {
+                        "type": "array",
+                        "items": {"type": "number"},
+                        "minItems": 4,
+                        "maxItems": 4,
+                        "description": family.bbox_description,
+                    },
+                    "label": {"type": "string", "description": "What the region shows (optional)."},
                 },
-                "label": {"type": "string", "description": "What the region shows (optional)."},
+                "required": ["bbox_2d"],
             },
-            "required": ["bbox_2d"],
         },
-    },
-}
-"""The crop tool in the OpenAI / Qwen2.5 function schema (also usable as a verl tool schema)."""
+    }
 
-CROP_EXAMPLE = (
-    "<tool_call>\n"
-    + json.dumps({"name": TOOL_NAME, "arguments": {"bbox_2d": [84, 56, 420, 392], "label": "the bird"}})
-    + "\n</tool_call>"
-)
-"""The crop answer shown in :data:`SYSTEM_PROMPT` (a REGION action in the resized frame)."""
+
+def _crop_example(family: ModelFamily) -> str:
+    call = {"name": TOOL_NAME, "arguments": {"bbox_2d": list(family.example_box), "label": "the bird"}}
+    return "<tool_call>\n" + json.dumps(call) + "\n</tool_call>"
+
+
 FULL_EXAMPLE = FULL_MARKER
-"""The keep-the-image answer shown in :data:`SYSTEM_PROMPT` (a FULL action)."""
+"""The keep-the-image answer shown in the system prompt (a FULL action)."""
 
-SYSTEM_PROMPT = f"""You help a re-ranker that compares a query image with knowledge-base entries to find the entry that answers a question about the image. Decide whether the re-ranker should see the whole image or only one region of it: crop to the subject the question is about when background, clutter or other objects would distract from it; keep the full image when the subject already fills it or the question needs the whole scene.
+
+def _system_prompt(family: ModelFamily) -> str:
+    return f"""You help a re-ranker that compares a query image with knowledge-base entries to find the entry that answers a question about the image. Decide whether the re-ranker should see the whole image or only one region of it: crop to the subject the question is about when background, clutter or other objects would distract from it; keep the full image when the subject already fills it or the question needs the whole scene.
 
 # Tools
 
 You are provided with function signatures within <tools></tools> XML tags:
 <tools>
-{json.dumps(TOOL_SCHEMA)}
+{json.dumps(_tool_schema(family))}
 </tools>
 
 To crop, call the tool with a json object within <tool_call></tool_call> XML tags, for example:
-{CROP_EXAMPLE}
+{_crop_example(family)}
 To keep the full image, answer exactly:
 {FULL_EXAMPLE}
 
 You may think briefly inside <think></think> first, then give exactly one of these two answers."""
-"""System message: the task, the crop tool and the FULL answer."""
+
+
+@dataclass(frozen=True)
+class PromptTexts:
+    """The family-dependent texts of the prompt."""
+
+    family: ModelFamily
+    tool_schema: dict[str, Any]
+    """the crop tool in the OpenAI / Qwen function schema (also usable as a verl tool schema)"""
+    crop_example: str
+    """the crop answer shown in the system prompt (a REGION action in the family's frame)"""
+    system_prompt: str
+    """system message: the task, the crop tool and the FULL answer"""
+
+
+@functools.lru_cache(maxsize=None)
+def _texts(family: ModelFamily) -> PromptTexts:
+    return PromptTexts(family, _tool_schema(family), _crop_example(family), _system_prompt(family))
+
+
+def prompt_texts(family: str | ModelFamily | None = None) -> PromptTexts:
+    """The prompt texts of ``family`` (a name or record; ``None``: Qwen2.5-VL). Raises
+    ``ValueError`` listing the supported families for an unknown name."""
+    return _texts(get_family(family))
+
+
+TOOL_SCHEMA: dict[str, Any] = prompt_texts().tool_schema
+"""Qwen2.5-VL's crop tool schema (box in absolute pixels of the image shown)."""
+CROP_EXAMPLE = prompt_texts().crop_example
+"""Qwen2.5-VL's crop example (a REGION action in the resized frame)."""
+SYSTEM_PROMPT = prompt_texts().system_prompt
+"""Qwen2.5-VL's system message: the task, the crop tool and the FULL answer."""
 
 QUESTION_PREFIX = "Question: "
 DECISION_REQUEST = (
@@ -86,12 +128,13 @@ REGION_ANSWER_SUFFIX = "]}}\n</tool_call>"
 """How every crop answer ends, after the four numbers of the box."""
 
 
-def fixed_prompt_texts() -> tuple[str, ...]:
-    """The texts every prompt and answer repeats verbatim. A tokenizer built for a tiny
-    model (:mod:`agents.tiny_qwen`) makes each one token, so a CPU-sized policy reads a
-    ~100-token prompt and writes a crop in ~15 tokens with the same words a real Qwen
-    reads."""
-    return (SYSTEM_PROMPT, QUESTION_PREFIX, DECISION_REQUEST, REGION_ANSWER_PREFIX, REGION_ANSWER_SUFFIX, FULL_MARKER)
+def fixed_prompt_texts(family: str | ModelFamily | None = None) -> tuple[str, ...]:
+    """The texts every prompt and answer of ``family`` repeats verbatim. A tokenizer built
+    for a tiny model (:mod:`agents.tiny_qwen`) makes each one token, so a CPU-sized policy
+    reads a ~100-token prompt and writes a crop in ~15 tokens with the same words a real
+    Qwen reads."""
+    system = prompt_texts(family).system_prompt
+    return (system, QUESTION_PREFIX, DECISION_REQUEST, REGION_ANSWER_PREFIX, REGION_ANSWER_SUFFIX, FULL_MARKER)
 
 
 _PLACEHOLDERS = re.compile(r"<image>|<video>|<audio>")
@@ -139,6 +182,7 @@ def build_messages(
     *,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    family: str | ModelFamily | None = None,
 ) -> list[dict]:
     """Chat messages for the first turn: system prompt, then the query image and question.
 
@@ -146,10 +190,11 @@ def build_messages(
     ``max_steps > 1`` the user turn says how many crops are left from ``step`` on.
     ``min_pixels`` / ``max_pixels``, when given, go into the image item so
     ``qwen_vl_utils.process_vision_info`` resizes with them; pass the same values to
-    :func:`envs.boxes.qwen_resized_size` when parsing the reply.
+    :func:`envs.boxes.qwen_resized_size` when parsing the reply. ``family`` words the
+    system prompt for the model family's box frame (``None``: Qwen2.5-VL).
     """
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": prompt_texts(family).system_prompt},
         {
             "role": "user",
             "content": [
@@ -161,28 +206,35 @@ def build_messages(
 
 
 def followup_message(
-    image: Any, step: int, max_steps: int, *, min_pixels: int | None = None, max_pixels: int | None = None
+    image: Any,
+    step: int,
+    max_steps: int,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    family: str | ModelFamily | None = None,
 ) -> dict:
     """The user turn after a crop in multi-step zoom: the cropped view as the next image.
 
     ``step`` is the 0-based index of the step the model is about to take (so 1 after the
     first crop) and must be below ``max_steps``: a crop at the last step ends the episode.
-    ``min_pixels`` / ``max_pixels`` as in :func:`build_messages`.
+    ``min_pixels`` / ``max_pixels`` and ``family`` as in :func:`build_messages`.
     """
     _check_steps(step, max_steps, first=1)
+    coordinates = get_family(family).coordinates
     text = (
         f"This is the cropped region (crop {step} of at most {max_steps}). "
-        f"Crop it further with {TOOL_NAME}, in pixel coordinates of this new image, "
+        f"Crop it further with {TOOL_NAME}, in {coordinates} of this new image, "
         f"or answer {FULL_MARKER} to keep it.{_crop_budget_text(step, max_steps)}"
     )
     return {"role": "user", "content": [_image_item(image, min_pixels, max_pixels), {"type": "text", "text": text}]}
 
 
-def to_verl_prompt(question: str, max_steps: int = 1) -> list[dict]:
+def to_verl_prompt(question: str, max_steps: int = 1, family: str | ModelFamily | None = None) -> list[dict]:
     """The messages of :func:`build_messages` as a verl ``RLHFDataset`` ``prompt`` column:
     string contents, the image replaced by the ``<image>`` placeholder (the row's
     ``images`` column holds the image itself)."""
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": prompt_texts(family).system_prompt},
         {"role": "user", "content": IMAGE_PLACEHOLDER + _question_text(question, 0, max_steps)},
     ]

@@ -1,12 +1,14 @@
-"""Qwen2.5-VL as a RegionRerank policy (zero-shot, or a checkpoint trained with verl).
+"""A Qwen-VL checkpoint (Qwen2.5-VL or Qwen3-VL) as a RegionRerank policy (zero-shot, or trained with verl).
 
 :class:`QwenVLPolicy` is a policy callable ``policy(obs, info, env) -> action`` (see
 :mod:`agents.baselines`), so ``recipes/evaluate.py --vlm PATH`` and
 :func:`agents.evaluation.evaluate_policy` run it like any baseline. It shows the model
 exactly what the verl agent loop shows it during training: the prompt of
 :mod:`agents.prompts` around ``info["policy_image"]``, resized by qwen-vl-utils with
-``min_pixels`` / ``max_pixels``; and it reads the answer with the same parser, in the
-``"resized"`` frame (pixels of the image the model saw). Multi-step zoom needs no
+``min_pixels`` / ``max_pixels`` and the processor's resize factor; and it reads the answer
+with the same parser, in the model family's frame (:mod:`agents.model_family`: pixels of
+the image the model saw for Qwen2.5-VL, 0-1000 of it for Qwen3-VL). The family is read
+from the checkpoint's config unless ``images.family`` names it. Multi-step zoom needs no
 memory: each step is a fresh conversation about the current view that says how many
 crops are left (``obs["step"]``).
 """
@@ -17,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agents.model_family import patch_size, resize_factor, resolve_family
 from agents.prompts import build_messages
 from agents.qwen_vision import check_pixel_limits
 from envs.settings import ImageSettings
@@ -24,13 +27,14 @@ from envs.wrappers import TextAction
 
 
 class QwenVLPolicy:
-    """A Qwen2.5-VL checkpoint as a cropping policy, generating with transformers.
+    """A Qwen-VL checkpoint as a cropping policy, generating with transformers.
 
     Args:
-        model_path: a Qwen2.5-VL folder (or hub id where the hub is reachable).
+        model_path: a Qwen2.5-VL or Qwen3-VL folder (or hub id where the hub is reachable).
         max_new_tokens: most tokens per answer.
         device: torch device; default ``cuda`` when available, else ``cpu``.
-        images: pixel limits of the view as shown to the model (bound its image tokens).
+        images: pixel limits of the view as shown to the model (bound its image tokens), and
+            the model family when it must override the checkpoint's config.
         greedy: greedy decoding (default); otherwise sample with ``temperature``.
         temperature: sampling temperature when not greedy.
 
@@ -47,26 +51,28 @@ class QwenVLPolicy:
         temperature: float = 1.0,
     ):
         import torch
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.family = resolve_family(images.family, model_path)  # refuses an unknown family first
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.processor = AutoProcessor.from_pretrained(model_path)
         check_pixel_limits(self.processor, images)
+        self.factor = resize_factor(self.processor)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self.images = images
         self.greedy, self.temperature = greedy, temperature
-        self.name = f"qwen2.5-vl:{Path(model_path).name}"
+        self.name = f"{self.family.label.lower()}:{Path(model_path).name}"
         self.last_text = ""
 
     def messages(self, obs: dict, info: dict, env) -> list[dict]:
         """The chat for the current step: the view the policy sees and the question."""
         return build_messages(
             info["question"], info["policy_image"], int(obs["step"]), env.unwrapped.max_steps,
-            min_pixels=self.images.min_pixels, max_pixels=self.images.max_pixels,
+            min_pixels=self.images.min_pixels, max_pixels=self.images.max_pixels, family=self.family,
         )
 
     def generate(self, messages: list[dict]) -> str:
@@ -75,8 +81,7 @@ class QwenVLPolicy:
         from qwen_vl_utils import process_vision_info
 
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        patch_size = getattr(self.processor.image_processor, "patch_size", 14)
-        images, _ = process_vision_info(messages, image_patch_size=patch_size)
+        images, _ = process_vision_info(messages, image_patch_size=patch_size(self.processor))
         inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
         sampling = {"do_sample": False} if self.greedy else {"do_sample": True, "temperature": self.temperature}
         with torch.no_grad():
@@ -85,9 +90,12 @@ class QwenVLPolicy:
         return self.processor.batch_decode(answer, skip_special_tokens=True)[0]
 
     def action_from_text(self, text: str, env) -> Any:
-        """The env action for ``text``: a box in pixels of the image the model saw becomes
-        a 0-1 box of the current view; unparseable text a ``MalformedAction``."""
-        wrapper = TextAction(env.unwrapped, frame="resized", min_pixels=self.images.min_pixels, max_pixels=self.images.max_pixels)
+        """The env action for ``text``: a box in the family's frame of the image the model saw
+        becomes a 0-1 box of the current view; unparseable text a ``MalformedAction``."""
+        wrapper = TextAction(
+            env.unwrapped, frame=self.family.frame, min_pixels=self.images.min_pixels,
+            max_pixels=self.images.max_pixels, factor=self.factor,
+        )
         return wrapper.action(text)
 
     def __call__(self, obs: dict, info: dict, env) -> Any:

@@ -23,8 +23,9 @@ def _size_entry(size: Any, key: str) -> int | None:
 def check_pixel_limits(processor: Any, images: ImageSettings) -> None:
     """Raise unless ``images``' ``[min_pixels, max_pixels]`` lies within the processor's own limits.
 
-    qwen-vl-utils resizes each image to multiples of 28 px within ``[min_pixels,
-    max_pixels]``; if that range left the processor's, the processor would resize again
+    qwen-vl-utils resizes each image to multiples of the processor's resize factor
+    (:func:`agents.model_family.resize_factor`: 28 px for Qwen2.5-VL, 32 px for Qwen3-VL)
+    within ``[min_pixels, max_pixels]``; if that range left the processor's, the processor would resize again
     and the model's box coordinates would refer to an image the parser does not know.
     """
     min_pixels, max_pixels = images.min_pixels, images.max_pixels

@@ -1,17 +1,20 @@
-"""A tiny, randomly initialised Qwen2.5-VL built offline: for tests and CPU demos.
+"""A tiny, randomly initialised Qwen2.5-VL or Qwen3-VL built offline: for tests and CPU demos.
 
-No model hub is reachable where this project is built, so the real Qwen2.5-VL cannot be
+No model hub is reachable where this project is built, so the real models cannot be
 downloaded. :func:`build_tiny_qwen` writes a folder that loads exactly like a real
-checkpoint (``Qwen2_5_VLForConditionalGeneration.from_pretrained``,
-``AutoProcessor.from_pretrained``, verl's ``hf_tokenizer`` / ``hf_processor``): the same
-architecture at toy sizes (about 0.2 M parameters), a byte-level BPE tokenizer trained
-on the project's prompt with Qwen's special tokens, the Qwen2-VL chat template, and
-Qwen2.5-VL's image processor with its real pixel limits. Every code path that touches
+checkpoint (``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGeneration``
+``.from_pretrained``, ``AutoModelForImageTextToText``, ``AutoProcessor.from_pretrained``,
+verl's ``hf_tokenizer`` / ``hf_processor``): the same architecture at toy sizes (about
+0.2 M parameters), a byte-level BPE tokenizer trained on the family's prompt with Qwen's
+special tokens, the Qwen2-VL chat template, and the family's image processor (Qwen2.5-VL:
+14 px patches, its real pixel limits; Qwen3-VL: 16 px patches, so 32 px image tokens,
+and the project's default ``min_pixels``, see :func:`build_processor`). Every code path that touches
 the model (processor, chat template, vision placeholders, M-RoPE, generation, the
 text parser) therefore runs for real; only the weights are random, so the model writes
 gibberish unless a caller scripts its output.
 
-    python -m agents.tiny_qwen runs/tiny-qwen      # build the folder
+    python -m agents.tiny_qwen runs/tiny-qwen                # build a tiny Qwen2.5-VL
+    python -m agents.tiny_qwen runs/tiny-qwen3 qwen3_vl      # build a tiny Qwen3-VL
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+from agents.model_family import QWEN2_5_VL, QWEN3_VL, ModelFamily, get_family
 from envs.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 
 QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -77,20 +81,35 @@ _VISION_SIZES = dict(
     window_size=112,
     fullatt_block_indexes=[1],
 )
+_QWEN3_TEXT_SIZES = dict(_TEXT_SIZES, head_dim=16)
+_QWEN3_VISION_SIZES = dict(
+    depth=2,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    patch_size=16,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    num_position_embeddings=64,  # an 8 x 8 grid, interpolated to each image's
+    deepstack_visual_indexes=[0],
+)
+QWEN3_MAX_PIXELS = 16384 * 32 * 32
+"""Qwen3-VL's released ``longest_edge`` (16384 tokens of 32 x 32 px)."""
 
 
-def _tokenizer_corpus() -> list[str]:
-    """Text the BPE is trained on: the project's prompt, answers and box numbers, so
+def _tokenizer_corpus(family: ModelFamily = QWEN2_5_VL) -> list[str]:
+    """Text the BPE is trained on: the family's prompt, answers and box numbers, so
     questions and boxes tokenize compactly."""
-    from agents.prompts import CROP_EXAMPLE, SYSTEM_PROMPT
+    from agents.prompts import prompt_texts
     from envs.text_actions import FULL_MARKER
 
+    texts = prompt_texts(family)
     numbers = ", ".join(str(n) for n in range(1000))
-    return [SYSTEM_PROMPT, CROP_EXAMPLE, FULL_MARKER, numbers, "system user assistant <think></think>"] * 2
+    return [texts.system_prompt, texts.crop_example, FULL_MARKER, numbers, "system user assistant <think></think>"] * 2
 
 
-def build_tokenizer(vocab_size: int = 1024):
-    """A ``Qwen2Tokenizer`` with a byte-level BPE trained on :func:`_tokenizer_corpus`,
+def build_tokenizer(vocab_size: int = 1024, family: str | ModelFamily = QWEN2_5_VL):
+    """A ``Qwen2Tokenizer`` with a byte-level BPE trained on :func:`_tokenizer_corpus` of ``family``,
     Qwen's special tokens (ids 0-7; ``<|im_end|>`` is EOS, ``<|endoftext|>`` pad) and one
     added token for each of :func:`agents.prompts.fixed_prompt_texts` (the system prompt,
     the decision request, the crop answer's fixed prefix and suffix, ``NO_CROP_NEEDED``).
@@ -112,7 +131,8 @@ def build_tokenizer(vocab_size: int = 1024):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_tokenizer_corpus(), trainer)
+    family = get_family(family)
+    bpe.train_from_iterator(_tokenizer_corpus(family), trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tokenizer = Qwen2Tokenizer(
@@ -125,26 +145,32 @@ def build_tokenizer(vocab_size: int = 1024):
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
     # Plain (not special) tokens: decoding keeps them, so the parser reads the full answer.
-    tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in fixed_prompt_texts()])
+    tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in fixed_prompt_texts(family)])
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     return tokenizer
 
 
-def build_config(tokenizer):
-    """A ``Qwen2_5_VLConfig`` at toy sizes whose special token ids are ``tokenizer``'s."""
-    from transformers import Qwen2_5_VLConfig
+def build_config(tokenizer, family: str | ModelFamily = QWEN2_5_VL):
+    """A ``Qwen2_5_VLConfig`` or ``Qwen3VLConfig`` (by ``family``) at toy sizes whose special
+    token ids are ``tokenizer``'s."""
+    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
+    family = get_family(family)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _MROPE_SECTION}
+    if family is QWEN3_VL:
+        rope["mrope_interleaved"] = True  # as the released Qwen3-VL configs
     text = dict(
-        _TEXT_SIZES,
+        _QWEN3_TEXT_SIZES if family is QWEN3_VL else _TEXT_SIZES,
         vocab_size=len(tokenizer),
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _MROPE_SECTION},
+        rope_parameters=rope,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision = dict(_VISION_SIZES, out_hidden_size=_TEXT_SIZES["hidden_size"])
-    return Qwen2_5_VLConfig(
+    vision = dict(_QWEN3_VISION_SIZES if family is QWEN3_VL else _VISION_SIZES, out_hidden_size=_TEXT_SIZES["hidden_size"])
+    cls = Qwen3VLConfig if family is QWEN3_VL else Qwen2_5_VLConfig
+    return cls(
         text_config=text,
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
@@ -155,16 +181,44 @@ def build_config(tokenizer):
     )
 
 
-def build_processor(tokenizer, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS):
-    """Qwen2.5-VL's processor around ``tokenizer`` (default pixel limits: the released
-    checkpoints').
+def build_processor(
+    tokenizer,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int | None = None,
+    family: str | ModelFamily = QWEN2_5_VL,
+):
+    """The family's processor around ``tokenizer``.
+
+    Qwen2.5-VL: its image processor (14 px patches merged 2 x 2) with the released pixel
+    limits by default. Qwen3-VL: the image processor its checkpoints name
+    (``Qwen2VLImageProcessor`` with 16 px patches merged 2 x 2, mean and std 0.5), its video
+    processor, ``longest_edge`` :data:`QWEN3_MAX_PIXELS`; ``shortest_edge`` defaults to the
+    project's ``min_pixels`` (:data:`envs.boxes.QWEN_MIN_PIXELS`, the
+    ``ImageSettings`` default) rather than the released 65536, so the default settings and
+    the small images of a CPU run pass :func:`agents.qwen_vision.check_pixel_limits`.
 
     The pixel limits go in ``size`` (passing ``min_pixels``/``max_pixels`` to the image
     processor would change the class defaults for every later instance).
     """
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
 
-    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    family = get_family(family)
+    if family is QWEN3_VL:
+        size = {"shortest_edge": min_pixels, "longest_edge": max_pixels or QWEN3_MAX_PIXELS}
+        half = [0.5, 0.5, 0.5]
+        return Qwen3VLProcessor(
+            image_processor=Qwen2VLImageProcessor(size=size, patch_size=16, merge_size=2, image_mean=half, image_std=half),
+            tokenizer=tokenizer,
+            video_processor=Qwen3VLVideoProcessor(size=size, patch_size=16, merge_size=2),
+            chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        )
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels or QWEN_MAX_PIXELS}
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size),
         tokenizer=tokenizer,
@@ -173,42 +227,47 @@ def build_processor(tokenizer, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: in
     )
 
 
-def cached_tiny_qwen(root: str | os.PathLike, seed: int = 0) -> Path:
-    """``root/tiny-qwen-seed<seed>``, built by :func:`build_tiny_qwen` unless already there."""
-    path = Path(root) / f"tiny-qwen-seed{seed}"
+def cached_tiny_qwen(root: str | os.PathLike, seed: int = 0, family: str | ModelFamily = QWEN2_5_VL) -> Path:
+    """``root/tiny-qwen-seed<seed>`` (Qwen2.5-VL) or ``root/tiny-qwen3-vl-seed<seed>``, built by
+    :func:`build_tiny_qwen` unless already there."""
+    family = get_family(family)
+    name = f"tiny-qwen-seed{seed}" if family is QWEN2_5_VL else f"tiny-{family.name.replace('_', '-')}-seed{seed}"
+    path = Path(root) / name
     if not (path / "model.safetensors").is_file():
-        build_tiny_qwen(path, seed)
+        build_tiny_qwen(path, seed, family=family)
     return path
 
 
-def build_tiny_qwen(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random Qwen2.5-VL (weights, config, tokenizer, processor) to ``path``.
+def build_tiny_qwen(path: str | os.PathLike, seed: int = 0, family: str | ModelFamily = QWEN2_5_VL) -> Path:
+    """Write a tiny random model of ``family`` (weights, config, tokenizer, processor) to ``path``.
 
     The folder loads with ``from_pretrained`` and with verl's ``hf_processor`` under
     ``HF_HUB_OFFLINE=1``; the weights are a pure function of ``seed``. Returns the path.
     """
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
+    family = get_family(family)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = build_config(tokenizer)
+    tokenizer = build_tokenizer(family=family)
+    config = build_config(tokenizer, family)
+    model_cls = Qwen3VLForConditionalGeneration if family is QWEN3_VL else Qwen2_5_VLForConditionalGeneration
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = model_cls(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     tokenizer.save_pretrained(out)
-    build_processor(tokenizer).save_pretrained(out)
+    build_processor(tokenizer, family=family).save_pretrained(out)
     model.save_pretrained(out)  # last: its weights file marks a complete folder
     return out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m agents.tiny_qwen OUTPUT_FOLDER")
-    print(build_tiny_qwen(sys.argv[1]))
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit("usage: python -m agents.tiny_qwen OUTPUT_FOLDER [qwen2_5_vl|qwen3_vl]")
+    print(build_tiny_qwen(sys.argv[1], family=sys.argv[2] if len(sys.argv) == 3 else QWEN2_5_VL))
 
 
 SHIPPED_POLICY = Path(__file__).resolve().parent / "assets" / "tiny-qwen-rr"

@@ -6,8 +6,9 @@ A box is ``[x1, y1, x2, y2]`` (left, top, right, bottom). Four frames occur:
 ``"norm1000"``  0-1000, relative to the current view (Qwen2-VL / many grounding models).
 ``"pixel"``     absolute pixels of the current view at its original resolution.
 ``"resized"``   absolute pixels of the image the VLM was shown, i.e. the view after
-                Qwen2.5-VL's resize rule (:func:`qwen_resized_size`). Qwen2.5-VL emits
-                boxes in this frame.
+                the Qwen-VL resize rule (:func:`qwen_resized_size`, with the family's
+                resize factor). Qwen2.5-VL emits boxes in this frame; Qwen3-VL emits
+                ``"norm1000"`` (see :mod:`agents.model_family`).
 
 A *view* is a rectangle of the original query image in whole original-image pixels;
 the first view is the whole image and each REGION step zooms into the
@@ -30,7 +31,9 @@ Frame = Literal["norm", "norm1000", "pixel", "resized"]
 FRAMES: tuple[str, ...] = ("norm", "norm1000", "pixel", "resized")
 
 QWEN_PATCH_FACTOR = 28
-"""Qwen2.5-VL resizes so both sides are multiples of patch size (14) x merge size (2)."""
+"""Qwen2.5-VL resizes so both sides are multiples of patch size (14) x merge size (2): the
+default factor of :func:`qwen_resized_size`. Other families read theirs from their
+processor (:func:`agents.model_family.resize_factor`; Qwen3-VL: 16 x 2 = 32)."""
 QWEN_MIN_PIXELS = 4 * 28 * 28
 QWEN_MAX_PIXELS = 16384 * 28 * 28
 
@@ -40,15 +43,19 @@ def qwen_resized_size(
     height: int,
     min_pixels: int = QWEN_MIN_PIXELS,
     max_pixels: int = QWEN_MAX_PIXELS,
+    factor: int = QWEN_PATCH_FACTOR,
 ) -> tuple[int, int]:
-    """``(width, height)`` of the image Qwen2.5-VL sees for a ``width x height`` input.
+    """``(width, height)`` of the image a Qwen-VL model sees for a ``width x height`` input.
 
-    Delegates to ``qwen_vl_utils.smart_resize`` with Qwen2.5-VL's factor of 28, so the
-    frame matches what the processor really feeds the model.
+    Delegates to ``qwen_vl_utils.smart_resize`` with ``factor`` (patch size x merge size
+    of the model's image processor: 28 for Qwen2.5-VL, the default; 32 for Qwen3-VL), so
+    the frame matches what the processor really feeds the model.
     """
     from qwen_vl_utils.vision_process import smart_resize
 
-    new_h, new_w = smart_resize(height, width, factor=QWEN_PATCH_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor!r}")
+    new_h, new_w = smart_resize(height, width, factor=int(factor), min_pixels=min_pixels, max_pixels=max_pixels)
     return int(new_w), int(new_h)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.actions import FULL, REGION, InvalidBoxAction, MalformedAction, describe, read_flat_action
-from envs.boxes import FRAMES, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, Frame, qwen_resized_size
+from envs.boxes import FRAMES, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, QWEN_PATCH_FACTOR, Frame, qwen_resized_size
 from envs.text_actions import MAX_TEXT_CHARS, RULES, ParsedAction, parse_action_text
 
 __all__ = ["FULL", "REGION", "FlatBoxAction", "HashedQuestion", "TextAction", "hashed_bag_of_words"]
@@ -59,18 +59,23 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     Args:
         env: a ``RegionRerank-v0`` env (or a wrapper of one with the native action space).
         frame: what the box numbers mean: ``"resized"`` (pixels of the image the VLM saw,
-            i.e. ``info["policy_image"]`` after Qwen2.5-VL's resize with
-            ``min_pixels``/``max_pixels``; Qwen2.5-VL's own frame), ``"pixel"`` (original
-            pixels of the current view), ``"norm"`` (0-1) or ``"norm1000"`` (0-1000).
-            ``None`` takes the env's ``reward_config.text_frame`` (``"resized"`` by default).
-        min_pixels, max_pixels: Qwen2.5-VL's resize bounds (the ``"resized"`` frame).
+            i.e. ``info["policy_image"]`` after the Qwen-VL resize with
+            ``min_pixels``/``max_pixels`` and ``factor``; Qwen2.5-VL's own frame),
+            ``"pixel"`` (original pixels of the current view), ``"norm"`` (0-1) or
+            ``"norm1000"`` (0-1000, Qwen3-VL's own frame). ``None`` takes the env's
+            ``reward_config.text_frame`` (``"resized"`` by default).
+            :attr:`agents.model_family.ModelFamily.frame` names a family's frame.
+        min_pixels, max_pixels: the resize bounds (the ``"resized"`` frame).
+        factor: the resize factor, patch size x merge size of the model's image processor
+            (the ``"resized"`` frame; :func:`agents.model_family.resize_factor`): 28 for
+            Qwen2.5-VL (the default), 32 for Qwen3-VL.
         max_length: longest text of the ``Text`` action space (what ``sample()`` draws).
         rules: ``"project"`` or ``"region_r1_public"`` text rules (see
             :func:`envs.text_actions.parse_action_text`); ``None`` takes the env's
             ``reward_config.text_rules``.
         max_chars: longest text that is parsed; longer text is malformed unread.
 
-    Extreme views: Qwen2.5-VL's resize rule refuses images with an aspect ratio over 200
+    Extreme views: the Qwen-VL resize rule refuses images with an aspect ratio over 200
     (multi-step zoom can reach a 1920 x 5 px view), so in the ``"resized"`` frame such a
     view has no box frame. There a FULL answer is still FULL, unparseable text is still
     malformed, and a REGION answer is an invalid box (``invalid_box_penalty``), with a
@@ -86,10 +91,11 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         max_length: int = 8192,
         rules: str | None = None,
         max_chars: int = MAX_TEXT_CHARS,
+        factor: int = QWEN_PATCH_FACTOR,
     ):
         gym.utils.RecordConstructorArgs.__init__(
             self, frame=frame, min_pixels=min_pixels, max_pixels=max_pixels, max_length=max_length, rules=rules,
-            max_chars=max_chars,
+            max_chars=max_chars, factor=factor,
         )
         gym.ActionWrapper.__init__(self, env)
         config = getattr(env.unwrapped, "reward_config", None)
@@ -98,6 +104,9 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
         self.max_chars = max_chars
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"factor must be a positive integer, got {factor!r}")
+        self.factor = int(factor)
         if self.frame not in FRAMES:  # bad arguments fail here, not at step time
             raise ValueError(f"unknown frame {self.frame!r}; choose from {FRAMES}")
         if self.rules not in RULES:
@@ -108,10 +117,10 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         """Size of the image the VLM sees for the current view (the ``"resized"`` frame).
 
         Raises:
-            ValueError: if Qwen2.5-VL's resize rule refuses the view (aspect ratio > 200).
+            ValueError: if the Qwen-VL resize rule refuses the view (aspect ratio > 200).
         """
         image = self.env.unwrapped.policy_image
-        return qwen_resized_size(image.width, image.height, self.min_pixels, self.max_pixels)
+        return qwen_resized_size(image.width, image.height, self.min_pixels, self.max_pixels, self.factor)
 
     def action(self, text: Any) -> dict | MalformedAction | InvalidBoxAction:
         if not isinstance(text, str):
@@ -131,7 +140,7 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
             return parsed
         if parsed.decision == REGION and refused:
             width, height = env.policy_image.size
-            return InvalidBoxAction(f"the {width}x{height} view has no Qwen2.5-VL resized frame ({refused})")
+            return InvalidBoxAction(f"the {width}x{height} view has no Qwen-VL resized frame ({refused})")
         box = parsed.box if parsed.box is not None else np.zeros(4)
         return {"decision": parsed.decision, "box": np.asarray(box, dtype=np.float64)}
 
