@@ -109,24 +109,33 @@ class EnvSettings:
 
 @dataclass(frozen=True)
 class ImageSettings:
-    """How an image is resized for a Qwen-VL policy (qwen-vl-utils' ``min_pixels`` / ``max_pixels``).
+    """How an image is shown to a Qwen-VL policy: qwen-vl-utils' ``min_pixels`` /
+    ``max_pixels``, and the model family that fixes the prompt and the box frame.
 
-    The policy writes its boxes in pixels of the resized image (the ``"resized"`` frame of
-    :mod:`envs.boxes`), so the prompt builder, the parser and the data export must all
-    use the same limits: they all take this object.
+    A Qwen2.5-VL policy writes its boxes in pixels of the resized image (the ``"resized"``
+    frame of :mod:`envs.boxes`), a Qwen3-VL policy in 0-1000 of it (``"norm1000"``), so
+    the prompt builder, the parser and the data export must all use the same limits and
+    family: they all take this object (:mod:`agents.model_family` resolves ``family``).
     """
 
     min_pixels: int = QWEN_MIN_PIXELS
     """least pixels of an image shown to the policy"""
     max_pixels: int = 1024 * 28 * 28
     """most pixels of an image shown to the policy; bounds its tokens to ``max_pixels / 784``
-    (the default, 1024 tokens, keeps a Qwen2.5-VL prompt on one GPU; the model allows 16384)"""
+    (the default, 1024 tokens, keeps a Qwen2.5-VL prompt on one GPU; the model allows 16384);
+    Qwen3-VL's tokens are 32 x 32 px, so it makes at most ``max_pixels / 1024`` of them"""
+    family: str | None = None
+    """policy model family (``qwen2_5_vl``, ``qwen3_vl``): its prompt wording, box frame and
+    resize rule; ``None``: read from the checkpoint's config (``model_type``). Set it to
+    override what the checkpoint says (see :mod:`agents.model_family`)"""
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(
                 f"need 0 < min_pixels <= max_pixels, got min_pixels={self.min_pixels}, max_pixels={self.max_pixels}"
             )
+        if self.family is not None and (not isinstance(self.family, str) or not self.family.strip()):
+            raise ValueError(f"family must be a family name or None, got {self.family!r}")
 
 
 def settings_to_dict(settings: Any) -> dict[str, Any]:
