@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.data import Candidate, Purpose, QueryDataset, QueryPool, load_query_pools, write_query_pools
-from envs.scorer import OpenClipScorer, Scorer
+from envs.scorer import OpenClipScorer, Scorer, cosine_scores, embed_candidates
 from envs.synthetic import ENTITIES, BenchmarkConfig, check_split, mine_pools, reference_image, render_scene, split_specs
 
 logger = logging.getLogger(__name__)
@@ -72,14 +72,9 @@ def benchmark_dir(config: BenchmarkConfig, scorer_name: str) -> Path:
     return cache_root() / f"v{BENCHMARK_VERSION}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def knowledge_base_pool(root: Path) -> QueryPool:
-    """Every entity of the knowledge base as one pool (what the retriever searches)."""
-    return QueryPool(
-        query_id="knowledge-base",
-        question="",
-        image=root / "kb" / f"{ENTITIES[0].id}.png",
-        candidates=tuple(Candidate(e.id, False, root / "kb" / f"{e.id}.png", e.text) for e in ENTITIES),
-    )
+def knowledge_base(root: Path) -> tuple[Candidate, ...]:
+    """Every entity of the knowledge base as a candidate (what the retriever searches)."""
+    return tuple(Candidate(e.id, False, root / "kb" / f"{e.id}.png", e.text) for e in ENTITIES)
 
 
 def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = DEFAULT_CONFIG, scorer: Scorer | None = None, batch: int = 64) -> Path:
@@ -93,9 +88,10 @@ def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = D
     scorer = scorer if scorer is not None else default_scorer()
     (root / "kb").mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    kb = knowledge_base_pool(root)
-    for entity, candidate in zip(ENTITIES, kb.candidates):
+    kb = knowledge_base(root)
+    for entity, candidate in zip(ENTITIES, kb):
         reference_image(entity, config.seed, config.reference_size).save(candidate.image)
+    kb_vectors = embed_candidates(scorer, kb)
     specs = split_specs(config, split)
     similarity = np.zeros((len(specs), len(ENTITIES)), dtype=np.float32)
     boxes = []
@@ -104,8 +100,8 @@ def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = D
         for spec, scene in zip(specs[start : start + batch], scenes):
             scene.image.save(root / "images" / f"{spec.query_id}.png")
             boxes.append(tuple(float(v) for v in scene.target_box))
-        similarity[start : start + len(scenes)] = scorer.score([s.image for s in scenes], kb)
-    candidates = {c.id: c for c in kb.candidates}
+        similarity[start : start + len(scenes)] = cosine_scores(scorer.embed_images([s.image for s in scenes]), kb_vectors)
+    candidates = {c.id: c for c in kb}
     pools = [
         QueryPool(
             query_id=spec.query_id,

@@ -8,46 +8,115 @@ resolved pools and a built scorer.
 - a dataset of ``None`` is the embedded benchmark's ``split`` (:func:`envs.default.default_dataset`);
   a path is a query-pool JSONL file (:func:`envs.data.load_query_pools`);
 - a scorer of ``None`` is :class:`envs.settings.ScorerSettings()`, i.e. the embedded rr-tiny
-  scorer; every setting (device, candidate features, cache) applies to it as to any other.
+  scorer; every setting (device, candidate features, cache) applies to it as to any other;
+- a scorer's ``model`` picks its backend (:func:`scorer_backend`): ``module:attr`` (your own),
+  a folder (transformers CLIP / SigLIP), else an open_clip name;
+- a built scorer given to ``gym.make`` is recorded in the env's spec as a
+  :class:`envs.scorer.SharedScorer` reference (the sharing rule), so Gymnasium's copies and
+  re-makes of the spec share it.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
+import re
+import sys
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from envs.data import QueryPool, load_query_pools
 from envs.default import default_dataset, default_scorer
 from envs.region_rerank import RegionRerankEnv
-from envs.scorer import OpenClipScorer, Scorer
+from envs.scorer import OpenClipScorer, Scorer, SharedScorer, check_scorer_members
 from envs.settings import EnvSettings, ScorerSettings, settings_from_dict
 
 Dataset = str | os.PathLike | Sequence[QueryPool] | None
 
 
-def make_scorer(settings: ScorerSettings | dict | str | None = None) -> Scorer:
+IMPORT_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+"""``module:attr`` (``examples.custom_scorer:HistogramScorer``): a scorer factory or class."""
+COMMON_OPTIONS = ("device", "candidate_features", "cache_dir")
+"""Settings a ``module:attr`` factory also receives when its signature names them."""
+
+
+def scorer_backend(model: str | None) -> Literal["default", "import", "transformers", "open_clip"]:
+    """Which backend :func:`make_scorer` uses for ``ScorerSettings.model``: ``None`` is the
+    embedded default; ``module:attr`` an importable factory or class; an existing folder a
+    transformers model (:class:`envs.hf_scorer.TransformersScorer`); anything else an
+    open_clip model name."""
+    if model is None:
+        return "default"
+    if IMPORT_SPEC.match(model):
+        return "import"
+    if Path(model).expanduser().is_dir():
+        return "transformers"
+    return "open_clip"
+
+
+def make_scorer(settings: ScorerSettings | dict | str | os.PathLike | None = None) -> Scorer:
     """The scorer ``settings`` describe (``None``: the embedded rr-tiny scorer).
 
-    A string is shorthand for ``ScorerSettings(model=...)``. A ``model`` of the form
-    ``module:attr`` imports ``attr`` from ``module`` and calls it with ``settings.options``.
+    A string is shorthand for ``ScorerSettings(model=...)``. ``model`` picks the backend
+    (:func:`scorer_backend`):
+
+    - ``module:attr`` imports ``attr`` from ``module`` and calls it with ``settings.options``
+      as keywords, plus ``device`` / ``candidate_features`` / ``cache_dir`` for those its
+      signature names (an option of the same name wins);
+    - a folder is a transformers CLIP / SigLIP model (``AutoModel`` + ``AutoProcessor``),
+      built with ``settings.options`` (e.g. ``batch_size``) on top of the common settings;
+    - anything else is an open_clip model name with ``pretrained`` weights.
+
+    The result is checked for the :class:`envs.scorer.Scorer` members (``name``,
+    ``embed_images``, ``candidate_embeddings``).
     """
-    if isinstance(settings, str):
-        settings = ScorerSettings(model=settings)
+    if isinstance(settings, (str, os.PathLike)):
+        settings = ScorerSettings(model=str(settings))
     settings = settings_from_dict(ScorerSettings, settings, "scorer settings")
     common = dict(device=settings.device, candidate_features=settings.candidate_features, cache_dir=settings.cache_dir)
-    if settings.model is None:
+    backend = scorer_backend(settings.model)
+    if backend == "default":
         return default_scorer(**common)
-    if ":" in settings.model:
-        return _import_attr(settings.model)(**settings.options)
+    if backend == "import":
+        factory = _import_attr(settings.model)
+        scorer = factory(**{**_accepted(factory, common), **settings.options})
+        check_scorer_members(scorer)
+        return scorer
+    if backend == "transformers":
+        if settings.pretrained is not None:
+            raise ValueError(
+                f"scorer {settings.model!r} is a folder (a transformers model) that holds its weights; pretrained= must be None"
+            )
+        from envs.hf_scorer import TransformersScorer  # transformers imports take seconds; only when used
+
+        return TransformersScorer(settings.model, **{**common, **settings.options})
     return OpenClipScorer(settings.model, settings.pretrained, **common)
+
+
+def _accepted(factory: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` whose names ``factory``'s signature names explicitly."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {k: v for k, v in values.items() if k in parameters and parameters[k].kind in keyword}
 
 
 def _import_attr(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Like ``python -m``: a module of the current directory (``examples.custom_scorer``
+            # from the repository root) is found too; installed packages come first.
+            if os.getcwd() in sys.path or not (exc.name or "").startswith(module_name.split(".")[0]):
+                raise
+            sys.path.append(os.getcwd())
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"scorer {spec!r}: cannot import module {module_name!r}: {exc}") from exc
     try:
@@ -94,9 +163,12 @@ def make_env(
     pools = resolve_dataset(dataset, split, purpose)
     if len(pools) == 0:
         raise ValueError(f"dataset {dataset!r} holds no query pools")
-    built = scorer if _is_built(scorer) else make_scorer(scorer)
+    if isinstance(scorer, SharedScorer):
+        built = scorer.resolve()
+    else:
+        built = scorer if _is_built(scorer) else make_scorer(scorer)
     return RegionRerankEnv(pools, built, settings=settings, render_mode=render_mode, **fields)
 
 
 def _is_built(scorer: Any) -> bool:
-    return scorer is not None and not isinstance(scorer, (ScorerSettings, dict, str))
+    return scorer is not None and not isinstance(scorer, (ScorerSettings, dict, str, os.PathLike))

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, read_action
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
 from envs.data import DataError, QueryPool, load_image
-from envs.scorer import Scorer
+from envs.scorer import Scorer, check_embeddings, check_scorer_members, shareable_spec
 from envs.settings import EnvSettings, settings_from_dict
 from rewards import RankingStats, RewardConfig, RewardTerms, box_iou, full_reward, region_reward
 
@@ -126,6 +126,18 @@ class RegionRerankEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
+    _spec = None
+
+    @property
+    def spec(self):
+        """Gymnasium's ``EnvSpec`` of this env (set by ``gym.make``). A built scorer in its
+        kwargs is recorded as a :class:`envs.scorer.SharedScorer` reference, so copying or
+        re-making the spec (``check_env``, ``wrapped.spec``) shares the scorer, never copies it."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, value) -> None:
+        self._spec = shareable_spec(value)
 
     def __init__(
         self,
@@ -145,6 +157,10 @@ class RegionRerankEnv(gym.Env):
             )
         if scorer is None:
             raise TypeError("RegionRerankEnv takes a built scorer; envs.factory.make_scorer() builds the default")
+        # The Scorer contract: its members now; what they return at the first reset, on the
+        # arrays the env fetches anyway (no extra forward; see envs.scorer.check_scorer).
+        check_scorer_members(scorer)
+        self._scorer_checked = False
         self.settings = _settings(settings, fields)
         self.pools = pools
         if len(self.pools) == 0:
@@ -197,7 +213,10 @@ class RegionRerankEnv(gym.Env):
         self.steps_taken = 0
         self._view_image = None
         # The pool's embeddings are fetched once per query; a step then costs one image forward.
-        self.candidate_embeddings = np.asarray(self.scorer.candidate_embeddings(self.pool), np.float64)
+        candidates = self.scorer.candidate_embeddings(self.pool)
+        if not self._scorer_checked:
+            check_embeddings(self.scorer, "candidate_embeddings", candidates, len(self.pool.candidates))
+        self.candidate_embeddings = np.asarray(candidates, np.float64)
         self.baseline_scores = self._score_views([self.image])[0]
         self.baseline_stats = self._stats(self.baseline_scores)
         self.scores, self.stats = self.baseline_scores, self.baseline_stats
@@ -291,7 +310,11 @@ class RegionRerankEnv(gym.Env):
         One float64 matrix-vector product per view: a matrix product's rounding depends
         on how many rows it has, which would make a view's scores depend on its group.
         """
-        embeddings = np.asarray(self.scorer.embed_images(views), np.float64)
+        embeddings = self.scorer.embed_images(views)
+        if not self._scorer_checked:
+            check_embeddings(self.scorer, "embed_images", embeddings, len(views), self.candidate_embeddings.shape[1])
+            self._scorer_checked = True
+        embeddings = np.asarray(embeddings, np.float64)
         return np.stack([self.candidate_embeddings @ row for row in embeddings]).reshape(len(views), -1)
 
     def _scored_image(self, view: Image.Image) -> Image.Image:

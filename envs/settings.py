@@ -36,14 +36,19 @@ CandidateFeatures = Literal["auto", "image", "text", "image+text"]
 S = TypeVar("S")
 
 
+OptionValue = int | float | bool | str | None
+"""A scorer option's value as the command line reads it (tyro tries the types in this order)."""
+
+
 @dataclass(frozen=True)
 class ScorerSettings:
     """The frozen image-text re-ranker an env scores with."""
 
     model: str | None = None
-    """open_clip model name (e.g. ``ViT-B-16``, ``EVA02-L-14``), or ``module:attr`` naming a
-    scorer factory or class of your own (called with ``options``); ``None``: the embedded
-    rr-tiny scorer"""
+    """which re-ranker: ``module:attr`` naming a scorer factory or class of your own (called
+    with ``options``, see ``examples/custom_scorer.py``); a local folder of a transformers
+    CLIP / SigLIP model (``save_pretrained``); an open_clip model name (e.g. ``ViT-B-16``,
+    ``EVA02-L-14``); ``None``: the embedded rr-tiny scorer"""
     pretrained: str | None = None
     """open_clip zoo tag or local checkpoint file of ``model``; ``None``: random weights
     (for a named open_clip model) or the shipped checkpoint (for the default)"""
@@ -54,8 +59,10 @@ class ScorerSettings:
     Region-R1's image+text), or ``auto`` (both when it has both)"""
     cache_dir: str | None = None
     """folder of an on-disk candidate-embedding cache shared by processes; ``None``: memory only"""
-    options: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments of a ``module:attr`` scorer factory (ignored for open_clip models)"""
+    options: dict[str, OptionValue] = field(default_factory=dict)
+    """keyword arguments of a ``module:attr`` scorer factory or of the transformers scorer
+    (``--scorer.options bins 8 name hist``: values read as int, float, bool, None, else str;
+    from Python or a config file any value); ignored for open_clip models"""
 
     def __post_init__(self) -> None:
         if self.candidate_features not in get_args(CandidateFeatures):
