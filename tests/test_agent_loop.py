@@ -1,7 +1,9 @@
 """The verl agent loop (agents/verl/agent_loop.py) end to end on CPU.
 
-Everything is real except the inference server: a tiny randomly initialised Qwen2.5-VL
-(built offline by agents/tiny_qwen.py) generates through transformers behind a stand-in
+Everything is real except the inference server: a tiny randomly initialised Qwen2.5-VL or
+Qwen3-VL (built offline by agents/tiny_qwen.py; every test that uses the model runs for
+both families, each with its own box frame, prompt and resize factor) generates through
+transformers behind a stand-in
 for verl's server manager, which can also return scripted answers (a random model never
 writes a valid crop). The processor, chat template, verl's Continuous Token builder,
 the text parser, the env, the scorer and the reward are the ones training uses; the
@@ -32,6 +34,7 @@ import verl
 from agents.verl.agent_loop import FORCED_REGION_PREFIX, RegionRerankAgentLoop
 from agents.verl.settings import AGENT_NAME, LoopSettings, agent_loop_config
 from agents.baselines import grid_boxes, region_action
+from agents.model_family import get_family, patch_size, resize_factor
 from agents.tiny_qwen import cached_tiny_qwen
 from agents.verl.plugin import compute_rgrpo_advantage, decisions_for_batch
 from envs.actions import MALFORMED
@@ -97,17 +100,31 @@ class TransformersServer:
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_qwen_dir(tmp_path_factory) -> Path:
-    return cached_tiny_qwen(tmp_path_factory.getbasetemp())
+FAMILY_NAMES = ["qwen2_5_vl", "qwen3_vl"]
+FRAME_IN_USE: dict = {}
+"""The family of the model under test and its processor's resize factor, set by the
+``qwen`` fixture, for the frame helpers below (:func:`resized`, :func:`crop_text`)."""
+
+
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def family(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def qwen(tiny_qwen_dir):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+def tiny_qwen_dir(tmp_path_factory, family) -> Path:
+    return cached_tiny_qwen(tmp_path_factory.getbasetemp(), family=family)
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen_dir, family):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     torch.set_num_threads(1)
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen_dir).eval(), AutoProcessor.from_pretrained(tiny_qwen_dir)
+    model, processor = AutoModelForImageTextToText.from_pretrained(tiny_qwen_dir).eval(), AutoProcessor.from_pretrained(tiny_qwen_dir)
+    assert model.config.model_type == family
+    FRAME_IN_USE.update(family=get_family(family), factor=resize_factor(processor), patch_size=patch_size(processor))
+    return model, processor
 
 
 @pytest.fixture()
@@ -175,7 +192,7 @@ def run_loop(config, server, processor, extra_info: dict, temperature: float = 0
             processor=processor,
             dataset_cls=RLHFDataset,
             data_config=DictConfigWrap(config.data),
-            hf_model_type="qwen2_5_vl",
+            hf_model_type=server.model.config.model_type,
             **settings,
         )
         return await loop.run({"temperature": temperature, "top_p": 1.0}, extra_info=extra_info, raw_prompt=[])
@@ -184,18 +201,25 @@ def run_loop(config, server, processor, extra_info: dict, temperature: float = 0
 
 
 def resized(image, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    return qwen_resized_size(image.width, image.height, QWEN_MIN_PIXELS, max_pixels)
+    """Size of ``image`` as the model under test sees it (its processor's resize factor)."""
+    return qwen_resized_size(image.width, image.height, QWEN_MIN_PIXELS, max_pixels, FRAME_IN_USE["factor"])
+
+
+def _extent(view_image) -> tuple[int, int]:
+    """What the box numbers of the model under test count: pixels of the image it sees
+    (Qwen2.5-VL) or 0-1000 of it (Qwen3-VL)."""
+    return resized(view_image) if FRAME_IN_USE["family"].frame == "resized" else (1000, 1000)
 
 
 def snapped(norm_box, view_image) -> np.ndarray:
-    """``norm_box`` moved to the integer pixels the model writes for ``view_image``."""
-    w, h = resized(view_image)
+    """``norm_box`` moved to the integers the model writes for ``view_image`` in its frame."""
+    w, h = _extent(view_image)
     return np.round(np.asarray(norm_box) * [w, h, w, h]) / [w, h, w, h]
 
 
 def crop_text(norm_box, view_image) -> str:
-    """Region-R1's tool call for ``norm_box``, in pixels of the image the model sees."""
-    return format_action_text(1, norm_box, frame="resized", resized_size=resized(view_image))
+    """Region-R1's tool call for ``norm_box``, in the frame of the model under test."""
+    return format_action_text(1, norm_box, frame=FRAME_IN_USE["family"].frame, resized_size=resized(view_image))
 
 
 def image_token_count(processor, images) -> int:
@@ -281,7 +305,9 @@ def test_multi_step_zoom_shows_every_crop_in_order_and_trains_only_model_tokens(
     shown = out.multi_modal_data["images"]
     assert shown == server.calls[-1]["images"]
     for image, view in zip(shown, views):
-        expected = fetch_image({"image": view, "min_pixels": QWEN_MIN_PIXELS, "max_pixels": MAX_PIXELS})
+        expected = fetch_image(
+            {"image": view, "min_pixels": QWEN_MIN_PIXELS, "max_pixels": MAX_PIXELS}, image_patch_size=FRAME_IN_USE["patch_size"]
+        )
         assert image.size == resized(view)
         np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
     assert out.reward_score == pytest.approx(expected_reward, abs=1e-6)
@@ -335,7 +361,7 @@ def run_group(config, server, processor, pool_file, query_id, n: int, **settings
             loop = RegionRerankAgentLoop(
                 trainer_config=DictConfigWrap(config), server_manager=server, tokenizer=processor.tokenizer,
                 processor=processor, dataset_cls=RLHFDataset, data_config=DictConfigWrap(config.data),
-                hf_model_type="qwen2_5_vl", **settings,
+                hf_model_type=server.model.config.model_type, **settings,
             )
             return await loop.run(
                 {"temperature": 1.0, "top_p": 1.0}, uid=uid, raw_prompt=[],
@@ -363,7 +389,9 @@ def test_group_without_full_is_forced_to_hold_one_with_its_tokens_masked(trainer
 
 
 def test_group_without_region_completes_a_forced_tool_call_with_its_own_box(trainer_config, server, qwen, pool_file, settings, tiny_pool):
-    server.script = [FULL_MARKER] * 3 + ["10, 10, 40, 40]}}\n</tool_call>"]
+    # the policy's own box: 10-40 px of the image it sees, or 100-400 of 1000 (Qwen3-VL)
+    numbers = "10, 10, 40, 40" if FRAME_IN_USE["family"].frame == "resized" else "100, 100, 400, 400"
+    server.script = [FULL_MARKER] * 3 + [numbers + "]}}\n</tool_call>"]
     outs = run_group(trainer_config, server, qwen[1], pool_file, tiny_pool.query_id, 3, **with_(settings, balance_budget=0))
 
     assert sorted(o.extra_fields["decision"] for o in outs) == [0, 0, 1]
@@ -447,7 +475,7 @@ def test_verl_worker_runs_multi_step_groups_and_hands_decisions_to_rgrpo(
     np.testing.assert_allclose(
         sorted(out.batch["rm_scores"].sum(-1).tolist()), sorted([full_reward] + [crop_reward] * 3), atol=1e-6
     )
-    # the actor's inputs: every view of each sample, with Qwen2.5-VL's 3-D positions
+    # the actor's inputs: every view of each sample, with Qwen-VL's 3-D positions (plus text positions)
     assert out.batch["position_ids"].shape[:2] == (n, 4)
     views = [len(inputs["image_grid_thw"]) for inputs in out.non_tensor_batch["multi_modal_inputs"]]
     assert [v for _, v in sorted(zip(decisions, views))] == [1, 2, 2, 2]

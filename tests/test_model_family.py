@@ -222,3 +222,46 @@ def test_policy_family_override_and_refusal(tiny_dirs):
     assert forced.family is QWEN3_VL and forced.factor == 28  # the frame follows the override; the resize, the processor
     with pytest.raises(ValueError, match="unknown model family 'nope'; supported"):
         QwenVLPolicy(tiny_dirs["qwen2_5_vl"], images=ImageSettings(max_pixels=MAX_PIXELS, family="nope"))
+
+
+# --------------------------------------------------------------------------- the verl run configuration
+def test_verl_run_pins_the_checkpoints_family_and_token_size(tiny_dirs, tmp_path):
+    from agents.verl.config import VerlArgs, compose_verl_config, image_token_pixels, loop_settings, sequence_lengths
+
+    for name, token_pixels in [("qwen2_5_vl", 28 * 28), ("qwen3_vl", 32 * 32)]:
+        args = VerlArgs.for_cpu()
+        args.model_path, args.out = str(tiny_dirs[name]), tmp_path / name
+        config = compose_verl_config(args, cpu=True)
+        # the family reaches the data export and the agent-loop file; the prompt budget counts its tokens
+        assert args.images.family == name and loop_settings(args).images.family == name
+        assert image_token_pixels(args, cpu=True) == token_pixels
+        assert config.data.max_prompt_length == sequence_lengths(args, token_pixels)[0]
+        assert config.data.max_prompt_length == args.prompt_text_tokens + args.images.max_pixels // token_pixels
+
+
+def test_verl_run_keeps_an_explicit_family_and_refuses_an_unknown_one(tiny_dirs, tmp_path):
+    from agents.verl.config import VerlArgs, pin_family
+
+    args = VerlArgs(model_path=str(tiny_dirs["qwen2_5_vl"]), out=tmp_path, images=ImageSettings(family="qwen3_vl"))
+    pin_family(args, cpu=True)
+    assert args.images.family == "qwen3_vl"
+    args = VerlArgs(model_path=str(tiny_dirs["qwen2_5_vl"]), out=tmp_path, images=ImageSettings(family="qwen9"))
+    with pytest.raises(ValueError, match="unknown model family 'qwen9'; supported"):
+        pin_family(args, cpu=True)
+    hub = VerlArgs(model_path="Qwen/Qwen3-VL-4B-Instruct", out=tmp_path)
+    pin_family(hub)  # a hub id is not read before launch: the agent loop reads the model verl loads
+    assert hub.images.family is None
+
+
+def test_prompt_fit_check_counts_the_familys_prompt(tiny_dirs):
+    from transformers import AutoTokenizer
+
+    from agents.verl.config import VerlArgs, check_prompt_fits, longest_prompt_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["qwen3_vl"])
+    # the tiny Qwen3-VL tokenizer holds its own system prompt as one token, not Qwen2.5-VL's
+    own = longest_prompt_tokens(tokenizer, ["What is it?"], family="qwen3_vl")
+    other = longest_prompt_tokens(tokenizer, ["What is it?"], family="qwen2_5_vl")
+    assert own < other
+    args = VerlArgs(model_path=str(tiny_dirs["qwen3_vl"]), prompt_text_tokens=own)
+    check_prompt_fits(args, tokenizer, ["What is it?"])  # family read from the tokenizer's checkpoint

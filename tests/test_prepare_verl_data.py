@@ -119,3 +119,26 @@ def test_embedded_benchmark_exports_its_own_pool_files(recipe, tmp_path):
         info = rows["extra_info"].iloc[0]
         assert info["pool_file"] == os.path.abspath(tmp_path / f"{split}_pools.jsonl")
         assert query_pool(info["pool_file"], info["query_id"]).question == info["question"]
+
+
+@pytest.mark.parametrize("how", ["model_path", "family"])
+def test_prompts_are_worded_for_the_policys_family(recipe, scene_pool_files, tmp_path_factory, how):
+    """A Qwen3-VL policy's rows ask for 0-1000 boxes: by its checkpoint, or by --images.family."""
+    out = tmp_path_factory.mktemp(f"verl-data-{how}")
+    qwen3 = str(cached_tiny_qwen(tmp_path_factory.getbasetemp(), family="qwen3_vl"))
+    images = ImageSettings(max_pixels=MAX_PIXELS, family="qwen3_vl" if how == "family" else None)
+    args = recipe.Args(
+        train=scene_pool_files["train"], val=scene_pool_files["val"], out=out, images=images,
+        model_path=qwen3 if how == "model_path" else None,
+    )
+    rows = pd.read_parquet(recipe.main(args)["val"])
+    question = rows["extra_info"].iloc[0]["question"]
+    assert [m["content"] for m in rows["prompt"].iloc[0]] == [m["content"] for m in to_verl_prompt(question, family="qwen3_vl")]
+    assert "relative coordinates from 0 to 1000" in rows["prompt"].iloc[0][0]["content"]
+
+
+def test_an_unknown_family_is_refused_before_writing(recipe, scene_pool_files, tmp_path):
+    args = recipe.Args(train=scene_pool_files["train"], val=scene_pool_files["val"], out=tmp_path / "out", images=ImageSettings(family="llava"))
+    with pytest.raises(ValueError, match="unknown model family 'llava'; supported: qwen2_5_vl"):
+        recipe.main(args)
+    assert not (tmp_path / "out").exists()

@@ -12,8 +12,9 @@ rollout of a query). One run is one episode of :class:`envs.region_rerank.Region
    not used: rebuilding it around the env's view keeps the image the model sees and the
    parser's frame the same (also under ``policy_max_side``);
 3. the policy generates through ``self.server_manager`` (vLLM / SGLang in training);
-   the text is parsed by :class:`envs.wrappers.TextAction` in the ``"resized"`` frame,
-   i.e. pixels of the image the model saw; the env steps and pays the reward from
+   the text is parsed by :class:`envs.wrappers.TextAction` in the model family's frame
+   (:mod:`agents.model_family`: pixels of the image the model saw for Qwen2.5-VL, 0-1000
+   of it for Qwen3-VL); the env steps and pays the reward from
    :mod:`rewards`;
 4. with ``max_steps > 1`` a REGION step appends the cropped view as the next user turn
    (images stay in message order; those tokens get ``response_mask`` 0, only model
@@ -61,6 +62,7 @@ from uuid import uuid4
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from agents.model_family import family_of_model_type, resize_factor, resolve_family
 from agents.prompts import REGION_ANSWER_PREFIX, build_messages, followup_message
 from agents.qwen_vision import check_pixel_limits
 from agents.verl.groups import DecisionGroups, Group
@@ -182,10 +184,18 @@ class RegionRerankAgentLoop(AgentLoopBase):
 
     def __init__(self, *args, tools: Any = None, name: str | None = None, **kwargs):
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in LoopSettings.__dataclass_fields__}
+        hf_model_type = kwargs.get("hf_model_type")
         super().__init__(*args, **kwargs)
         self.settings = LoopSettings.from_kwargs(**settings)
         self.response_length = self.rollout_config.response_length
         check_pixel_limits(self.processor, self.settings.images)
+        # The model family words the prompt and fixes the parser's frame: images.family when
+        # set, else the checkpoint's model_type (verl passes it), else the model's config.
+        if self.settings.images.family is None and isinstance(hf_model_type, str):
+            self.family = family_of_model_type(hf_model_type, self.config.actor_rollout_ref.model.path)
+        else:
+            self.family = resolve_family(self.settings.images.family, self.config.actor_rollout_ref.model.path)
+        self.resize_factor = resize_factor(self.processor)
 
     # ------------------------------------------------------------------ helpers
     async def _env_call(self, episode_metrics: dict, fn, *args, **kwargs):
@@ -259,7 +269,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         """Show the new view as the next user turn; False if it does not fit the response budget."""
         message = followup_message(
             ep.info["policy_image"], step, self.settings.env.max_steps,
-            min_pixels=self.settings.images.min_pixels, max_pixels=self.settings.images.max_pixels,
+            min_pixels=self.settings.images.min_pixels, max_pixels=self.settings.images.max_pixels, family=self.family,
         )
         shown = await self._shown_image(message)
         # The conversation keeps the resized image, so every later render sees what the model saw.
@@ -345,14 +355,17 @@ class RegionRerankAgentLoop(AgentLoopBase):
         _, info = await self._env_call(metrics, env.reset, options={"query_index": 0})
         messages = build_messages(
             info["question"], info["policy_image"], 0, s.env.max_steps,
-            min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels,
+            min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels, family=self.family,
         )
         images = [await self._shown_image(messages[1])]
         self._assert_mm_supported(True)
         prompt_ids = await self.ct_build_initial_tokens(messages, images=images)
         ep = _Episode(
             env=env,
-            text_env=TextAction(env, frame="resized", min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels),
+            text_env=TextAction(
+                env, frame=self.family.frame, min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels,
+                factor=self.resize_factor,
+            ),
             info=info, messages=messages, images=images, runtime_ids=list(prompt_ids), metrics=metrics,
         )
         request_id = uuid4().hex

@@ -13,6 +13,7 @@ the answer needs) before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass, field
@@ -26,7 +27,10 @@ from envs.settings import EnvSettings, ImageSettings, ScorerSettings
 
 ESTIMATOR_KEY = "algorithm.adv_estimator"
 IMAGE_TOKEN_PIXELS = 28 * 28
-"""Pixels per Qwen2.5-VL image token (14 px patches merged 2 x 2)."""
+"""Pixels per Qwen2.5-VL image token (14 px patches merged 2 x 2), the fewest of the supported
+families (Qwen3-VL: 32 x 32): where a run's model cannot be read before launch (a hub id),
+``max_pixels / IMAGE_TOKEN_PIXELS`` bounds the image tokens of any of them. A local
+checkpoint's own value is read from its image processor (:func:`image_token_pixels`)."""
 FOLLOWUP_TEXT_TOKENS = 128
 """Room for the text of a multi-step follow-up turn (the image tokens come on top)."""
 GPU_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -43,8 +47,9 @@ class VerlArgs:
     """A verl run: the policy model, the data, the sizes and the env the agent loop runs."""
 
     model_path: str | None = None
-    """Qwen2.5-VL checkpoint (hub id or local folder); default: Qwen2.5-VL-3B-Instruct on GPUs,
-    the shipped warm-started tiny Qwen2.5-VL on CPU"""
+    """Qwen2.5-VL or Qwen3-VL checkpoint (hub id or local folder; its config's model_type
+    picks the family, --verl.images.family overrides it); default: Qwen2.5-VL-3B-Instruct on
+    GPUs, the shipped warm-started tiny Qwen2.5-VL on CPU"""
     train_files: Path | None = None
     """training parquet from recipes/prepare_verl_data.py; default: the embedded benchmark, exported to OUT/data"""
     val_files: Path | None = None
@@ -146,17 +151,48 @@ def resolved_model_path(args: VerlArgs, cpu: bool) -> str:
     return GPU_MODEL
 
 
+def _local_checkpoint(args: VerlArgs, cpu: bool) -> Path | None:
+    path = Path(resolved_model_path(args, cpu))
+    return path if (path / "config.json").is_file() else None
+
+
+def pin_family(args: VerlArgs, cpu: bool = False) -> None:
+    """Set ``args.images.family`` to the family of the run's checkpoint when it is a local
+    folder (an unknown family is refused here, before launch), so the data export, the
+    prompt-length check and the agent-loop file all use it. An explicit family is kept;
+    for a hub id the agent loop reads the family from the model verl loads."""
+    from agents.model_family import family_of, get_family
+
+    if args.images.family is not None:
+        get_family(args.images.family)  # refuses an unknown name before launch
+        return
+    local = _local_checkpoint(args, cpu)
+    if local is not None:
+        args.images = dataclasses.replace(args.images, family=family_of(local).name)
+
+
+def image_token_pixels(args: VerlArgs, cpu: bool = False) -> int:
+    """Pixels per image token of the run's model: the square of its image processor's
+    resize factor (``patch_size * merge_size``) for a local checkpoint, else
+    :data:`IMAGE_TOKEN_PIXELS` (a bound for every supported family)."""
+    from agents.model_family import checkpoint_resize_factor
+
+    local = _local_checkpoint(args, cpu)
+    return checkpoint_resize_factor(local) ** 2 if local is not None else IMAGE_TOKEN_PIXELS
+
+
 def log_prob_micro_batch(args: VerlArgs) -> int:
     return args.log_prob_micro_batch_size_per_gpu or 2 * args.micro_batch_size_per_gpu
 
 
-def sequence_lengths(args: VerlArgs) -> tuple[int, int]:
+def sequence_lengths(args: VerlArgs, token_pixels: int = IMAGE_TOKEN_PIXELS) -> tuple[int, int]:
     """``(max_prompt_length, max_response_length)`` that fit the prompt and every turn.
 
-    The prompt holds the first view (at most ``max_pixels / 784`` image tokens); each
-    further turn of multi-step zoom adds an answer and the next view to the response.
+    The prompt holds the first view (at most ``max_pixels / token_pixels`` image tokens:
+    784 px per token for Qwen2.5-VL, 1024 for Qwen3-VL, see :func:`image_token_pixels`);
+    each further turn of multi-step zoom adds an answer and the next view to the response.
     """
-    image_tokens = args.images.max_pixels // IMAGE_TOKEN_PIXELS
+    image_tokens = args.images.max_pixels // token_pixels
     prompt = args.prompt_text_tokens + image_tokens
     response = args.answer_tokens * args.env.max_steps + (args.env.max_steps - 1) * (image_tokens + FOLLOWUP_TEXT_TOKENS)
     return prompt, response
@@ -191,14 +227,14 @@ def check_sizes(args: VerlArgs) -> None:
         raise ValueError("verl run sizes: " + "; ".join(problems))
 
 
-def longest_prompt_tokens(tokenizer, questions: Sequence[str], max_steps: int = 1) -> int:
-    """Text tokens of the longest first-turn prompt (system prompt, question, chat scaffold,
-    one image placeholder) among ``questions``; the image's own tokens come on top."""
+def longest_prompt_tokens(tokenizer, questions: Sequence[str], max_steps: int = 1, family=None) -> int:
+    """Text tokens of the longest first-turn prompt (system prompt of ``family``, question,
+    chat scaffold, one image placeholder) among ``questions``; the image's own tokens come on top."""
     from agents.prompts import build_messages
 
     longest = 0
     for question in sorted(set(questions), key=len, reverse=True)[:8]:
-        messages = build_messages(question, "image.png", 0, max_steps)
+        messages = build_messages(question, "image.png", 0, max_steps, family=family)
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         longest = max(longest, len(tokenizer.encode(text, add_special_tokens=False)))
     return longest
@@ -206,8 +242,12 @@ def longest_prompt_tokens(tokenizer, questions: Sequence[str], max_steps: int = 
 
 def check_prompt_fits(args: VerlArgs, tokenizer, questions: Sequence[str]) -> None:
     """Raise ``ValueError`` naming ``prompt_text_tokens`` when the longest prompt of the data,
-    with the largest image, would not fit ``data.max_prompt_length``."""
-    needed = longest_prompt_tokens(tokenizer, questions, args.env.max_steps)
+    with the largest image, would not fit ``data.max_prompt_length``. The prompt is worded for
+    ``args.images.family``, else for the family of the checkpoint the tokenizer came from."""
+    from agents.model_family import resolve_family
+
+    family = resolve_family(args.images.family, getattr(tokenizer, "name_or_path", None) or None)
+    needed = longest_prompt_tokens(tokenizer, questions, args.env.max_steps, family)
     if needed > args.prompt_text_tokens:
         prompt_length, _ = sequence_lengths(args)
         raise ValueError(
@@ -247,7 +287,7 @@ def data_files(args: VerlArgs) -> tuple[Path, Path]:
 
 def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
     """The project's defaults as Hydra overrides of verl's ``ppo_trainer`` config."""
-    prompt_length, response_length = sequence_lengths(args)
+    prompt_length, response_length = sequence_lengths(args, image_token_pixels(args, cpu))
     model = resolved_model_path(args, cpu)
     train_files, val_files = data_files(args)
     log_prob = log_prob_micro_batch(args)
@@ -367,6 +407,7 @@ def compose_verl_config(args: VerlArgs, overrides: Sequence[str] = (), cpu: bool
     from hydra.core.global_hydra import GlobalHydra
 
     check_sizes(args)
+    pin_family(args, cpu)
     ours = project_overrides(args, cpu) + (cpu_overrides(args) if cpu else [])
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):

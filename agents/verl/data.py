@@ -1,7 +1,9 @@
 """verl's training data: query pools as the parquet rows verl's ``RLHFDataset`` reads.
 
-Each query becomes one row: the Qwen2.5-VL prompt of :func:`agents.prompts.to_verl_prompt`
-(system prompt, ``<image>`` placeholder, question), the query image, ``data_source``,
+Each query becomes one row: the prompt of :func:`agents.prompts.to_verl_prompt` worded for
+the policy's model family (system prompt, ``<image>`` placeholder, question; the family is
+``ImageSettings.family``, else the checkpoint's when a ``model_path`` is given, else
+Qwen2.5-VL, the family of the project's default policies), the query image, ``data_source``,
 ``agent_name="region_rerank"`` (so verl runs :mod:`agents.verl.agent_loop`),
 ``reward_model.ground_truth`` (the positive candidate ids, as JSON) and ``extra_info``
 with ``query_id`` and ``pool_file``, the query-pool JSONL the agent loop rebuilds the
@@ -24,6 +26,7 @@ from typing import Literal, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agents.model_family import ModelFamily, get_family, resolve_family
 from agents.prompts import to_verl_prompt
 from agents.verl.settings import AGENT_NAME
 from envs.settings import ImageSettings
@@ -41,12 +44,15 @@ def verl_rows(
     data_source: str,
     max_steps: int = 1,
     images: ImageSettings = ImageSettings(),
+    family: str | ModelFamily | None = None,
 ) -> list[dict]:
     """One ``RLHFDataset`` row per pool, pointing back at ``pool_file`` (which holds them).
 
     The image item carries ``images``' ``min_pixels`` / ``max_pixels`` so verl's
-    prompt-length filter resizes it as the agent loop does.
+    prompt-length filter resizes it as the agent loop does; the prompt is worded for
+    ``family`` (default: ``images.family``, else Qwen2.5-VL).
     """
+    family = get_family(family if family is not None else images.family)
     pool_file = os.path.abspath(pool_file)
     rows = []
     for index, pool in enumerate(pools):
@@ -54,7 +60,7 @@ def verl_rows(
             {
                 "data_source": data_source,
                 "agent_name": AGENT_NAME,
-                "prompt": to_verl_prompt(pool.question, max_steps),
+                "prompt": to_verl_prompt(pool.question, max_steps, family),
                 "images": [{"image": os.path.abspath(pool.image), "min_pixels": images.min_pixels, "max_pixels": images.max_pixels}],
                 "ability": "region_rerank",
                 "reward_model": {
@@ -110,18 +116,22 @@ def export_verl_data(
     max_queries: int | None = None,
     val_queries: int | None = None,
     quiet: bool = False,
+    model_path: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Write ``out/train.parquet`` and ``out/val.parquet`` (default sources: the embedded
-    benchmark's train and val splits); returns their paths by split."""
+    benchmark's train and val splits); returns their paths by split. The prompts are
+    worded for ``images.family``, else for the family of ``model_path``'s config, else
+    Qwen2.5-VL's (an unknown family is refused before anything is written)."""
+    family = resolve_family(images.family, model_path)
     written = {}
     for split, source in (("train", train), ("val", val)):
         limit = val_queries if split == "val" and val_queries is not None else max_queries
         pools, pool_file, default_source = split_pools(source, split, out, limit)
         rows = verl_rows(
             pools, pool_file, split=split, data_source=data_source or default_source,
-            max_steps=max_steps, images=images,
+            max_steps=max_steps, images=images, family=family,
         )
         written[split] = write_parquet(rows, out / f"{split}.parquet")
         if not quiet:
-            print(f"{split}: {len(rows)} rows -> {written[split]} (pools: {pool_file})")
+            print(f"{split}: {len(rows)} rows -> {written[split]} (pools: {pool_file}; {family.label} prompt, boxes in {family.frame!r})")
     return written
