@@ -126,3 +126,40 @@ def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
         assert step["rollout_actor_prob_diff"] < 1e-3, step
         assert step["valid_answer_rate"] > 0.5, step
     assert summary["validation"], "validation before training ran"
+
+
+@pytest.mark.slow  # ~5 min alone, ~12 min on a shared 2-core machine: run with -m slow
+@pytest.mark.timeout(1500)
+def test_verl_cpu_trains_a_tiny_qwen3_vl_through_the_same_path(tmp_path):
+    """``--backend verl-cpu`` with a tiny Qwen3-VL checkpoint: the same trainer, rollout
+    server and agent loop, with the family read from the checkpoint (0-1000 boxes, the
+    Qwen3-VL prompt, 32 px image tokens). The model is untrained, so its answers are
+    malformed and the gradient ~0; what is checked is that the run completes and the
+    rollout server and the actor agree on every log-prob (M-RoPE positions and weights)."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from agents.prompts import prompt_texts
+    from agents.tiny_qwen import cached_tiny_qwen
+
+    model = cached_tiny_qwen(tmp_path, family="qwen3_vl")
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu", "--verl-cpu.model-path", str(model),
+        "--verl-cpu.out", str(out), "--verl-cpu.total-training-steps", "2", "--verl-cpu.test-freq", "-1",
+        "--verl-cpu.max-queries", "8", "--verl-cpu.val-queries", "4",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1450)
+    log = run.stdout + run.stderr
+    (tmp_path / "log.txt").write_text(log)
+    assert run.returncode == 0, log[-6000:]
+    (entry,) = yaml.safe_load((out / "agent_loop.yaml").read_text())
+    assert entry["images"]["family"] == "qwen3_vl"
+    row = pq.read_table(out / "data" / "train.parquet").to_pylist()[0]
+    assert row["prompt"][0]["content"] == prompt_texts("qwen3_vl").system_prompt
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decisions_reached_rgrpo"] is True and len(summary["steps"]) == 2
+    for step in summary["steps"]:
+        assert math.isfinite(step["grad_norm"]), step
+        assert step["rollout_actor_prob_diff"] < 1e-3, step
