@@ -1,4 +1,4 @@
-"""Supervised warm start of a tiny Qwen2.5-VL on the answer format, so sampled rollouts carry signal.
+"""Supervised warm start of a tiny Qwen-VL on the answer format, so sampled rollouts carry signal.
 
 A randomly initialised policy almost never writes a parseable answer, so every reward is
 the malformed penalty and every group-relative advantage is 0: RL then runs but teaches
@@ -6,7 +6,8 @@ nothing. This module fine-tunes the tiny model of :mod:`agents.tiny_qwen` with a
 transformers loop on the agent loop's own prompt (:func:`agents.prompts.build_messages`,
 the image resized by qwen-vl-utils exactly as the agent loop resizes it) and targets
 drawn half FULL (``NO_CROP_NEEDED``) and half REGION (the tool call with the benchmark's
-annotated box in the ``"resized"`` frame, the frame the parser reads). The decision is a
+annotated box in the model family's frame, the frame the parser reads: ``"resized"`` for
+Qwen2.5-VL, ``"norm1000"`` for Qwen3-VL, see :mod:`agents.model_family`). The decision is a
 fair coin per query, so the warm-started policy knows *how* to answer and *where* the
 target tends to be, and RL has to learn *when* cropping pays.
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents.model_family import QWEN2_5_VL, ModelFamily, family_of, get_family, patch_size, resize_factor
 from agents.prompts import build_messages
 from envs.boxes import QWEN_MIN_PIXELS, qwen_resized_size
 from envs.data import QueryPool
@@ -56,6 +58,8 @@ class WarmStartConfig:
     max_pixels: int = 64 * 28 * 28
     """most pixels of the image shown (match the verl-cpu run's max_pixels)"""
     min_pixels: int = QWEN_MIN_PIXELS
+    family: str = QWEN2_5_VL.name
+    """model family of the tiny policy built and warm-started (qwen2_5_vl: the shipped one; qwen3_vl)"""
     """least pixels of the image shown"""
     train_queries: int | None = None
     """use only the first N training queries (default: all)"""
@@ -73,37 +77,48 @@ class Example:
     image_grid_thw: torch.Tensor
 
 
-def shown_image(pool: QueryPool, min_pixels: int, max_pixels: int) -> tuple[list[dict], Any, tuple[int, int]]:
-    """The first-turn messages of ``pool``, the image as the policy sees it (qwen-vl-utils
-    resize) and the original view size."""
+def shown_image(
+    pool: QueryPool, min_pixels: int, max_pixels: int, processor: Any = None, family: str | ModelFamily | None = None
+) -> tuple[list[dict], Any, tuple[int, int]]:
+    """The first-turn messages of ``pool`` (worded for ``family``), the image as the policy
+    sees it (qwen-vl-utils resize with ``processor``'s patch size; Qwen2.5-VL's without one)
+    and the original view size."""
     from PIL import Image
     from qwen_vl_utils import process_vision_info
 
     with Image.open(pool.image) as image:
         view = image.convert("RGB")
-    messages = build_messages(pool.question, view, min_pixels=min_pixels, max_pixels=max_pixels)
-    images, _ = process_vision_info(messages)
+    messages = build_messages(pool.question, view, min_pixels=min_pixels, max_pixels=max_pixels, family=family)
+    images, _ = process_vision_info(messages, image_patch_size=patch_size(processor) if processor is not None else 14)
     return messages, images[0], view.size
 
 
-def target_answer(pool: QueryPool, region: bool, view_size: tuple[int, int], resized: tuple[int, int]) -> str:
-    """``NO_CROP_NEEDED`` or the crop tool call on the annotated box, in the resized frame."""
+def target_answer(
+    pool: QueryPool, region: bool, view_size: tuple[int, int], resized: tuple[int, int], family: str | ModelFamily | None = None
+) -> str:
+    """``NO_CROP_NEEDED`` or the crop tool call on the annotated box, in the family's frame."""
     if not region or pool.box is None:
         return FULL_MARKER
     width, height = view_size
     x1, y1, x2, y2 = pool.box
-    return format_action_text(1, [x1 / width, y1 / height, x2 / width, y2 / height], "resized", view_size, resized)
+    frame = get_family(family).frame
+    return format_action_text(1, [x1 / width, y1 / height, x2 / width, y2 / height], frame, view_size, resized)
+
+
+def _family_and_factor(processor, config: WarmStartConfig) -> tuple[ModelFamily, int]:
+    return get_family(config.family), resize_factor(processor)
 
 
 def build_example(processor, pool: QueryPool, region: bool, config: WarmStartConfig) -> Example:
     """Prompt and answer tokens with the loss on the answer (and its end-of-turn token) only."""
-    messages, image, view_size = shown_image(pool, config.min_pixels, config.max_pixels)
-    resized = qwen_resized_size(*view_size, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    family, factor = _family_and_factor(processor, config)
+    messages, image, view_size = shown_image(pool, config.min_pixels, config.max_pixels, processor, family)
+    resized = qwen_resized_size(*view_size, min_pixels=config.min_pixels, max_pixels=config.max_pixels, factor=factor)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     features = processor(text=[prompt], images=[image], return_tensors="pt")
     # Every answer starts with one of the tokenizer's added tokens, so its ids are the same
     # alone as after the prompt.
-    answer = target_answer(pool, region, view_size, resized) + processor.tokenizer.eos_token
+    answer = target_answer(pool, region, view_size, resized, family) + processor.tokenizer.eos_token
     answer_ids = torch.tensor(processor.tokenizer.encode(answer, add_special_tokens=False))
     prompt_ids = features["input_ids"][0]
     labels = torch.cat([torch.full_like(prompt_ids, IGNORE), answer_ids])
@@ -162,17 +177,18 @@ def sample_answers(model, processor, pools: Sequence[QueryPool], n: int, config:
     torch.manual_seed(config.seed)
     counts = {"full": 0, "region": 0, "malformed": 0}
     shown = []
+    family, factor = _family_and_factor(processor, config)
     for i in range(n):
         pool = pools[i % len(pools)]
-        messages, image, view_size = shown_image(pool, config.min_pixels, config.max_pixels)
-        resized = qwen_resized_size(*view_size, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+        messages, image, view_size = shown_image(pool, config.min_pixels, config.max_pixels, processor, family)
+        resized = qwen_resized_size(*view_size, min_pixels=config.min_pixels, max_pixels=config.max_pixels, factor=factor)
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = processor(text=[prompt], images=[image], return_tensors="pt")
         inputs["mm_token_type_ids"] = (inputs["input_ids"] == model.config.image_token_id).long()
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=48, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
         text = processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        action = parse_action_text(text, "resized", view_size, resized)
+        action = parse_action_text(text, family.frame, view_size, resized)
         key = "malformed" if isinstance(action, MalformedAction) else ("region" if action.decision == 1 else "full")
         counts[key] += 1
         if len(shown) < 6:
@@ -188,8 +204,9 @@ def warm_start(config: WarmStartConfig, train_pools: Sequence[QueryPool], val_po
     from agents.tiny_qwen import build_tiny_qwen
 
     start = time.perf_counter()
-    out = build_tiny_qwen(config.out, seed=config.seed)
+    out = build_tiny_qwen(config.out, seed=config.seed, family=config.family)
     model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
+    assert family_of(model.config) is get_family(config.family)
     processor = AutoProcessor.from_pretrained(out)
     pools = list(train_pools)[: config.train_queries]
     torch.manual_seed(config.seed)

@@ -90,6 +90,68 @@ def test_format_then_parse_round_trip(frame, style):
         assert np.all(np.abs(result.box - box) <= tolerance), (frame, view, box, text, result.box)
 
 
+@pytest.fixture(scope="module")
+def family_factors(tmp_path_factory) -> dict:
+    """Each supported family's resize factor, read from its tiny checkpoint's processor."""
+    from transformers import AutoImageProcessor
+
+    from agents.model_family import FAMILIES, resize_factor
+    from agents.tiny_qwen import cached_tiny_qwen
+
+    root = tmp_path_factory.getbasetemp()
+    return {
+        name: resize_factor(AutoImageProcessor.from_pretrained(cached_tiny_qwen(root, family=name))) for name in FAMILIES
+    }
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("style", STYLES)
+def test_round_trip_in_each_familys_frame(family, style, family_factors):
+    """What a family writes (its frame, over the image its processor's factor makes) parses
+    back to the box, within half a unit: 0.5 px of the resized image for Qwen2.5-VL, 0.5 of
+    1000 for Qwen3-VL."""
+    from agents.model_family import get_family
+
+    frame, factor = get_family(family).frame, family_factors[family]
+    assert factor == {"qwen2_5_vl": 28, "qwen3_vl": 32}[family]
+    rng = np.random.default_rng(99)
+    for _ in range(100):
+        view = (int(rng.integers(32, 3000)), int(rng.integers(32, 3000)))
+        resized = qwen_resized_size(*view, factor=factor)
+        assert resized[0] % factor == 0 and resized[1] % factor == 0
+        corners = np.sort(rng.uniform(0.0, 1.0, size=(2, 2)), axis=0)
+        box = np.array([corners[0, 0], corners[0, 1], corners[1, 0], corners[1, 1]])
+        text = format_action_text(1, box, frame, view_size=view, resized_size=resized, style=style)
+        result = parse_action_text(text, frame, view_size=view, resized_size=resized)
+        extent = resized if frame == "resized" else (1000, 1000)
+        tolerance = 0.5 / np.array([extent[0], extent[1], extent[0], extent[1]]) + 1e-12
+        assert isinstance(result, ParsedAction) and result.decision == 1, (text, result)
+        assert np.all(np.abs(result.box - box) <= tolerance), (family, view, box, text, result.box)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_text_action_round_trip_per_family(family, family_factors, scene_pools, tiny_scorer):
+    """The TextAction wrapper in a family's frame and factor reads back what that family writes
+    for the env's current view (the frame the agent loop and the zero-shot policy parse in)."""
+    from agents.model_family import get_family
+    from envs.region_rerank import RegionRerankEnv
+    from envs.wrappers import TextAction
+
+    frame, factor = get_family(family).frame, family_factors[family]
+    env = TextAction(RegionRerankEnv(scene_pools, tiny_scorer), frame=frame, max_pixels=64 * 28 * 28, factor=factor)
+    env.reset(options={"query_index": 2})
+    view = env.unwrapped.policy_image
+    resized = qwen_resized_size(view.width, view.height, max_pixels=64 * 28 * 28, factor=factor)
+    assert env.resized_size() == resized
+    extent = resized if frame == "resized" else (1000, 1000)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        corners = np.sort(rng.uniform(0.0, 1.0, size=(2, 2)), axis=0)
+        box = np.array([corners[0, 0], corners[0, 1], corners[1, 0], corners[1, 1]])
+        action = env.action(format_action_text(1, box, frame, view_size=env.unwrapped.view_size, resized_size=resized))
+        np.testing.assert_allclose(action["box"], box, atol=0.5 / min(extent) + 1e-12)
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_full_round_trip(style):
     text = format_action_text(0, None, "resized", resized_size=RESIZED, style=style)
