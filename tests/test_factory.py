@@ -137,3 +137,134 @@ def test_no_import_cycle_in_the_package():
 
     cycles = [c for c in map(cycle_from, sorted(graph)) if c]
     assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+# --------------------------------------------------------------------------- bring your own scorer
+@pytest.fixture()
+def repo_cwd(monkeypatch):
+    """The repository root as the working directory and not on ``sys.path``, as for
+    ``python recipes/evaluate.py`` run from the root: ``examples`` must be found through
+    make_scorer's current-directory rule."""
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(ROOT))])
+    for name in ("examples", "examples.custom_scorer"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return ROOT
+
+
+@pytest.fixture()
+def examples_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def test_the_example_scorer_runs_through_the_evaluate_recipe(repo_cwd, scene_pool_files, load_recipe, tmp_path):
+    import json
+
+    import numpy as np
+    import tyro
+
+    from envs.data import load_image, load_query_pools
+    from rewards.metrics import reciprocal_rank
+
+    recipe = load_recipe("evaluate")
+    args = tyro.cli(recipe.Args, args=[
+        "--data", str(scene_pool_files["val"]), "--scorer.model", "examples.custom_scorer:HistogramScorer",
+        "--scorer.options", "bins", "6", "--baselines", "full", "annotated", "--out", str(tmp_path),
+    ])
+    assert args.scorer.options == {"bins": 6}
+    summaries = recipe.main(dataclasses.replace(args, gallery=dataclasses.replace(args.gallery, draw=False)))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["scorer"] == "rgb-histogram-6x64" and "scorer rgb-histogram-6x64" in (tmp_path / "results.md").read_text()
+
+    from examples.custom_scorer import HistogramScorer  # an independent re-computation of FULL's MRR
+
+    scorer, pools = HistogramScorer(bins=6), load_query_pools(scene_pool_files["val"])
+    rr = [reciprocal_rank(scorer.candidate_embeddings(p) @ scorer.embed_images([load_image(p.image)])[0], p.positives) for p in pools]
+    assert summaries["full"]["MRR"] == pytest.approx(np.mean(rr), abs=1e-9)
+    # cropping to the annotated square never hurts a colour histogram (here FULL already ranks well)
+    assert summaries["annotated"]["worsened"] == 0 and summaries["annotated"]["MRR"] >= summaries["full"]["MRR"]
+
+
+class _Uncopyable:
+    """The example scorer holding a module, as third-party wrappers often do: neither
+    deep-copyable nor picklable."""
+
+    def __init__(self):
+        import numpy
+
+        from examples.custom_scorer import HistogramScorer
+
+        self.inner, self.numpy = HistogramScorer(bins=4), numpy
+        self.name = self.inner.name
+
+    def embed_images(self, images):
+        return self.inner.embed_images(images)
+
+    def candidate_embeddings(self, pool):
+        return self.inner.candidate_embeddings(pool)
+
+
+def test_gym_make_with_a_built_uncopyable_scorer_passes_check_env_and_shares_it(examples_importable, scene_pools):
+    import copy
+    import gc
+
+    from envs.scorer import SharedScorer
+    from envs.wrappers import FlatBoxAction
+
+    scorer = _Uncopyable()
+    with pytest.raises(TypeError):
+        copy.deepcopy(scorer)
+    env = gym.make("RegionRerank-v0", dataset=scene_pools, scorer=scorer, obs_size=32)
+    check_env(env.unwrapped)  # re-makes the env for its render modes from the spec
+    reference = env.unwrapped.spec.kwargs["scorer"]
+    assert isinstance(reference, SharedScorer) and reference.name == scorer.name
+    assert gym.make(env.spec).unwrapped.scorer is scorer
+    assert gym.make(FlatBoxAction(env).spec).unwrapped.scorer is scorer  # a wrapper deep-copies the spec
+    vec = gym.make_vec("RegionRerank-v0", num_envs=2, vectorization_mode="sync", dataset=scene_pools, scorer=scorer)
+    assert all(e.unwrapped.scorer is scorer for e in vec.envs)  # one scorer per process, as before
+    vec.close()
+
+    lost = SharedScorer("shared-scorer-from-elsewhere", "x")
+    with pytest.raises(LookupError, match="only within the process"):
+        make_env(scene_pools, lost)
+    del env, vec, scorer
+    gc.collect()
+    with pytest.raises(LookupError, match="does not exist in this process"):
+        reference.resolve()
+
+
+def test_a_module_attr_factory_gets_the_common_settings_it_names(examples_importable, monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from examples.custom_scorer import HistogramScorer
+
+    seen = {}
+
+    def factory(bins: int, device: str = "cpu", cache_dir=None):
+        seen.update(bins=bins, device=device, cache_dir=cache_dir)
+        return HistogramScorer(bins)
+
+    monkeypatch.setitem(sys.modules, "my_scorers", types.SimpleNamespace(factory=factory, nameless=lambda: object()))
+    make_scorer(ScorerSettings("my_scorers:factory", device="cuda:1", cache_dir=str(tmp_path), options={"bins": 3}))
+    assert seen == {"bins": 3, "device": "cuda:1", "cache_dir": str(tmp_path)}  # candidate_features: not named
+    with pytest.raises(TypeError, match="has no attribute 'name'"):
+        make_scorer("my_scorers:nameless")
+
+
+def test_a_custom_scorer_reaches_the_verl_agent_loop_through_its_config_file(repo_cwd, load_recipe):
+    import tyro
+    import yaml
+
+    from agents.verl.config import loop_settings
+    from agents.verl.settings import LoopSettings, agent_loop_config
+
+    recipe = load_recipe("train_rgrpo")
+    args = tyro.cli(recipe.Args, args=["--verl.scorer.model", "examples.custom_scorer:HistogramScorer",
+                                        "--verl.scorer.options", "bins", "5", "--local.scorer.model", "examples.custom_scorer:HistogramScorer"])
+    assert args.local.scorer.model == "examples.custom_scorer:HistogramScorer"
+    entry = yaml.safe_load(yaml.safe_dump(agent_loop_config(loop_settings(args.verl)), sort_keys=False))[0]
+    settings = LoopSettings.from_kwargs(**{k: v for k, v in entry.items() if k not in ("name", "_target_")})
+    assert make_scorer(settings.scorer).name == "rgb-histogram-5x64"
