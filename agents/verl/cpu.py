@@ -286,6 +286,10 @@ def _log_probs_of(logits: torch.Tensor, token_ids: torch.Tensor, temperature: fl
 class TransformersServer:
     """One rollout server: a transformers model generating verl's token-in/token-out requests.
 
+    The model loads through ``AutoModelForImageTextToText``, so any family of
+    :mod:`agents.model_family` is served as it is (Qwen2.5-VL and Qwen3-VL are run end to
+    end: ``tests/test_verl_cpu.py``); the image features are its own processor's.
+
     Requests are served one at a time (a tiny model on a CPU gains nothing from batching
     that outweighs its padding); the model's weights are replaced by the actor's after each
     training step through :meth:`update_weights`.
