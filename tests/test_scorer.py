@@ -182,3 +182,118 @@ def test_unreadable_candidate_image_is_named(tiny_scorer, tiny_pool, tmp_path):
     pool = dataclasses.replace(tiny_pool, candidates=(Candidate("ghost", True, image=tmp_path / "ghost.png"),))
     with pytest.raises(DataError, match=r"candidate 'ghost' of query 'q0'.*ghost.png"):
         tiny_scorer.candidate_embeddings(pool)
+
+
+# --------------------------------------------------------------------------- the protocol and its checks
+class _Fake:
+    """A protocol scorer whose outputs a test bends: ``bend(member, array) -> array``."""
+
+    def __init__(self, bend=lambda member, array: array, dim: int = 6):
+        self.name, self.bend, self.dim = "fake-scorer", bend, dim
+
+    def _rows(self, n: int, seed: int) -> np.ndarray:
+        return l2_normalize(np.random.default_rng(seed).normal(size=(n, self.dim)))
+
+    def embed_images(self, images):
+        return self.bend("embed_images", self._rows(len(images), 0))
+
+    def candidate_embeddings(self, pool):
+        return self.bend("candidate_embeddings", self._rows(len(pool.candidates), 1))
+
+
+def test_scorers_are_runtime_checkable_against_the_minimal_protocol(tiny_scorer):
+    from envs.scorer import Scorer
+
+    assert isinstance(tiny_scorer, Scorer) and isinstance(_Fake(), Scorer)
+    assert not isinstance(object(), Scorer)
+    assert not hasattr(_Fake(), "embed_texts") and not hasattr(_Fake(), "score")  # not required
+    half = _Fake()
+    half.candidate_embeddings = None
+    del half.name
+    assert not isinstance(half, Scorer)
+
+
+def test_check_scorer_accepts_the_built_in_scorer_and_returns_its_dimension(tiny_scorer, tiny_pool):
+    from envs.scorer import check_scorer
+
+    assert check_scorer(tiny_scorer, tiny_pool) == 32
+    assert check_scorer(_Fake(), tiny_pool) == 6
+
+
+@pytest.mark.parametrize(
+    "bend, member, message",
+    [
+        (lambda m, a: a.astype(np.float64) if m == "candidate_embeddings" else a, "candidate_embeddings", "dtype float64; expected float32"),
+        (lambda m, a: a * 3 if m == "embed_images" else a, "embed_images", "not L2-normalized"),
+        (lambda m, a: l2_normalize(a[:, :4]) if m == "embed_images" else a, "embed_images", "4-dimensional"),
+        (lambda m, a: a[:-1] if m == "candidate_embeddings" else a, "candidate_embeddings", r"shape \(4, 6\); expected \(5, d\)"),
+        (lambda m, a: a.tolist() if m == "embed_images" else a, "embed_images", "returned a list"),
+        (lambda m, a: np.full_like(a, np.nan) if m == "candidate_embeddings" else a, "candidate_embeddings", "non-finite"),
+    ],
+)
+def test_a_broken_scorer_is_refused_naming_it_and_the_member(tiny_pool, bend, member, message):
+    from envs.region_rerank import RegionRerankEnv
+    from envs.scorer import ScorerError, check_scorer
+
+    scorer = _Fake(bend)
+    with pytest.raises(ScorerError, match=f"fake-scorer.*{member}.*{message}"):
+        check_scorer(scorer, tiny_pool)
+    env = RegionRerankEnv([tiny_pool], scorer)  # outputs are checked at the first reset, on what it fetches
+    with pytest.raises(ScorerError, match=f"test_scorer._Fake \\(name='fake-scorer'\\): {member}.*{message}"):
+        env.reset(seed=0)
+
+
+def test_a_scorer_without_its_members_is_refused_when_the_env_is_built(tiny_pool):
+    from envs.region_rerank import RegionRerankEnv
+    from envs.scorer import ScorerError
+
+    class NoName:
+        def embed_images(self, images): ...
+        def candidate_embeddings(self, pool): ...
+
+    class NoCandidates:
+        name = "half"
+
+        def embed_images(self, images): ...
+
+    with pytest.raises(ScorerError, match="NoName has no attribute 'name'"):
+        RegionRerankEnv([tiny_pool], NoName())
+    with pytest.raises(ScorerError, match="no callable 'candidate_embeddings'"):
+        RegionRerankEnv([tiny_pool], NoCandidates())
+    empty = NoName()
+    empty.name = ""
+    with pytest.raises(ScorerError, match="non-empty str"):
+        RegionRerankEnv([tiny_pool], empty)
+
+
+def test_a_good_scorer_is_checked_once_without_extra_calls(make_tiny_scorer, tiny_pool):
+    from envs.region_rerank import RegionRerankEnv
+
+    scorer = make_tiny_scorer()
+    env = RegionRerankEnv([tiny_pool], scorer)
+    assert scorer.stats.image_forwards == 0  # building the env embeds nothing
+    env.reset(seed=0)
+    env.reset(seed=0)
+    assert scorer.stats.image_forwards == 1 + 2  # candidate images once, then one FULL forward per reset
+
+
+def test_embed_candidates_needs_no_pool_and_shares_the_cache(make_tiny_scorer, tiny_pool, tmp_path):
+    from envs.scorer import embed_candidates
+
+    scorer = make_tiny_scorer()
+    direct = scorer.embed_candidates(tiny_pool.candidates)
+    forwards = (scorer.stats.image_forwards, scorer.stats.text_forwards)
+    np.testing.assert_array_equal(scorer.candidate_embeddings(tiny_pool), direct)
+    assert (scorer.stats.image_forwards, scorer.stats.text_forwards) == forwards
+    np.testing.assert_array_equal(embed_candidates(scorer, tiny_pool.candidates), direct)
+    # a protocol-only scorer gets the candidates as one query-less pool
+    fake = _Fake()
+    np.testing.assert_array_equal(embed_candidates(fake, tiny_pool.candidates), fake.candidate_embeddings(tiny_pool))
+    # errors name the candidate without a pool, and the query and field with one
+    missing = Candidate("gone", False, image=tmp_path / "missing.png")
+    with pytest.raises(DataError, match="candidate 'gone': field 'image'"):
+        scorer.embed_candidates([missing])
+    with pytest.raises(DataError, match=r"candidates\[0\].image: candidate 'gone' of query 'q0'"):
+        scorer.candidate_embeddings(dataclasses.replace(tiny_pool, candidates=(missing,)))
+    with pytest.raises(ValueError, match="candidate 'c3' has no image"):
+        make_tiny_scorer(candidate_features="image").embed_candidates(tiny_pool.candidates)
