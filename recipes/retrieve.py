@@ -1,0 +1,228 @@
+"""Our own retriever: top-K knowledge-base entities per query image, in EchoSight's result format.
+
+Embeds every KB entity (its first local image, its title + lead section, or both, as
+candidates carry them) and every query image with an open_clip scorer (the paper's:
+EVA-CLIP), searches the index of envs/kb_index.py (exact NumPy search, or FAISS for
+millions of entries), and writes {query_id: {"retrieved_entries": [url, ...],
+"retrieval_similarities": [...]}}, the file prepare_data.py --retrieval reads like
+EchoSight's. Queries are read and numbered exactly as prepare_data.py reads
+them (E-VQA_<i> without the 2_hop rows; InfoSeek's data_id), from the same flags.
+
+Embeddings are cached under --cache-dir by scorer, features and content, written
+chunk by chunk: an interrupted run continues where it stopped, and a second run over the
+same KB (e.g. for the other split) embeds only its queries.
+
+    python recipes/retrieve.py evqa --annotations evqa/test.csv --kb evqa/encyclopedic_kb_wiki.json \\
+        --kb-image-root kb_images --landmarks-root gldv2/train --inaturalist-root inat21 \\
+        --inat-id2name inat21/val_id2name.json --scorer.model EVA02-L-14 --scorer.pretrained eva.pt \\
+        --out retrieval/evqa_test.json
+
+    python recipes/retrieve.py infoseek --annotations infoseek/infoseek_val.jsonl \\
+        --kb infoseek/infoseek_100k_wiki.json --kb-image-root kb_images --infoseek-root oven_images \\
+        --scorer.model EVA02-L-14 --scorer.pretrained eva.pt --out retrieval/infoseek_val.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Sequence, Union
+
+import torch
+import tyro
+
+from envs.adapters import AdapterSummary, knowledge_base_items, read_evqa_queries, read_infoseek_queries
+from envs.adapters.cli import KbImageArgs, QueryImageArgs
+from envs.adapters.pools import AnnotatedQuery
+from envs.data import DataError
+from envs.factory import make_scorer
+from envs.kb_index import KbItem, KnowledgeBaseIndex, embed_items
+from envs.settings import ScorerSettings, upgrade_legacy_flags
+
+
+@dataclass(kw_only=True)
+class RetrieveArgs(QueryImageArgs, KbImageArgs):
+    """Options of both subcommands: knowledge base, scorer, search, output."""
+
+    kb: Path
+    """knowledge-base JSON {wikipedia_url: entry} (E-VQA's encyclopedic_kb_wiki.json or EchoSight's infoseek_100k_wiki.json), streamed"""
+    features: Literal["image", "text", "image+text"] = "image"
+    """what a KB entity is embedded from: its first local KB image (EchoSight's image-to-image retrieval), its title + lead section, or both summed and re-normalized"""
+    max_text_chars: int = 1000
+    """cut entity text at a word boundary to this length (as prepare_data.py cuts candidate text)"""
+
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    """the embedding model (--scorer.model EVA02-L-14 --scorer.pretrained eva.pt, the paper's EVA-CLIP; or any scorer prepare_data's pools will be ranked with); default: the embedded rr-tiny scorer. --features, not --scorer.candidate-features, decides what a KB entity is embedded from"""
+    threads: int = 2
+    """torch intra-op threads"""
+
+    top_k: int = 20
+    """entities written per query (prepare_data.py cuts pools from them)"""
+    batch_size: int = 32
+    """images or texts loaded and embedded together"""
+    chunk_rows: int = 2048
+    """embeddings written to the cache at a time (the most an interruption loses)"""
+    workers: int = 2
+    """threads decoding images ahead of the model (0: none)"""
+    cache_dir: Path | None = Path("cache/kb_index")
+    """on-disk embedding cache (resumable); None: keep embeddings in memory only"""
+    backend: Literal["numpy", "faiss"] = "numpy"
+    """search backend: exact NumPy inner products, or FAISS (pip install 'region-rerank[faiss]')"""
+    faiss_factory: str = "Flat"
+    """FAISS index_factory string for --backend faiss ('Flat' is exact; e.g. 'HNSW32' approximates)"""
+    progress: bool = True
+    """show progress bars"""
+
+    out: Path
+    """result JSON to write ({query_id: {retrieved_entries, retrieval_similarities}}); a summary goes to <out>.meta.json"""
+
+    def __post_init__(self) -> None:
+        # A ValueError here is reported by tyro as a command-line error.
+        if self.features != "text" and self.kb_image_root is None and not self.kb_image_map:
+            raise ValueError(f"--features {self.features} needs --kb-image-root and/or --kb-image-map")
+        if min(self.top_k, self.batch_size, self.chunk_rows, self.max_text_chars, self.threads) < 1 or self.workers < 0:
+            raise ValueError("--top-k, --batch-size, --chunk-rows, --max-text-chars and --threads must be positive, --workers >= 0")
+
+
+@dataclass(kw_only=True)
+class EvqaArgs(RetrieveArgs):
+    """Top-K for the queries of an E-VQA-format CSV (E-VQA, or EchoSight's InfoSeek CSV), numbered as prepare_data.py evqa numbers them."""
+
+    annotations: Path
+    """E-VQA train.csv / val.csv / test.csv, or EchoSight's infoseek_{train,test}_filtered.csv"""
+
+
+@dataclass(kw_only=True)
+class InfoseekArgs(RetrieveArgs):
+    """Top-K for the queries of an InfoSeek question file, keyed by data_id (no withkb file needed)."""
+
+    annotations: Path
+    """question file infoseek_{train,val,test}.jsonl"""
+
+
+Source = Union[
+    Annotated[EvqaArgs, tyro.conf.subcommand("evqa")],
+    Annotated[InfoseekArgs, tyro.conf.subcommand("infoseek")],
+]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> EvqaArgs | InfoseekArgs:
+    """The arguments of ``argv`` (default: the command line), exiting with a message when they are invalid."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return tyro.cli(Source, description=__doc__, args=upgrade_legacy_flags(argv))
+
+
+def read_queries(args: EvqaArgs | InfoseekArgs) -> tuple[list[AnnotatedQuery], AdapterSummary]:
+    """The queries prepare_data.py would read from the same annotations and image flags."""
+    summary = AdapterSummary(source=str(args.annotations), purpose="eval", top_k=args.top_k)
+    images = args.query_image_roots()
+    if isinstance(args, EvqaArgs):
+        return read_evqa_queries(args.annotations, images, summary), summary
+    return read_infoseek_queries(args.annotations, images, summary), summary
+
+
+def _write_results(path: Path, rows: Sequence[tuple[str, list[str], list[float]]]) -> None:
+    """EchoSight's result layout, streamed to a temporary name and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        handle.write("{")
+        for n, (query_id, urls, scores) in enumerate(rows):
+            entry = {"retrieved_entries": urls, "retrieval_similarities": scores}
+            handle.write(("," if n else "") + "\n" + json.dumps(query_id, ensure_ascii=False) + ": "
+                         + json.dumps(entry, ensure_ascii=False))
+        handle.write("\n}\n")
+    os.replace(partial, path)
+
+
+def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
+    """Run the retrieval ``args`` describe; returns the summary written to ``<out>.meta.json``."""
+    torch.set_num_threads(args.threads)
+    queries, query_summary = read_queries(args)
+    if not queries:
+        raise DataError(f"{args.annotations}: no query with a readable image\n{query_summary.report()}")
+    scorer = make_scorer(args.scorer)
+    kb_images = args.kb_images() if args.features != "text" else None
+    items, kb_counts = knowledge_base_items(args.kb, args.features, kb_images, max_text_chars=args.max_text_chars,
+                                            progress=args.progress)
+    sizes = dict(batch_size=args.batch_size, chunk_rows=args.chunk_rows, num_workers=args.workers, progress=args.progress)
+    index = KnowledgeBaseIndex.build(items, scorer, args.features, cache_dir=args.cache_dir, backend=args.backend,
+                                     faiss_factory=args.faiss_factory, **sizes)
+    if len(index) == 0:
+        raise DataError(f"{args.kb}: no KB entity could be embedded with features {args.features!r}\n"
+                        f"{index.stats.report('KB entities')}")
+    paths = list(dict.fromkeys(q.image for q in queries))  # questions about one image share its embedding
+    query_vectors = embed_items([KbItem(id=str(p), image=p) for p in paths], scorer, "image",
+                                cache_dir=args.cache_dir, label="queries", **sizes)
+    started = time.perf_counter()
+    searchable = [i for i in range(len(paths)) if query_vectors.valid[i]]
+    hits, scores = index.search(query_vectors.vectors[searchable], args.top_k) if searchable else ([], None)
+    found = {paths[i]: (hits[n], scores[n].tolist()) for n, i in enumerate(searchable)}
+    rows, undecodable = [], 0
+    for query in queries:
+        if query.image in found:
+            urls, sims = found[query.image]
+            rows.append((query.query_id, urls, sims))
+        else:
+            undecodable += 1
+    search_seconds = time.perf_counter() - started
+    for _ in range(undecodable):
+        query_summary.drop("query_image_undecodable")
+    query_summary.queries_kept = len(rows)
+    _write_results(args.out, rows)
+    summary = {
+        "scorer": scorer.name,
+        "features": args.features,
+        "knowledge_base": str(args.kb),
+        "kb_entries_read": kb_counts["entries"],
+        "kb_duplicate_urls": kb_counts["duplicate_urls"],
+        "kb_indexed": len(index),
+        "kb_left_out": index.stats.left_out,
+        "kb_partial": index.stats.partial,
+        "kb_embedded": index.stats.embedded,
+        "kb_from_cache": index.stats.reused,
+        "kb_seconds": round(index.stats.seconds, 2),
+        "kb_entries_per_second": round(index.stats.items_per_second, 2),
+        "queries_read": query_summary.queries_read,
+        "queries_written": len(rows),
+        "queries_dropped": query_summary.dropped,
+        "query_images": len(paths),
+        "query_images_embedded": query_vectors.stats.embedded,
+        "query_seconds": round(query_vectors.stats.seconds, 2),
+        "search_seconds": round(search_seconds, 2),
+        "top_k": args.top_k,
+        "backend": args.backend,
+        "index_folder": str(index.folder) if index.folder else None,
+    }
+    meta_path = args.out.with_suffix(".meta.json")
+    meta_path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(query_summary.report())
+    print(index.stats.report("KB entities"))
+    print(query_vectors.stats.report("query images"))
+    print(f"searched {len(searchable)} query images in {search_seconds:.2f} s ({args.backend})")
+    print(f"wrote the top-{args.top_k} of {len(rows)} queries to {args.out} (summary in {meta_path})")
+    return summary
+
+
+def main(args: EvqaArgs | InfoseekArgs) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        retrieve(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        if "faiss" not in str(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # --backend faiss without faiss installed
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
