@@ -17,6 +17,10 @@ both sides alike:
 
     python recipes/bench_env.py                 # embedded default (test split, rr-tiny scorer)
     python recipes/bench_env.py --queries 50 --group-size 8
+    python recipes/bench_env.py --scorer.model examples.custom_scorer:HistogramScorer   # any scorer
+
+Comparison 1 needs a scorer that can re-encode a pool uncached (``score_uncached``: the built-in
+open_clip and transformers scorers); for others its row says n/a.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class Args:
     data: Path | None = None
     """query-pool JSONL; default: the embedded benchmark's test split"""
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
-    """the re-ranker (open_clip name, or module:attr); default: the embedded rr-tiny scorer"""
+    """the re-ranker (--scorer.model: module:attr of your own, a transformers folder, or an open_clip name); default: the embedded rr-tiny scorer"""
     threads: int = 2
     """torch intra-op threads (the build machines have 2 cores)"""
     seed: int = 0
@@ -86,6 +90,7 @@ def main(args: Args) -> None:
     # Warm-up: first forwards allocate; every pool's candidates get cached like in training.
     for index in order:
         env.reset(options={"query_index": int(index)})
+    naive = hasattr(env.scorer, "score_uncached")
     times: dict[str, list[float]] = {k: [] for k in ("naive", "step", "forward", "batched", "episodes", "singles")}
     for index in order:
         box = random_boxes(rng, 1)[0]
@@ -94,7 +99,7 @@ def main(args: Args) -> None:
 
         env.reset(options={"query_index": int(index)})
         view = crop(env.image, view_box_to_image(box, env.view_box))
-        times["naive"].append(timed(lambda: naive_region_reward(env, box)))
+        times["naive"].append(timed(lambda: naive_region_reward(env, box)) if naive else float("nan"))
         times["step"].append(timed(lambda: env.step(action)))
         times["forward"].append(timed(lambda: env.scorer.embed_images([view])))
         env.reset(options={"query_index": int(index)})
@@ -116,7 +121,8 @@ def main(args: Args) -> None:
     print("median ms per call: " + ", ".join(f"{k} {v:.2f}" for k, v in median.items()))
     print(f"{'comparison':60s} {'ratio':>7s}  target")
     for name, ratio, target in rows:
-        print(f"{name:60s} {ratio:7.2f}  {target}")
+        shown = f"{ratio:7.2f}" if np.isfinite(ratio) else f"{'n/a':>7s}"
+        print(f"{name:60s} {shown}  {target}")
 
 
 if __name__ == "__main__":

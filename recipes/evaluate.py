@@ -15,6 +15,12 @@ queries with the policy's, the annotated and the oracle's boxes; see
     python recipes/evaluate.py                              # embedded default, test split
     python recipes/evaluate.py --gallery.policies oracle --gallery.gains 8   # what to draw
     python recipes/evaluate.py --data pools.jsonl --scorer.model EVA02-B-16 --scorer.pretrained eva.pt
+    python recipes/evaluate.py --scorer.model /models/siglip-base-patch16-224     # a transformers folder
+    python recipes/evaluate.py --scorer.model examples.custom_scorer:HistogramScorer --scorer.options bins 6
+
+``--scorer.model module:attr`` imports your factory or class (from the installed packages or
+the current directory) and calls it with ``--scorer.options`` as keywords; see the README's
+"Bring your own re-ranker".
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class Args:
     data: Path | None = None
     """query-pool JSONL (all queries are kept, for CondR@1); default: the embedded benchmark"""
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
-    """the re-ranker (--scorer.model EVA02-B-16, or module:attr for your own); default: the embedded rr-tiny scorer"""
+    """the re-ranker (--scorer.model: module:attr of your own, a transformers folder, or an open_clip name such as EVA02-B-16); default: the embedded rr-tiny scorer"""
     baselines: tuple[str, ...] = ("full", "center", "random", "annotated", "oracle")
     """baselines to run, from: full, center, random, annotated, oracle"""
     center_scale: float = 0.5

@@ -6,8 +6,9 @@
 Each split goes to ``<out>/<split>/``: ``pools.jsonl`` (query-pool records, see
 ``envs/data.py``), ``images/`` (query scenes) and ``kb/`` (the knowledge-base images).
 Hard negatives are mined with the FULL-image similarity of a scorer: the embedded
-default, or any open_clip model and checkpoint given with ``--scorer-model`` and
-``--scorer-pretrained``. ``gym.make("RegionRerank-v0", data=<out>/test/pools.jsonl)``
+default, an open_clip model and checkpoint (``--scorer.model`` and ``--scorer.pretrained``),
+a transformers CLIP / SigLIP folder (``--scorer.model /path/to/folder``), or any scorer of
+your own (``--scorer.model examples.custom_scorer:HistogramScorer --scorer.options bins 6``). ``gym.make("RegionRerank-v0", data=<out>/test/pools.jsonl)``
 then serves the files.
 """
 
@@ -55,7 +56,7 @@ class Args:
     clutter: float = DEFAULT_CONFIG.scene.clutter
     """background clutter level in [0, 1]"""
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
-    """the re-ranker (open_clip name, or module:attr); default: the embedded rr-tiny scorer"""
+    """the re-ranker (--scorer.model: module:attr of your own, a transformers folder, or an open_clip name); default: the embedded rr-tiny scorer"""
 
 
 def benchmark_config(args: Args) -> BenchmarkConfig:
