@@ -101,3 +101,24 @@ def test_cache_folder_depends_on_config_and_scorer(cache):
 def test_unknown_split_is_refused(cache):
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         default_dataset("dev")
+
+
+def test_any_protocol_scorer_mines_the_hard_negatives(tmp_path, monkeypatch):
+    """write_split needs only the Scorer protocol: the knowledge base is embedded without a
+    query pool (envs.scorer.embed_candidates), and the FULL-image similarity picks the negatives."""
+    from pathlib import Path
+
+    from envs.default import write_split
+    from envs.synthetic import ENTITIES
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from examples.custom_scorer import HistogramScorer
+
+    config = BenchmarkConfig(seed=11, train_queries=4, val_queries=4, test_queries=6)
+    scorer = HistogramScorer(bins=4)
+    pools = load_query_pools(write_split(tmp_path, "test", config, scorer))
+    assert len(pools) == 6 and all(len(p.candidates) == config.pool_size for p in pools)
+    kb = {c.id: c for c in (p for pool in pools for p in pool.candidates)}
+    assert set(kb) <= {e.id for e in ENTITIES} and all(Path(c.image).parent == tmp_path / "kb" for c in kb.values())
+    # the histogram scorer cached every knowledge-base image, by path, without a pool of them
+    assert len(scorer._cache) == len(ENTITIES)
