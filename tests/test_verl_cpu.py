@@ -75,7 +75,12 @@ def test_rollout_metrics_count_answers_crops_and_balance_paths():
         {"decision": 0, "balance_path": "resampled", "env_seconds": 0.5},
         {"decision": -1, "balance_path": "balanced"},
         {"decision": 1, "balance_path": "forced", "env_seconds": 0.25},
+        {"decision": -1, "balance_path": "failed", "scoring_failed": 1, "scoring_error": "query 'q3': timed out"},
     ]
+    metrics = rollout_metrics(extras)
+    assert metrics["region_rerank/scoring_failed"] == 1  # a count of failed episodes, not a rate
+    assert metrics["region_rerank/env_seconds_max"] == 0.5
+    extras = extras[:4]
     metrics = rollout_metrics(extras)
     assert metrics["region_rerank/valid_answer_rate"] == 0.75 and metrics["region_rerank/crop_rate"] == 0.5
     assert metrics["region_rerank/balance/balanced"] == 0.5 and metrics["region_rerank/balance/forced"] == 0.25
@@ -89,11 +94,13 @@ def test_summary_reads_verls_metric_records():
     records = [
         {"step": 0, "val-core/region_rerank/synthetic-val/reward/mean@1": 0.2},
         {"step": 1, "actor/grad_norm": 0.5, "critic/score/mean": 0.1, "region_rerank/valid_answer_rate": 0.75,
-         "region_rerank/decisions_reached_rgrpo": 1.0, "timing_s/step": 12.0, "timing_s/gen": 2.0},
+         "region_rerank/decisions_reached_rgrpo": 1.0, "timing_s/step": 12.0, "timing_s/gen": 2.0,
+         "region_rerank/scoring_failed": 2.0},
         {"step": 2, "actor/grad_norm": 0.4, "critic/score/mean": 0.3, "region_rerank/decisions_reached_rgrpo": 1.0,
-         "val-core/region_rerank/synthetic-val/reward/mean@1": 0.4},
+         "val-core/region_rerank/synthetic-val/reward/mean@1": 0.4, "region_rerank/scoring_failed": 1.0},
     ]
     summary = summarize(records, "rgrpo")
+    assert summary["scoring_failed_episodes"] == 3 and summary["steps"][1]["scoring_failed"] == 1.0
     assert [row["step"] for row in summary["steps"]] == [1, 2]
     assert summary["steps"][0]["phase_s"]["generation"] == 2.0 and summary["steps"][0]["valid_answer_rate"] == 0.75
     assert summary["validation"] == [{"step": 0, "reward": 0.2}, {"step": 2, "reward": 0.4}]
@@ -125,6 +132,10 @@ def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
         assert math.isfinite(step["grad_norm"]) and step["grad_norm"] > 0, step
         assert step["rollout_actor_prob_diff"] < 1e-3, step
         assert step["valid_answer_rate"] > 0.5, step
+        # the rollouts scored through the batched service: none failed, each made >= 1 request
+        assert step["scoring_failed"] == 0, step
+        assert step["scoring_requests_per_rollout"] >= 1, step
+        assert math.isfinite(step["phase_s"]["env_scoring"]), step
     assert summary["validation"], "validation before training ran"
 
 

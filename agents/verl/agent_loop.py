@@ -51,11 +51,13 @@ process and shared.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Mapping
 from uuid import uuid4
 
@@ -66,9 +68,10 @@ from agents.model_family import family_of_model_type, resize_factor, resolve_fam
 from agents.prompts import REGION_ANSWER_PREFIX, build_messages, followup_message
 from agents.qwen_vision import check_pixel_limits
 from agents.verl.groups import DecisionGroups, Group
+from agents.verl.scoring import EpisodeScorer, ScoringError, scoring_host
 from agents.verl.settings import AGENT_NAME, LoopSettings
 from envs.actions import FULL, MALFORMED, REGION, read_decision
-from envs.data import QueryPool, load_query_pools
+from envs.data import QueryPool, load_image, load_query_pools
 from envs.factory import make_scorer
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import Scorer
@@ -92,8 +95,13 @@ FORCED_FULL_TEXT = FULL_MARKER
 _POOLS: dict[str, dict[str, QueryPool]] = {}
 _SCORERS: dict[ScorerSettings, Scorer] = {}
 _STATE_LOCK = threading.Lock()
-# Env steps run in worker threads; one at a time keeps the scorer's caches consistent.
+# In-process scoring (scoring.enabled false): env steps run in worker threads one at a
+# time, which keeps the shared scorer's caches consistent. With the scoring service the
+# scorer lives in the service and env calls run unlocked on their own threads (a thread
+# waiting for the service's batch costs nothing; verl's default executor has only
+# cores + 4 threads, which would cap how many crops can join a batch).
 _ENV_LOCK = threading.Lock()
+_ENV_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="rr-env")
 
 
 def query_pool(pool_file: str | os.PathLike, query_id: str) -> QueryPool:
@@ -200,7 +208,22 @@ class RegionRerankAgentLoop(AgentLoopBase):
     # ------------------------------------------------------------------ helpers
     async def _env_call(self, episode_metrics: dict, fn, *args, **kwargs):
         with simple_timer("tool_calls", episode_metrics):
+            if self.settings.scoring.enabled:
+                return await self.loop.run_in_executor(_ENV_THREADS, functools.partial(fn, *args, **kwargs))
             return await self.loop.run_in_executor(None, functools.partial(_locked_call, fn, *args, **kwargs))
+
+    async def _episode_scorer(self, metrics: dict, pool: QueryPool) -> Scorer:
+        """The episode's scorer: a client of the run's scoring service (its query's FULL and
+        candidates fetched, once per query for all rollouts), or the shared in-process scorer."""
+        s = self.settings
+        if not s.scoring.enabled:
+            return await self._env_call(metrics, shared_scorer, s.scorer)
+        with simple_timer("tool_calls", metrics):
+            try:
+                host = await self.loop.run_in_executor(_ENV_THREADS, scoring_host, s.scorer, s.scoring)
+            except Exception as exc:
+                raise ScoringError(pool.query_id, f"no scoring service: {type(exc).__name__}: {exc}") from exc
+            return await EpisodeScorer(host, pool).prepare()
 
     async def _shown_image(self, message: dict) -> Any:
         """The image of ``message`` as the model sees it (qwen-vl-utils resize)."""
@@ -342,6 +365,15 @@ class RegionRerankAgentLoop(AgentLoopBase):
         group, ticket = _DECISION_GROUPS.join(str(uid), self.settings.balance_budget) if balancing else (None, 0)
         try:
             return await self._run_episode(sampling_params, extra_info, group, ticket)
+        except ScoringError as error:
+            # Loud, never a hang: the episode fails with the query named, its group goes on
+            # without it, and the step counts it (rollout metric scoring_failed).
+            logger.error("%s: episode failed: %s", AGENT_NAME, error)
+            if group is not None:
+                group.report(ticket, None)
+                if ticket == group.swap_out and not group.settled.is_set():
+                    group.settle("failed")
+            return await self._failed_output(extra_info, error, bool(sampling_params.get("logprobs")))
         finally:
             if group is not None:
                 _DECISION_GROUPS.leave(str(uid), group, ticket)
@@ -350,7 +382,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         s = self.settings
         metrics: dict[str, float] = {}
         pool = await self._env_call(metrics, query_pool, extra_info["pool_file"], str(extra_info["query_id"]))
-        scorer = await self._env_call(metrics, shared_scorer, s.scorer)
+        scorer = await self._episode_scorer(metrics, pool)
         env = RegionRerankEnv([pool], scorer, settings=s.env)
         _, info = await self._env_call(metrics, env.reset, options={"query_index": 0})
         messages = build_messages(
@@ -396,6 +428,42 @@ class RegionRerankAgentLoop(AgentLoopBase):
                 path = "timeout"
         return self._output(ep, baseline_rank, path, extra_draws, bool(sampling_params.get("logprobs")))
 
+    async def _failed_output(self, extra_info: dict, error: ScoringError, log_probs_asked: bool) -> AgentLoopOutput:
+        """A failed episode: the query's FULL prompt, one EOS token with mask 0 (nothing of it
+        is trained on), reward 0, and ``scoring_failed`` / ``scoring_error`` naming the query."""
+        s = self.settings
+        pool = query_pool(extra_info["pool_file"], str(extra_info["query_id"]))
+        # The env's own resize of the FULL view under the information gap (no env: no scorer).
+        image = await self.loop.run_in_executor(_ENV_THREADS, load_image, pool.image)
+        view = RegionRerankEnv._policy_image(SimpleNamespace(policy_max_side=s.env.policy_max_side), image)
+        messages = build_messages(
+            pool.question, view, 0, s.env.max_steps,
+            min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels, family=self.family,
+        )
+        images = [await self._shown_image(messages[1])]
+        prompt_ids = await self.ct_build_initial_tokens(messages, images=images)
+        extra = {
+            "decision": MALFORMED, "decisions": [], "baseline_rank": -1, "final_rank": -1, "outcome": "scoring_failed",
+            "reward_terms": {}, "steps": 0, "truncated": False, "balance_path": "failed", "query_id": pool.query_id,
+            "env_seconds": 0.0, "scoring_failed": 1, "scoring_error": str(error),
+            "reward_extra_info": {
+                "cropped": 0.0, "malformed": 0.0, "rank_before": 0.0, "rank_after": 0.0, "rank_gain": 0.0,
+                "zoom_steps": 0.0, "balance_resampled": 0.0, "balance_forced": 0.0, "balance_extra_draws": 0.0,
+            },
+        }
+        return AgentLoopOutput(
+            prompt_ids=list(prompt_ids),
+            response_ids=[self.tokenizer.eos_token_id],
+            response_mask=[0],
+            response_logprobs=[0.0] if log_probs_asked else None,
+            multi_modal_data={"images": images},
+            mm_processor_kwargs=self._get_mm_processor_kwargs(None),
+            reward_score=0.0,
+            num_turns=2,
+            metrics={},
+            extra_fields=extra,
+        )
+
     def _output(
         self, ep: _Episode, baseline_rank: int, path: str, extra_draws: int, log_probs_asked: bool
     ) -> AgentLoopOutput:
@@ -423,6 +491,8 @@ class RegionRerankAgentLoop(AgentLoopBase):
                 "balance_path": path,
                 "query_id": ep.info["query_id"],
                 "env_seconds": float(ep.metrics.get("tool_calls", 0.0)),
+                "scoring_failed": 0,
+                "scoring_requests": int(getattr(ep.env.scorer, "requests", 0)),
                 # Names differ from the keys above: verl flattens both into one namespace.
                 "reward_extra_info": {
                     "cropped": float(first == REGION),

@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 
 import yaml
 
-from agents.verl.settings import AGENT_NAME, LoopSettings, agent_loop_config
+from agents.verl.settings import AGENT_NAME, LoopSettings, ScoringServiceSettings, agent_loop_config
 from envs.settings import EnvSettings, ImageSettings, ScorerSettings
 
 ESTIMATOR_KEY = "algorithm.adv_estimator"
@@ -112,6 +112,8 @@ class VerlArgs:
     """decision-balanced groups (r-GRPO); off: plain on-policy groups"""
     balance_budget: int = 4
     """extra on-policy draws for a group's missing decision before it is forced"""
+    scoring: ScoringServiceSettings = field(default_factory=ScoringServiceSettings)
+    """the batched scorer service shared by every rollout (e.g. --verl.scoring.max-batch 256)"""
 
     @classmethod
     def for_cpu(cls) -> "VerlArgs":
@@ -267,7 +269,7 @@ def loop_settings(args: VerlArgs) -> LoopSettings:
     """The :class:`agents.verl.settings.LoopSettings` of this run."""
     return LoopSettings(
         scorer=args.scorer, env=args.env, images=args.images,
-        balance_groups=args.balance_groups, balance_budget=args.balance_budget,
+        balance_groups=args.balance_groups, balance_budget=args.balance_budget, scoring=args.scoring,
     )
 
 

@@ -46,12 +46,15 @@ STEP_FIELDS: dict[str, tuple[str, ...]] = {
     "rollout_actor_prob_diff": ("training/rollout_probs_diff_mean",),
     "rollout_actor_corr": ("training/rollout_actor_probs_pearson_corr",),
     "decisions_reached_rgrpo": (f"{METRIC_PREFIX}/decisions_reached_rgrpo",),
+    "scoring_failed": (f"{METRIC_PREFIX}/scoring_failed",),
+    "scoring_requests_per_rollout": (f"{METRIC_PREFIX}/scoring_requests_per_rollout",),
 }
 VAL_REWARD = re.compile(r"^val-core/.*/reward/mean@1$")
 """verl's validation reward metric (one per data source)."""
 PHASES: dict[str, tuple[str, ...]] = {
     "generation": ("timing_s/gen",),
     "env_scoring": (f"{METRIC_PREFIX}/env_seconds",),
+    "env_scoring_slowest_episode": (f"{METRIC_PREFIX}/env_seconds_max",),
     "old_log_prob": ("timing_s/old_log_prob",),
     "reference": ("timing_s/ref",),
     "advantage": ("timing_s/adv",),
@@ -177,7 +180,11 @@ def summarize(records: list[dict[str, Any]], estimator: str) -> dict[str, Any]:
         row["phase_s"] = {name: _first(record, keys) for name, keys in PHASES.items()}
         steps.append(row)
     reached = estimator == "rgrpo" and bool(steps) and all(row["decisions_reached_rgrpo"] == 1.0 for row in steps)
-    return {"estimator": estimator, "steps": steps, "validation": validation, "decisions_reached_rgrpo": reached}
+    failed = int(sum(row["scoring_failed"] or 0 for row in steps))
+    return {
+        "estimator": estimator, "steps": steps, "validation": validation, "decisions_reached_rgrpo": reached,
+        "scoring_failed_episodes": failed,
+    }
 
 
 def write_summary(out: Path, estimator: str) -> dict[str, Any]:
@@ -209,4 +216,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     val = ", ".join(f"step {v['step']}: {v['reward']:.3f}" for v in summary["validation"]) or "none"
     lines.append(f"validation reward: {val}")
     lines.append(f"decisions_reached_rgrpo: {str(summary['decisions_reached_rgrpo']).lower()}")
+    lines.append(f"episodes failed by the scoring service: {summary.get('scoring_failed_episodes', 0)}")
     return "\n".join(lines)

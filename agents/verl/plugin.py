@@ -210,8 +210,9 @@ def decisions_complete(decisions: Sequence[Any]) -> bool:
 
 def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Per-step figures over a batch's samples, from the agent loop's ``extra_fields``: the
-    rates of valid (parsed) answers, of crops and of each balancing path, and the seconds
-    spent in the env (reset, crop, scoring)."""
+    rates of valid (parsed) answers, of crops and of each balancing path, the seconds
+    spent in the env (reset, crop, scoring), and how many episodes the scoring service
+    failed (``scoring_failed``, a count) and how many service requests a rollout made."""
     if not extras:
         return {}
     n = len(extras)
@@ -223,8 +224,14 @@ def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     }
     for path in ("balanced", "resampled", "forced", "few_valid", "off"):
         rates[f"balance/{path}"] = sum(p == path for p in paths) / n
-    # Summed over episodes, waits for a worker's env lock included, so it can exceed the step.
-    rates["env_seconds"] = sum(float(extra.get("env_seconds", 0.0)) for extra in extras)
+    # Summed over episodes (waits for the env lock or the scoring service's batch included),
+    # so it can exceed the step; env_seconds_max is the slowest episode's share.
+    seconds = [float(extra.get("env_seconds", 0.0) or 0.0) for extra in extras]
+    rates["env_seconds"] = sum(seconds)
+    rates["env_seconds_max"] = max(seconds)
+    # Episodes the scoring service failed (dead, timed out, bad request): a count, not a rate.
+    rates["scoring_failed"] = sum(int(extra.get("scoring_failed", 0) or 0) for extra in extras)
+    rates["scoring_requests_per_rollout"] = sum(int(extra.get("scoring_requests", 0) or 0) for extra in extras) / n
     return {f"{METRIC_PREFIX}/{name}": float(value) for name, value in rates.items()}
 
 

@@ -29,6 +29,41 @@ LOOP_TARGET = "agents.verl.agent_loop.RegionRerankAgentLoop"
 
 
 @dataclass(frozen=True)
+class ScoringServiceSettings:
+    """The scorer service of verl rollouts (``--verl.scoring.*``)."""
+
+    enabled: bool = True
+    """score through one batched service; off: every episode scores in-process behind a lock"""
+    max_batch: int = 256
+    """most images per service batch (a request larger than this is a batch of its own)"""
+    max_wait_ms: float = 20.0
+    """longest a request waits for others to join its batch"""
+    timeout_s: float = 300.0
+    """longest a request may take (queue, forward, transfer) before its episode fails"""
+    num_gpus: float | None = None
+    """GPU share of the service actor; ``None``: 0.1 when the Ray cluster has real GPUs, else CPU"""
+    forward_rows: int | None = None
+    """rows of each fixed-shape scorer forward; ``None``: the scorer's own ``batch_size`` (results
+    then equal the in-process env's bitwise; another value changes them by float rounding)"""
+    cached_queries: int = 4096
+    """queries whose FULL and candidate embeddings the service keeps (least recently used dropped)"""
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"scoring.max_batch must be >= 1, got {self.max_batch}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"scoring.max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"scoring.timeout_s must be > 0, got {self.timeout_s}")
+        if self.num_gpus is not None and not 0 <= self.num_gpus <= 1:
+            raise ValueError(f"scoring.num_gpus must be in [0, 1] or None, got {self.num_gpus}")
+        if self.forward_rows is not None and self.forward_rows < 1:
+            raise ValueError(f"scoring.forward_rows must be >= 1 or None, got {self.forward_rows}")
+        if self.cached_queries < 1:
+            raise ValueError(f"scoring.cached_queries must be >= 1, got {self.cached_queries}")
+
+
+@dataclass(frozen=True)
 class LoopSettings:
     """The scorer, the env and the image limits of a verl rollout, and how groups are balanced."""
 
@@ -44,6 +79,8 @@ class LoopSettings:
     """extra on-policy draws for a missing decision before it is forced"""
     group_timeout_s: float = 600.0
     """longest wait for the rest of a group before going on unbalanced"""
+    scoring: ScoringServiceSettings = field(default_factory=ScoringServiceSettings)
+    """the batched scorer service shared by all rollouts of the run (agents/verl/scoring.py)"""
 
     def __post_init__(self) -> None:
         if self.balance_budget < 0:

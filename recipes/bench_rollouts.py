@@ -1,0 +1,251 @@
+"""One training step's rollouts through the real verl agent loop: env and scoring time,
+today's per-episode path against the batched scorer service, side by side in one run.
+
+A step is ``queries x rollouts`` episodes of :class:`agents.verl.agent_loop.RegionRerankAgentLoop`
+run concurrently, as one verl agent-loop worker runs them. Everything is the training
+code (the agent loop, verl's Continuous Token builder, the processor, the parser, the env,
+the scorer, the reward) except the policy server: a stand-in answers instantly with a
+REGION tool call whose box is drawn at random per rollout (no two rollouts share a box,
+so no crop cache can flatter the figures). Two paths, interleaved step by step:
+
+- ``per-episode`` (``--verl.scoring.no-enabled``, the path before the service): every
+  episode builds its env, whose ``reset`` encodes the FULL image, and scores its crop in
+  its own forward, behind a process-wide lock;
+- ``service`` (the default): one :class:`agents.verl.scoring.ScoringService` batches the
+  crops of all episodes (``max_batch`` / ``max_wait_ms``) and computes each query's FULL
+  and candidates once for all its rollouts.
+
+Candidate embeddings are cached before timing for both (training caches them after the
+first epoch), so the figures are the per-step query-view work. Printed per scorer:
+env+scoring seconds per step (the wall time during which at least one episode was in the
+env or waiting for scoring), the whole step's wall time, image forwards per rollout,
+images encoded per rollout and mean images per forward. The last three do not depend on
+the machine: they carry to a GPU.
+
+    python recipes/bench_rollouts.py                               # rr-tiny and ViT-B-16 (random weights)
+    python recipes/bench_rollouts.py --queries 16 --rollouts 8 --steps 2 --scorers rr-tiny
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+import tyro
+
+from agents.verl.settings import LoopSettings, ScoringServiceSettings
+from envs.actions import REGION
+from envs.settings import ImageSettings, ScorerSettings
+
+SCORERS = {"rr-tiny": ScorerSettings(), "ViT-B-16": ScorerSettings(model="ViT-B-16")}
+
+
+@dataclass
+class Args:
+    queries: int = 16
+    """queries per step (verl's train_batch_size)"""
+    rollouts: int = 8
+    """rollouts per query (GRPO's n)"""
+    steps: int = 2
+    """timed steps per path (distinct queries each, interleaved per path)"""
+    scorers: tuple[str, ...] = ("rr-tiny", "ViT-B-16")
+    """scorers to measure: rr-tiny (the embedded default) and/or ViT-B-16 (random weights)"""
+    scoring: ScoringServiceSettings = field(default_factory=ScoringServiceSettings)
+    """the service's settings (its path; the per-episode path ignores them)"""
+    max_pixels: int = 64 * 28 * 28
+    """pixel limit of the images shown to the (stand-in) policy: only prompt building uses them"""
+    threads: int = 2
+    """torch intra-op threads (the build machines have 2 cores)"""
+    seed: int = 0
+
+
+class InstantPolicy:
+    """Stand-in for verl's server manager: a REGION tool call with a fresh random box per call,
+    in pixels of the image the policy was shown, answered at once."""
+
+    def __init__(self, tokenizer, seed: int) -> None:
+        self.tokenizer, self.rng, self.calls = tokenizer, np.random.default_rng(seed), 0
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, **kwargs):
+        from envs.text_actions import format_action_text
+        from verl.workers.rollout.replica import TokenOutput
+
+        self.calls += 1
+        size = self.rng.uniform(0.2, 0.8, size=2)
+        corner = self.rng.uniform(0.0, 1.0 - size)
+        box = np.concatenate([corner, corner + size])
+        text = format_action_text(REGION, box, frame="resized", resized_size=image_data[-1].size)
+        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+        return TokenOutput(token_ids=ids, log_probs=[-0.5] * len(ids))
+
+
+def timed_loop_class():
+    """The agent loop, recording when each episode is in the env or waiting for scoring."""
+    from agents.verl.agent_loop import RegionRerankAgentLoop
+
+    class TimedLoop(RegionRerankAgentLoop):
+        intervals: list[tuple[float, float]] = []
+
+        async def _env_call(self, episode_metrics, fn, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return await super()._env_call(episode_metrics, fn, *args, **kwargs)
+            finally:
+                TimedLoop.intervals.append((start, time.perf_counter()))
+
+        async def _episode_scorer(self, metrics, pool):
+            start = time.perf_counter()
+            try:
+                return await super()._episode_scorer(metrics, pool)
+            finally:
+                TimedLoop.intervals.append((start, time.perf_counter()))
+
+    return TimedLoop
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Wall seconds covered by at least one interval."""
+    total, end = 0.0, -np.inf
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def trainer_config():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import verl
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
+        return compose(
+            config_name="ppo_trainer",
+            overrides=["actor_rollout_ref.rollout.name=vllm", "data.max_prompt_length=4096", "data.max_response_length=512"],
+        )
+
+
+def scorer_counters(settings: LoopSettings):
+    """The work counters of the scorer that path uses (in-process, or the service's)."""
+    from agents.verl import agent_loop
+    from agents.verl.scoring import scoring_host
+
+    if settings.scoring.enabled:
+        return scoring_host(settings.scorer, settings.scoring, use_ray=False).service.scorer
+    return agent_loop.shared_scorer(settings.scorer)
+
+
+def run_step(loop_cls, config, processor, policy, settings: LoopSettings, rows: list[dict]) -> tuple[float, float]:
+    """One step's episodes, concurrently; returns (env+scoring wall s, step wall s)."""
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    kwargs = {k: v for k, v in vars(settings).items()}
+
+    async def episode(row):
+        loop = loop_cls(
+            trainer_config=DictConfigWrap(config), server_manager=policy, tokenizer=processor.tokenizer,
+            processor=processor, dataset_cls=RLHFDataset, data_config=DictConfigWrap(config.data),
+            hf_model_type="qwen2_5_vl", **kwargs,
+        )
+        return await loop.run({"temperature": 1.0, "top_p": 1.0}, extra_info=row, raw_prompt=[], uid=row["uid"])
+
+    async def step():
+        return await asyncio.gather(*(episode(row) for row in rows))
+
+    loop_cls.intervals.clear()
+    start = time.perf_counter()
+    outputs = asyncio.run(step())
+    wall = time.perf_counter() - start
+    failed = [o.extra_fields.get("scoring_error") for o in outputs if o.extra_fields.get("scoring_failed")]
+    if failed:
+        raise RuntimeError(f"{len(failed)} episodes failed: {failed[:3]}")
+    return union_seconds(loop_cls.intervals), wall
+
+
+def main(args: Args) -> None:
+    from transformers import AutoProcessor
+
+    from agents.tiny_qwen import cached_tiny_qwen
+    from envs.data import write_query_pools
+    from envs.factory import resolve_dataset
+
+    torch.set_num_threads(args.threads)
+    pools = list(resolve_dataset(None, split="train", purpose="train"))
+    need = args.queries * (args.steps + 1)
+    if len(pools) < need:
+        raise SystemExit(f"the embedded train split has {len(pools)} queries; {need} needed (lower --steps or --queries)")
+    rng = np.random.default_rng(args.seed)
+    pools = [pools[i] for i in rng.permutation(len(pools))[:need]]
+    work = Path(tempfile.mkdtemp(prefix="bench-rollouts-"))
+    pool_file = write_query_pools(pools, work / "pools.jsonl")
+    processor = AutoProcessor.from_pretrained(cached_tiny_qwen(Path(tempfile.gettempdir()) / "region-rerank-bench"))
+    config = trainer_config()
+    loop_cls = timed_loop_class()
+    n = args.rollouts
+
+    def rows_of(step: int) -> list[dict]:
+        chosen = pools[step * args.queries : (step + 1) * args.queries]
+        return [{"pool_file": str(pool_file), "query_id": p.query_id, "uid": f"s{step}-{p.query_id}"} for p in chosen for _ in range(n)]
+
+    print(f"{args.queries} queries x {n} rollouts per step, {args.steps} timed steps per path, {args.threads} threads; "
+          f"service max_batch {args.scoring.max_batch}, max_wait_ms {args.scoring.max_wait_ms:g}")
+    header = f"{'scorer':9s} {'path':12s} {'env+scoring s/step':>19s} {'step wall s':>12s} {'forwards/rollout':>17s} {'images/rollout':>15s} {'images/forward':>15s}"
+    results = {}
+    for name in args.scorers:
+        # No decision balancing: it would force a FULL into every all-REGION group, and each
+        # rollout is to score one crop here.
+        common = dict(scorer=SCORERS[name], images=ImageSettings(max_pixels=args.max_pixels), balance_groups=False)
+        paths = {
+            "per-episode": LoopSettings(**common, scoring=ScoringServiceSettings(enabled=False)),
+            "service": LoopSettings(**common, scoring=args.scoring),
+        }
+        counters = {}
+        for path, settings in paths.items():  # warm-up: candidates cached, first forward allocated
+            scorer = scorer_counters(settings)
+            for pool in pools:
+                scorer.candidate_embeddings(pool)
+            run_step(loop_cls, config, processor, InstantPolicy(processor.tokenizer, args.seed), settings, rows_of(args.steps)[: n])
+            counters[path] = scorer
+        totals = {path: {"env": 0.0, "wall": 0.0, "forwards": 0, "images": 0} for path in paths}
+        for step in range(args.steps):
+            for path, settings in paths.items():
+                stats = counters[path].stats
+                before = (stats.image_forwards, stats.images_encoded)
+                policy = InstantPolicy(processor.tokenizer, args.seed + 1000 * step)
+                env_s, wall = run_step(loop_cls, config, processor, policy, settings, rows_of(step))
+                t = totals[path]
+                t["env"] += env_s
+                t["wall"] += wall
+                t["forwards"] += stats.image_forwards - before[0]
+                t["images"] += stats.images_encoded - before[1]
+        rollouts = args.steps * args.queries * n
+        for path, t in totals.items():
+            results[(name, path)] = (
+                t["env"] / args.steps, t["wall"] / args.steps, t["forwards"] / rollouts, t["images"] / rollouts,
+                t["images"] / max(1, t["forwards"]),
+            )
+    print(header)
+    for name in args.scorers:
+        for path in ("per-episode", "service"):
+            env_s, wall, fwd, img, per = results[(name, path)]
+            print(f"{name:9s} {path:12s} {env_s:19.2f} {wall:12.2f} {fwd:17.3f} {img:15.3f} {per:15.2f}")
+        old, new = results[(name, "per-episode")], results[(name, "service")]
+        print(f"{name:9s} {'ratio':12s} {old[0] / new[0]:18.2f}x {old[1] / new[1]:11.2f}x "
+              f"{old[2] / max(new[2], 1e-9):16.2f}x {old[3] / new[3]:14.2f}x")
+    print(f"bound for the service: <= 1 + 1/n = {1 + 1 / n:.3f} images per rollout")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, args=sys.argv[1:]))
