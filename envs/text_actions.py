@@ -60,15 +60,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from envs.actions import FULL, REGION, MalformedAction
+from envs.actions import FULL, REGION, InvalidBoxAction, MalformedAction, describe
 from envs.boxes import FRAMES, Frame, from_norm, to_norm
 
 TOOL_NAME = "image_zoom_in_tool"
 """The crop tool the policy calls (the name verl / DeepEyes / Region-R1 use)."""
 FULL_MARKER = "NO_CROP_NEEDED"
 """The answer that keeps the current view (decision FULL / stop)."""
-FULL_ANSWER = "<answer>FULL</answer>"
-"""Alternative FULL answer for prompts that use ``<answer>`` tags."""
 
 STYLES: tuple[str, ...] = ("tool_call", "box_tag", "bbox_tag", "box_special")
 """Text styles :func:`format_action_text` can write."""
@@ -382,6 +380,42 @@ def parse_action_text(
     if not actions:
         return MalformedAction(reason=f"no action found in {_snippet(text.strip())}", text=text)
     return _action_from_match(actions[-1], text, frame, view_size, resized_size)
+
+
+def text_to_action(
+    text: Any,
+    *,
+    frame: Frame,
+    view_size: tuple[float, float],
+    shown_size: tuple[int, int] | None = None,
+    no_frame_reason: str = "",
+    rules: str = "project",
+    max_chars: int = MAX_TEXT_CHARS,
+) -> dict | MalformedAction | InvalidBoxAction:
+    """The env action for a VLM's answer ``text`` about the current view; never raises for any ``text``.
+
+    ``view_size`` is the current view in original pixels (``env.view_size``). In the
+    ``"resized"`` frame, ``shown_size`` is the size of the image the model was actually
+    shown (the processor's resize of ``info["policy_image"]``): callers that hold that image
+    pass its size, so the parser's frame and the model's input cannot drift apart.
+    ``shown_size=None`` there means the view has no resized frame (``no_frame_reason`` says
+    why, e.g. an aspect ratio the resize rule refuses): a FULL answer still counts, a
+    REGION answer is an :class:`envs.actions.InvalidBoxAction`. Text that does not parse
+    (or a non-``str``) is a :class:`envs.actions.MalformedAction`.
+    """
+    if not isinstance(text, str):
+        return MalformedAction(f"a text action must be a str, got {describe(text)}")
+    frameless = frame == "resized" and shown_size is None
+    parsed = parse_action_text(
+        text, frame="norm" if frameless else frame, view_size=view_size, resized_size=shown_size,
+        rules=rules, max_chars=max_chars,
+    )
+    if not isinstance(parsed, ParsedAction):
+        return parsed
+    if parsed.decision == REGION and frameless:
+        return InvalidBoxAction(no_frame_reason or "the view has no resized frame")
+    box = parsed.box if parsed.box is not None else np.zeros(4)
+    return {"decision": parsed.decision, "box": np.asarray(box, dtype=np.float64)}
 
 
 def _round_half_up(value: float) -> int:

@@ -18,11 +18,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.actions import FULL, REGION, InvalidBoxAction, MalformedAction, describe, read_flat_action
+from envs.actions import InvalidBoxAction, MalformedAction, read_flat_action
 from envs.boxes import FRAMES, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, QWEN_PATCH_FACTOR, Frame, qwen_resized_size
-from envs.text_actions import MAX_TEXT_CHARS, RULES, ParsedAction, parse_action_text
+from envs.text_actions import MAX_TEXT_CHARS, RULES, text_to_action
 
-__all__ = ["FULL", "REGION", "FlatBoxAction", "HashedQuestion", "TextAction", "hashed_bag_of_words"]
+__all__ = ["FlatBoxAction", "HashedQuestion", "TextAction", "hashed_bag_of_words"]
 
 
 class FlatBoxAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
@@ -123,26 +123,18 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
         return qwen_resized_size(image.width, image.height, self.min_pixels, self.max_pixels, self.factor)
 
     def action(self, text: Any) -> dict | MalformedAction | InvalidBoxAction:
-        if not isinstance(text, str):
-            return MalformedAction(f"a text action must be a str, got {describe(text)}")
         env = self.env.unwrapped
-        resized, refused = None, ""
+        shown, refused = None, ""
         if self.frame == "resized":
             try:
-                resized = self.resized_size()
+                shown = self.resized_size()
             except ValueError as err:  # qwen_vl_utils refuses extreme aspect ratios
-                refused = str(err)
-        frame = "norm" if refused else self.frame  # only the decision matters without a frame
-        parsed = parse_action_text(
-            text, frame=frame, view_size=env.view_size, resized_size=resized, rules=self.rules, max_chars=self.max_chars
+                width, height = env.policy_image.size
+                refused = f"the {width}x{height} view has no Qwen-VL resized frame ({err})"
+        return text_to_action(
+            text, frame=self.frame, view_size=env.view_size, shown_size=shown, no_frame_reason=refused,
+            rules=self.rules, max_chars=self.max_chars,
         )
-        if not isinstance(parsed, ParsedAction):
-            return parsed
-        if parsed.decision == REGION and refused:
-            width, height = env.policy_image.size
-            return InvalidBoxAction(f"the {width}x{height} view has no Qwen-VL resized frame ({refused})")
-        box = parsed.box if parsed.box is not None else np.zeros(4)
-        return {"decision": parsed.decision, "box": np.asarray(box, dtype=np.float64)}
 
 
 _WORD = re.compile(r"\w+")

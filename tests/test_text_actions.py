@@ -527,3 +527,20 @@ def test_region_r1_public_rules(text, expected):
         assert_full(result, "full_marker")
     else:
         assert_region(result, expected, "tool_call")
+
+
+def test_text_to_action_reads_the_box_in_the_frame_of_the_image_actually_shown():
+    from envs.actions import InvalidBoxAction, MalformedAction
+    from envs.text_actions import text_to_action
+
+    text = format_action_text(1, [0.25, 0.5, 0.75, 1.0], frame="resized", resized_size=(112, 56))
+    action = text_to_action(text, frame="resized", view_size=(400.0, 200.0), shown_size=(112, 56))
+    np.testing.assert_allclose(action["box"], [0.25, 0.5, 0.75, 1.0])
+    # the same pixels on a larger shown image are a smaller box of the view
+    smaller = text_to_action(text, frame="resized", view_size=(400.0, 200.0), shown_size=(224, 112))
+    np.testing.assert_allclose(smaller["box"], [0.125, 0.25, 0.375, 0.5])
+    # a view without a resized frame: FULL still counts, a crop is an invalid box naming why
+    assert text_to_action("NO_CROP_NEEDED", frame="resized", view_size=(1920.0, 5.0))["decision"] == 0
+    refused = text_to_action(text, frame="resized", view_size=(1920.0, 5.0), no_frame_reason="aspect ratio 384")
+    assert isinstance(refused, InvalidBoxAction) and "aspect ratio 384" in refused.reason
+    assert isinstance(text_to_action(b"bytes", frame="norm", view_size=(1.0, 1.0)), MalformedAction)
