@@ -1,8 +1,12 @@
 """Frozen image-text scorers that rank a candidate pool against query views.
 
-A scorer embeds images and texts into L2-normalized vectors; similarity is cosine.
-Candidate embeddings are computed once per candidate and cached (in memory, and
-optionally on disk), so scoring a new view of the query costs one image forward.
+:class:`Scorer` is the protocol the env and the evaluator call (``name``, ``embed_images``,
+``candidate_embeddings``: float32 L2-normalized rows; similarity is cosine);
+:func:`check_scorer` validates one, and :class:`SharedScorer` is how a gym spec refers
+to a built scorer. The built-in scorers (:class:`CachedScorer`: this module's
+:class:`OpenClipScorer`, :class:`envs.hf_scorer.TransformersScorer`) compute candidate
+embeddings once per candidate and cache them (in memory, and optionally on disk), so
+scoring a new view of the query costs one image forward.
 
 :class:`OpenClipScorer` wraps any open_clip model: a model-zoo name ("ViT-B-32", the
 paper's "EVA02-B-16", ...) or a custom config JSON in ``envs/assets/model_configs/``,
