@@ -150,10 +150,12 @@ def make_env(
     Args:
         dataset: query pools, a query-pool JSONL path, or ``None`` for the embedded
             benchmark's ``split``.
-        scorer: a built :class:`envs.scorer.Scorer`, or what :func:`make_scorer` takes
-            (settings, a model name or ``module:attr``, ``None`` for the default). Passing
-            settings rather than a built scorer keeps ``gym.make``'s spec copyable, so
-            Gymnasium can re-make the env (``check_env`` does) whatever the scorer holds.
+        scorer: a built :class:`envs.scorer.Scorer`, a :class:`envs.scorer.SharedScorer`
+            reference to one, or what :func:`make_scorer` takes (settings, a model name, a
+            folder or ``module:attr``, ``None`` for the default). A built scorer is recorded
+            in ``gym.make``'s spec as a reference (the env's ``spec`` setter), so Gymnasium
+            re-makes the env (``check_env`` does) sharing it, whatever the scorer holds;
+            settings work across processes too.
         split: embedded-benchmark split when ``dataset`` is ``None`` (``train``, ``val``, ``test``).
         purpose: ``"eval"`` keeps pools without a positive, ``"train"`` drops them.
         settings: the episode's :class:`envs.settings.EnvSettings` (or a mapping of them);
