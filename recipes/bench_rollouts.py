@@ -46,7 +46,11 @@ from agents.verl.settings import LoopSettings, ScoringServiceSettings
 from envs.actions import REGION
 from envs.settings import ImageSettings, ScorerSettings
 
-SCORERS = {"rr-tiny": ScorerSettings(), "ViT-B-16": ScorerSettings(model="ViT-B-16")}
+
+
+def scorer_settings(name: str, device: str) -> ScorerSettings:
+    """``rr-tiny``: the embedded default; any other name: that open_clip model with random weights."""
+    return ScorerSettings(device=device) if name == "rr-tiny" else ScorerSettings(model=name, device=device)
 
 
 @dataclass
@@ -58,7 +62,9 @@ class Args:
     steps: int = 2
     """timed steps per path (distinct queries each, interleaved per path)"""
     scorers: tuple[str, ...] = ("rr-tiny", "ViT-B-16")
-    """scorers to measure: rr-tiny (the embedded default) and/or ViT-B-16 (random weights)"""
+    """scorers to measure: rr-tiny (the embedded default) and/or open_clip models with random weights"""
+    device: str = "cpu"
+    """torch device of the scorers (cuda on a GPU machine)"""
     scoring: ScoringServiceSettings = field(default_factory=ScoringServiceSettings)
     """the service's settings (its path; the per-episode path ignores them)"""
     max_pixels: int = 64 * 28 * 28
@@ -206,7 +212,7 @@ def main(args: Args) -> None:
     for name in args.scorers:
         # No decision balancing: it would force a FULL into every all-REGION group, and each
         # rollout is to score one crop here.
-        common = dict(scorer=SCORERS[name], images=ImageSettings(max_pixels=args.max_pixels), balance_groups=False)
+        common = dict(scorer=scorer_settings(name, args.device), images=ImageSettings(max_pixels=args.max_pixels), balance_groups=False)
         paths = {
             "per-episode": LoopSettings(**common, scoring=ScoringServiceSettings(enabled=False)),
             "service": LoopSettings(**common, scoring=args.scoring),

@@ -162,6 +162,8 @@ class DynamicBatcher:
             images = [image for request in batch for image in request.images]
             try:
                 vectors = await loop.run_in_executor(self._executor, self._encode, images)
+                if len(vectors) != len(images):
+                    raise ValueError(f"the scorer returned {len(vectors)} embeddings for {len(images)} images")
             except Exception as exc:  # every request of the batch fails, each naming its query
                 for request in batch:
                     if not request.future.done():
@@ -333,9 +335,23 @@ def _gpu_share(settings: ScoringServiceSettings) -> float:
 
     if settings.num_gpus is not None:
         return float(settings.num_gpus)
-    if os.environ.get("VERL_PLATFORM") == "cpu":  # verl-cpu's Ray GPUs are logical slots, not devices
-        return 0.0
+    if os.environ.get("VERL_PLATFORM") == "cpu" or _verl_device() == "cpu":
+        return 0.0  # verl-cpu's Ray GPUs are logical slots, not devices
     return 0.1 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _verl_device() -> str | None:
+    """The device of verl's platform in this process, if verl is loaded."""
+    import sys
+
+    if "verl" not in sys.modules:
+        return None
+    try:
+        from verl.plugin.platform import get_platform
+
+        return get_platform().device_name
+    except Exception:
+        return None
 
 
 def _gpu_placement():
