@@ -267,7 +267,7 @@ def embed_items(
     label: str = "kb",
     batch_size: int = 32,
     chunk_rows: int = 2048,
-    num_workers: int = 2,
+    num_workers: int = 1,
     progress: bool = True,
 ) -> Embeddings:
     """Embed ``items`` with ``scorer`` (resumably, when ``cache_dir`` is given).
@@ -503,7 +503,7 @@ class KnowledgeBaseIndex:
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 32,
         chunk_rows: int = 2048,
-        num_workers: int = 2,
+        num_workers: int = 1,
         progress: bool = True,
         backend: Backend = "numpy",
         faiss_factory: str = "Flat",

@@ -57,13 +57,13 @@ class SharedArgs(QueryImageArgs, KbImageArgs):
     use_reranked: bool = False
     """EchoSight only: take the pool from 'reranked_entries' instead of 'retrieved_entries'"""
     kb: Path
-    """knowledge-base JSON {wikipedia_url: entry} (E-VQA's encyclopedic_kb_wiki.json or EchoSight's infoseek_100k_wiki.json); streamed, only pool entities are kept"""
+    """knowledge-base JSON {wikipedia_url: entry} (E-VQA's encyclopedic_kb_wiki.json, or the JSON in EchoSight's infoseek_100k_wiki.zip); streamed, only pool entities are kept"""
 
     # Candidates.
     top_k: int = 20
     """pool size: the first K distinct retrieved entities"""
-    features: Literal["image", "text", "both"] = "image"
-    """what a candidate carries: its first KB image (text when it has none locally), title + lead section, or both"""
+    features: Literal["image", "text", "image+text", "both"] = "image"
+    """what a candidate carries: its first KB image (text when it has none locally), title + lead section, or both ('image+text', also spelled 'both')"""
     max_text_chars: int = 1000
     """cut candidate text at a word boundary to this length"""
 

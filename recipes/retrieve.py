@@ -50,7 +50,7 @@ class RetrieveArgs(QueryImageArgs, KbImageArgs):
     """Options of both subcommands: knowledge base, scorer, search, output."""
 
     kb: Path
-    """knowledge-base JSON {wikipedia_url: entry} (E-VQA's encyclopedic_kb_wiki.json or EchoSight's infoseek_100k_wiki.json), streamed"""
+    """knowledge-base JSON {wikipedia_url: entry} (E-VQA's encyclopedic_kb_wiki.json, or the JSON in EchoSight's infoseek_100k_wiki.zip), streamed"""
     features: Literal["image", "text", "image+text"] = "image"
     """what a KB entity is embedded from: its first local KB image (EchoSight's image-to-image retrieval), its title + lead section, or both summed and re-normalized"""
     max_text_chars: int = 1000
@@ -58,8 +58,8 @@ class RetrieveArgs(QueryImageArgs, KbImageArgs):
 
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     """the embedding model (--scorer.model EVA02-L-14 --scorer.pretrained eva.pt, the paper's EVA-CLIP; or any scorer prepare_data's pools will be ranked with); default: the embedded rr-tiny scorer. --features, not --scorer.candidate-features, decides what a KB entity is embedded from"""
-    threads: int = 2
-    """torch intra-op threads"""
+    threads: int = 1
+    """torch intra-op threads (on 2 shared cores, 2 threads beside the decoding thread ran 15-20x slower than 1)"""
 
     top_k: int = 20
     """entities written per query (prepare_data.py cuts pools from them)"""
@@ -67,8 +67,8 @@ class RetrieveArgs(QueryImageArgs, KbImageArgs):
     """images or texts loaded and embedded together"""
     chunk_rows: int = 2048
     """embeddings written to the cache at a time (the most an interruption loses)"""
-    workers: int = 2
-    """threads decoding images ahead of the model (0: none)"""
+    workers: int = 1
+    """threads decoding images ahead of the model (0: none; raise it when the model runs on a GPU)"""
     cache_dir: Path | None = Path("cache/kb_index")
     """on-disk embedding cache (resumable); None: keep embeddings in memory only"""
     backend: Literal["numpy", "faiss"] = "numpy"

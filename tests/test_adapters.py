@@ -189,7 +189,8 @@ def test_top_k_and_candidate_features(downloads: Downloads) -> None:
     eiffel = text_pools[0].candidates[1]
     assert eiffel.image is None
     assert eiffel.text == "Eiffel Tower. The Eiffel Tower is a"  # title + lead, cut at a word
-    both, _ = build(downloads, features="both")
+    both, _ = build(downloads, features="image+text")  # also spelled "both"
+    assert both == build(downloads, features="both")[0]
     eiffel = both[0].candidates[1]
     assert eiffel.image is not None and eiffel.text.startswith("Eiffel Tower. The Eiffel Tower is a wrought-iron")
 

@@ -18,7 +18,7 @@ from envs.adapters.kb import KbEntry, KbImages, candidate_text, entity_key, scan
 from envs.adapters.retrieval import RetrievalResults, RetrievedEntity
 from envs.data import Candidate, DataError, Purpose, QueryPool, read_image_size
 
-CandidateFeatures = Literal["image", "text", "both"]
+CandidateFeatures = Literal["image", "text", "both", "image+text"]
 MISSING_EXAMPLES = 5
 """How many missing query images the summary names."""
 
@@ -33,7 +33,8 @@ class PoolOptions:
     """Pool size: the first ``top_k`` distinct retrieved entities (the paper's K=20)."""
     features: CandidateFeatures = "image"
     """``"image"``: the entity's first KB image (its text when it has no local image);
-    ``"text"``: title + lead section; ``"both"``: image and text (Region-R1 sums them)."""
+    ``"text"``: title + lead section; ``"image+text"`` (or ``"both"``): image and text
+    (Region-R1 sums them; the spelling of ``recipes/retrieve.py --features``)."""
     max_text_chars: int = 1000
     """Candidate text is cut at a word boundary to this length (CLIP reads ~77 tokens)."""
     purpose: Purpose = "eval"
@@ -42,8 +43,10 @@ class PoolOptions:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.features not in ("image", "text", "both"):
-            raise ValueError(f"features must be 'image', 'text' or 'both', got {self.features!r}")
+        if self.features not in ("image", "text", "both", "image+text"):
+            raise ValueError(f"features must be 'image', 'text' or 'image+text' ('both'), got {self.features!r}")
+        if self.features == "image+text":
+            object.__setattr__(self, "features", "both")
         if self.purpose not in ("train", "eval"):
             raise ValueError(f"purpose must be 'train' or 'eval', got {self.purpose!r}")
         if self.max_text_chars < 1:
