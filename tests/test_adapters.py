@@ -445,8 +445,9 @@ def test_malformed_infoseek_files_name_file_line_and_field(infoseek: InfoSeek, d
     with pytest.raises(DataError, match=r"bad_withkb\.jsonl:2: field 'entity_id' must be a non-empty string, got "
                                         r"missing \(a withkb line holds data_id, entity_id, entity_text\)"):
         run(withkb=bad_kb)
-    # the README's one-file command on the real withkb file: the question file is what lacks nothing
-    with pytest.raises(DataError, match=r"infoseek_val_withkb\.jsonl:1: field 'question' must be a non-empty string"):
+    # the withkb file given as the question file (what the old README's one-file command did): a hint
+    with pytest.raises(DataError, match=r"infoseek_val_withkb\.jsonl:1: field 'question' must be a non-empty string, "
+                                        r"got missing \(this looks like a withkb line: --annotations takes"):
         run(questions=infoseek.withkb)
     bad_q = write_jsonl(infoseek.root / "bad_q.jsonl", [{"data_id": "d1", "image_id": 7, "question": "q"}])
     with pytest.raises(DataError, match=r"bad_q\.jsonl:1: field 'image_id' must be a non-empty string, got int 7"):

@@ -193,7 +193,9 @@ def read_infoseek_queries(
     for line_number, where, record in _objects(source):
         summary.queries_read += 1
         query_id = _string(record, "data_id", where)
-        question = _string(record, "question", where)
+        hint = (" (this looks like a withkb line: --annotations takes infoseek_{split}.jsonl, --withkb the "
+                "infoseek_{split}_withkb.jsonl)") if "entity_id" in record and "question" not in record else ""
+        question = _string(record, "question", where, hint)
         image_id = _string(record, "image_id", where)
         if query_id in seen:
             summary.drop("duplicate_data_id")
