@@ -93,7 +93,7 @@ class EmbeddingStats:
 
     items: int = 0
     embedded: int = 0
-    """Rows embedded by this call."""
+    """Rows processed by this call (embedded, or found to lack what the features need)."""
     reused: int = 0
     """Rows read back from the on-disk cache."""
     left_out: dict[str, int] = field(default_factory=dict)
@@ -109,7 +109,7 @@ class EmbeddingStats:
 
     @property
     def items_per_second(self) -> float:
-        """Rows embedded per second of this call (0 when nothing was embedded)."""
+        """Rows processed per second of this call (0 when nothing was processed)."""
         return self.embedded / self.seconds if self.embedded and self.seconds > 0 else 0.0
 
     def report(self, label: str = "items") -> str:

@@ -40,6 +40,7 @@ from envs.adapters import AdapterSummary, knowledge_base_items, read_evqa_querie
 from envs.adapters.cli import KbImageArgs, QueryImageArgs
 from envs.adapters.pools import AnnotatedQuery
 from envs.data import DataError
+from envs.default import cache_root
 from envs.factory import make_scorer
 from envs.kb_index import KbItem, KnowledgeBaseIndex, embed_items
 from envs.settings import ScorerSettings, upgrade_legacy_flags
@@ -69,8 +70,8 @@ class RetrieveArgs(QueryImageArgs, KbImageArgs):
     """embeddings written to the cache at a time (the most an interruption loses)"""
     workers: int = 1
     """threads decoding images ahead of the model (0: none; raise it when the model runs on a GPU)"""
-    cache_dir: Path | None = Path("cache/kb_index")
-    """on-disk embedding cache (resumable); None: keep embeddings in memory only"""
+    cache_dir: Path | None = field(default_factory=lambda: cache_root() / "kb_index")
+    """on-disk embedding cache (resumable; default: $REGION_RERANK_CACHE or ~/.cache/region-rerank, then kb_index); None: keep embeddings in memory only"""
     backend: Literal["numpy", "faiss"] = "numpy"
     """search backend: exact NumPy inner products, or FAISS (pip install 'region-rerank[faiss]')"""
     faiss_factory: str = "Flat"

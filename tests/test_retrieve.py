@@ -144,12 +144,14 @@ def test_infoseek_queries_keyed_by_data_id_with_text_features(download: Download
     retrieve = load_recipe("retrieve")
     out = download.root / "infoseek_val.json"
     args = ["infoseek", "--annotations", str(download.questions), *common(download, out, "--features", "image+text")]
+    args[args.index("--cache-dir") + 1] = "None"  # embeddings in memory only
     assert retrieve.main(retrieve.parse_args(args)) == 0
     results = json.loads(out.read_text())
     assert list(results) == ["infoseek_val_00000000", "infoseek_val_00000001"]  # images found in the OVEN layout
     assert [r["retrieved_entries"][0] for r in results.values()] == [download.entities[3], download.entities[5]]
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     assert meta["kb_indexed"] == 7 and meta["kb_partial"] == {"text_only (no readable image)": 1}
+    assert meta["index_folder"] is None and not (download.root / "cache").exists()
 
 
 def test_bad_options_and_missing_faiss(download: Download, load_recipe, capsys, monkeypatch) -> None:
