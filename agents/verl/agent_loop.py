@@ -12,7 +12,7 @@ rollout of a query). One run is one episode of :class:`envs.region_rerank.Region
    not used: rebuilding it around the env's view keeps the image the model sees and the
    parser's frame the same (also under ``policy_max_side``);
 3. the policy generates through ``self.server_manager`` (vLLM / SGLang in training);
-   the text is parsed by :class:`envs.wrappers.TextAction` in the model family's frame
+   the text is parsed by :func:`envs.text_actions.text_to_action` in the model family's frame
    (:mod:`agents.model_family`: pixels of the image the model saw for Qwen2.5-VL, 0-1000
    of it for Qwen3-VL); the env steps and pays the reward from
    :mod:`rewards`;
@@ -64,7 +64,7 @@ from uuid import uuid4
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from agents.model_family import family_of_model_type, resize_factor, resolve_family
+from agents.model_family import family_of_model_type, resolve_family
 from agents.prompts import REGION_ANSWER_PREFIX, build_messages, followup_message
 from agents.qwen_vision import check_pixel_limits
 from agents.verl.groups import DecisionGroups, Group
@@ -76,8 +76,7 @@ from envs.factory import make_scorer
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import Scorer
 from envs.settings import ScorerSettings
-from envs.text_actions import FULL_MARKER
-from envs.wrappers import TextAction
+from envs.text_actions import FULL_MARKER, text_to_action
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
 from verl.utils.profiler import simple_timer
 
@@ -148,7 +147,6 @@ class _Turn:
 @dataclass
 class _Episode:
     env: RegionRerankEnv
-    text_env: TextAction
     info: dict
     messages: list[dict]
     images: list
@@ -203,7 +201,6 @@ class RegionRerankAgentLoop(AgentLoopBase):
             self.family = family_of_model_type(hf_model_type, self.config.actor_rollout_ref.model.path)
         else:
             self.family = resolve_family(self.settings.images.family, self.config.actor_rollout_ref.model.path)
-        self.resize_factor = resize_factor(self.processor)
 
     # ------------------------------------------------------------------ helpers
     async def _env_call(self, episode_metrics: dict, fn, *args, **kwargs):
@@ -265,7 +262,12 @@ class RegionRerankAgentLoop(AgentLoopBase):
             forced_ids = self.tokenizer.encode(forced, add_special_tokens=False) if forced else []
             token_ids, log_probs = await self._generate(ep, sampling_params, request_id, forced_ids)
         text = forced + self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        action = ep.text_env.action(text)
+        # The box is read in pixels of the image the model was shown (ep.images[-1]), not of a
+        # recomputed resize, so the parser's frame is the model's input by construction.
+        action = text_to_action(
+            text, frame=self.family.frame, view_size=ep.env.view_size, shown_size=ep.images[-1].size,
+            rules=ep.env.reward_config.text_rules,
+        )
         return _Turn(token_ids, log_probs, text, action, _decision_of(action), forced_ids)
 
     async def _commit(self, ep: _Episode, turn: _Turn) -> None:
@@ -394,10 +396,6 @@ class RegionRerankAgentLoop(AgentLoopBase):
         prompt_ids = await self.ct_build_initial_tokens(messages, images=images)
         ep = _Episode(
             env=env,
-            text_env=TextAction(
-                env, frame=self.family.frame, min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels,
-                factor=self.resize_factor,
-            ),
             info=info, messages=messages, images=images, runtime_ids=list(prompt_ids), metrics=metrics,
         )
         request_id = uuid4().hex
