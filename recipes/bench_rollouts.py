@@ -242,15 +242,20 @@ def main(args: Args) -> None:
                 t["env"] / args.steps, t["wall"] / args.steps, t["forwards"] / rollouts, t["images"] / rollouts,
                 t["images"] / max(1, t["forwards"]),
             )
-    print(header)
-    for name in args.scorers:
-        for path in ("per-episode", "service"):
-            env_s, wall, fwd, img, per = results[(name, path)]
-            print(f"{name:9s} {path:12s} {env_s:19.2f} {wall:12.2f} {fwd:17.3f} {img:15.3f} {per:15.2f}")
-        old, new = results[(name, "per-episode")], results[(name, "service")]
-        print(f"{name:9s} {'ratio':12s} {old[0] / new[0]:18.2f}x {old[1] / new[1]:11.2f}x "
-              f"{old[2] / max(new[2], 1e-9):16.2f}x {old[3] / new[3]:14.2f}x")
+        print_rows(header if name == args.scorers[0] else None, results, name)
     print(f"bound for the service: <= 1 + 1/n = {1 + 1 / n:.3f} images per rollout")
+
+
+def print_rows(header: str | None, results: dict, name: str) -> None:
+    """The table rows of one scorer (printed as soon as it is measured)."""
+    if header:
+        print(header)
+    for path in ("per-episode", "service"):
+        env_s, wall, fwd, img, per = results[(name, path)]
+        print(f"{name:9s} {path:12s} {env_s:19.2f} {wall:12.2f} {fwd:17.3f} {img:15.3f} {per:15.2f}")
+    old, new = results[(name, "per-episode")], results[(name, "service")]
+    print(f"{name:9s} {'ratio':12s} {old[0] / new[0]:18.2f}x {old[1] / new[1]:11.2f}x "
+          f"{old[2] / max(new[2], 1e-9):16.2f}x {old[3] / new[3]:14.2f}x", flush=True)
 
 
 if __name__ == "__main__":
