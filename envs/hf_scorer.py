@@ -133,10 +133,5 @@ class TransformersScorer(CachedScorer):
                 extra = self.batch_size - len(batch)
                 inputs = {key: torch.cat([value, value[-1:].expand(extra, *value.shape[1:])]) for key, value in inputs.items()}
             out.append(self._features(forward, inputs)[: len(batch)].cpu().numpy())
-            if kind == "image":
-                self.stats.image_forwards += 1
-                self.stats.images_encoded += len(batch)
-            else:
-                self.stats.text_forwards += 1
-                self.stats.texts_encoded += len(batch)
+            self.stats.count_forward(kind, len(batch))
         return l2_normalize(np.concatenate(out))

@@ -270,6 +270,15 @@ class ScorerStats:
     disk_hits: int = 0
     """Candidate features loaded from the on-disk cache."""
 
+    def count_forward(self, kind: Feature, items: int) -> None:
+        """Record one batched forward of the ``kind`` tower over ``items`` real inputs."""
+        if kind == "image":
+            self.image_forwards += 1
+            self.images_encoded += items
+        else:
+            self.text_forwards += 1
+            self.texts_encoded += items
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` scaled to unit L2 norm (float32)."""
@@ -649,10 +658,5 @@ class OpenClipScorer(CachedScorer):
             with torch.inference_mode():
                 features = encode(inputs.to(self.device), normalize=True)[: len(batch)]
             out.append(features.float().cpu().numpy())
-            if kind == "image":
-                self.stats.image_forwards += 1
-                self.stats.images_encoded += len(batch)
-            else:
-                self.stats.text_forwards += 1
-                self.stats.texts_encoded += len(batch)
+            self.stats.count_forward(kind, len(batch))
         return l2_normalize(np.concatenate(out))
