@@ -19,6 +19,7 @@ can be reported.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -303,34 +304,50 @@ def _verify_pool_images(
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, str, Any]]:
-    """``(line_number, "file:line", record)`` for every non-blank line of a JSONL file.
+    """``(line_number, "file:line", record)`` for every non-blank line of a JSONL file
+    (gzip-compressed when its name ends in ``.gz``).
 
     Raises:
-        DataError: naming the file and 1-based line of a missing file, a line that is
-            not UTF-8, one that is not valid JSON, nests too deeply for the parser, or
-            holds an integer too long to read.
+        DataError: naming the file and 1-based line of a missing file, an unreadable gzip
+            stream, a line that is not UTF-8, one that is not valid JSON, nests too deeply
+            for the parser, or holds an integer too long to read.
     """
     source = Path(path)
     if not source.is_file():
         raise DataError(f"{source}: file not found")
-    with source.open("rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            where = f"{source}:{line_number}"
+    for line_number, raw in _raw_lines(source):
+        where = f"{source}:{line_number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+        except RecursionError:
+            raise DataError(f"{where}: invalid JSON: nested too deeply to read") from None
+        except ValueError as exc:  # e.g. an integer longer than Python's int digit limit
+            raise DataError(f"{where}: invalid JSON: {exc}") from None
+        yield line_number, where, record
+
+
+def _raw_lines(source: Path) -> Iterator[tuple[int, bytes]]:
+    """The file's lines as bytes, numbered from 1; a broken gzip stream is a located DataError."""
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rb") as handle:
+        line_number = 0
+        while True:
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-            except RecursionError:
-                raise DataError(f"{where}: invalid JSON: nested too deeply to read") from None
-            except ValueError as exc:  # e.g. an integer longer than Python's int digit limit
-                raise DataError(f"{where}: invalid JSON: {exc}") from None
-            yield line_number, where, record
+                raw = handle.readline()
+            except (OSError, EOFError) as exc:  # gzip: truncated or not gzip at all
+                raise DataError(f"{source}:{line_number + 1}: not a readable gzip file: {exc}") from exc
+            if not raw:
+                return
+            line_number += 1
+            yield line_number, raw
 
 
 def load_query_pools(

@@ -324,3 +324,18 @@ def test_an_image_that_fails_at_reset_names_the_record(data_dir: Path, tiny_scor
     truncate(data_dir / "kb" / "c2.png")
     with pytest.raises(DataError, match=rf"^{path}:1: field 'candidates\[1\].image': candidate 'c2'"):
         env.reset(options={"query_id": "q1"})
+
+
+def test_iter_jsonl_reads_gzip_and_names_the_line_of_a_broken_stream(tmp_path):
+    import gzip
+
+    from envs.data import iter_jsonl
+
+    good = tmp_path / "ok.jsonl.gz"
+    with gzip.open(good, "wt", encoding="utf-8") as handle:
+        handle.write('{"a": 1}\n\n{"a": 2}\n')
+    assert [(n, r) for n, _, r in iter_jsonl(good)] == [(1, {"a": 1}), (3, {"a": 2})]
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(good.read_bytes()[:-12])
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz:\d+: not a readable gzip file"):
+        list(iter_jsonl(truncated))

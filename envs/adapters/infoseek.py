@@ -27,8 +27,6 @@ this: read it with :mod:`envs.adapters.evqa`.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,37 +74,10 @@ def _optional_string(record: dict, name: str, where: str) -> str | None:
 
 def _objects(path: Path) -> Iterator[tuple[int, str, dict]]:
     """``(line, "file:line", object)`` per non-blank line of a JSONL file (``.gz`` too)."""
-    lines = _iter_gzip_jsonl(path) if path.suffix == ".gz" else iter_jsonl(path)
-    for line_number, where, record in lines:
+    for line_number, where, record in iter_jsonl(path):
         if not isinstance(record, dict):
             raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
         yield line_number, where, record
-
-
-def _iter_gzip_jsonl(path: Path) -> Iterator[tuple[int, str, Any]]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with gzip.open(path, "rb") as handle:
-        line_number = 0
-        while True:
-            try:
-                raw = handle.readline()
-            except (OSError, EOFError) as exc:
-                raise DataError(f"{path}:{line_number + 1}: not a readable gzip file: {exc}") from exc
-            if not raw:
-                return
-            line_number += 1
-            where = f"{path}:{line_number}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            if not text.strip():
-                continue
-            try:
-                yield line_number, where, json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                raise DataError(f"{where}: invalid JSON: {exc}") from None
 
 
 def read_withkb(path: str | os.PathLike, summary: AdapterSummary) -> dict[str, KbLink]:
