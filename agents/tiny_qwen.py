@@ -70,26 +70,12 @@ _TEXT_SIZES = dict(
 )
 # M-RoPE splits head_dim / 2 = 8 rotary frequencies over (time, height, width).
 _MROPE_SECTION = [2, 3, 3]
-_VISION_SIZES = dict(
-    depth=2,
-    hidden_size=32,
-    intermediate_size=64,
-    num_heads=2,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    window_size=112,
-    fullatt_block_indexes=[1],
-)
+_TOWER_SIZES = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, spatial_merge_size=2, temporal_patch_size=2)
+_VISION_SIZES = dict(_TOWER_SIZES, patch_size=14, window_size=112, fullatt_block_indexes=[1])
 _QWEN3_TEXT_SIZES = dict(_TEXT_SIZES, head_dim=16)
 _QWEN3_VISION_SIZES = dict(
-    depth=2,
-    hidden_size=32,
-    intermediate_size=64,
-    num_heads=2,
+    _TOWER_SIZES,
     patch_size=16,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
     num_position_embeddings=64,  # an 8 x 8 grid, interpolated to each image's
     deepstack_visual_indexes=[0],
 )

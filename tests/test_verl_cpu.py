@@ -111,19 +111,25 @@ def test_summary_reads_verls_metric_records():
     assert "| 1 |" in format_summary(summary)
 
 
-@pytest.mark.timeout(1200)
-def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
-    out = tmp_path / "run"
+def run_verl_cpu(out, *flags: str, timeout: int) -> str:
+    """Two training steps of ``recipes/train_rgrpo.py --backend verl-cpu`` in a subprocess; its log."""
     command = [
-        sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu",
+        sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu", *flags,
         "--verl-cpu.out", str(out), "--verl-cpu.total-training-steps", "2", "--verl-cpu.test-freq", "-1",
         "--verl-cpu.max-queries", "8", "--verl-cpu.val-queries", "4",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1150)
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     log = run.stdout + run.stderr
-    (tmp_path / "log.txt").write_text(log)
+    (out.parent / "log.txt").write_text(log)
     assert run.returncode == 0, log[-6000:]
+    return log
+
+
+@pytest.mark.timeout(1200)
+def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    log = run_verl_cpu(out, timeout=1150)
     assert NO_DECISIONS_WARNING not in log
     summary = json.loads((out / "summary.json").read_text())
     assert summary["decisions_reached_rgrpo"] is True
@@ -155,16 +161,7 @@ def test_verl_cpu_trains_a_tiny_qwen3_vl_through_the_same_path(tmp_path):
 
     model = cached_tiny_qwen(tmp_path, family="qwen3_vl")
     out = tmp_path / "run"
-    command = [
-        sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu", "--verl-cpu.model-path", str(model),
-        "--verl-cpu.out", str(out), "--verl-cpu.total-training-steps", "2", "--verl-cpu.test-freq", "-1",
-        "--verl-cpu.max-queries", "8", "--verl-cpu.val-queries", "4",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1450)
-    log = run.stdout + run.stderr
-    (tmp_path / "log.txt").write_text(log)
-    assert run.returncode == 0, log[-6000:]
+    run_verl_cpu(out, "--verl-cpu.model-path", str(model), timeout=1450)
     (entry,) = yaml.safe_load((out / "agent_loop.yaml").read_text())
     assert entry["images"]["family"] == "qwen3_vl"
     row = pq.read_table(out / "data" / "train.parquet").to_pylist()[0]
