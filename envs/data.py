@@ -14,7 +14,8 @@ can be reported.
 :func:`load_query_pools` validates a file and returns a :class:`QueryDataset`;
 :func:`write_query_pools` writes pools back (adapters and generators use it);
 :func:`load_image` reads one image with a decompression-bomb guard and
-:func:`read_image_size` checks one from its header.
+:func:`read_image_size` checks one from its header; :class:`ImageCache` shares decoded
+images between envs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import json
 import logging
 import math
 import os
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Sequence
@@ -173,6 +176,54 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
             return image.convert("RGB")
     except _BadImage as exc:
         raise DataError(str(exc)) from exc
+
+
+class ImageCache:
+    """Decoded images shared by several envs: the rollouts of a query decode its image once.
+
+    A least-recently-used cache bounded by total pixels, keyed by the resolved path and the
+    file's size and modification time (a file rewritten in place is decoded again). Callers
+    share the returned image and must not modify it in place (the env never does: crops and
+    resizes make new images). Thread-safe.
+
+    Args:
+        max_pixels: total width x height kept (64 Mpx by default, about 200 MB of RGB).
+    """
+
+    def __init__(self, max_pixels: int = 64 * 2**20) -> None:
+        if max_pixels < 1:
+            raise ValueError(f"ImageCache max_pixels must be >= 1, got {max_pixels}")
+        self.max_pixels = max_pixels
+        self._images: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self._pixels = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def load(self, path: str | os.PathLike) -> Image.Image:
+        """:func:`load_image` of ``path``, decoded once while it stays cached."""
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError:
+            return load_image(path)  # load_image raises the located DataError
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            image = self._images.get(key)
+            if image is not None:
+                self._images.move_to_end(key)
+                self.hits += 1
+                return image
+        image = load_image(path)  # decoded outside the lock: other paths need not wait
+        with self._lock:
+            self.misses += 1
+            if key not in self._images:
+                self._images[key] = image
+                self._pixels += image.width * image.height
+                while self._pixels > self.max_pixels and len(self._images) > 1:
+                    _, dropped = self._images.popitem(last=False)
+                    self._pixels -= dropped.width * dropped.height
+            return self._images[key]
 
 
 def _require(record: dict, key: str, kind: type | tuple[type, ...], where: str, context: str = "") -> Any:

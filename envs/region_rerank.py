@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, read_action
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
-from envs.data import DataError, QueryPool, load_image
+from envs.data import DataError, ImageCache, QueryPool, load_image
 from envs.scorer import Scorer, check_embeddings, check_scorer_members, shareable_spec
 from envs.settings import EnvSettings, settings_from_dict
 from rewards import RankingStats, RewardConfig, RewardTerms, box_iou, full_reward, region_reward
@@ -123,6 +123,9 @@ class RegionRerankEnv(gym.Env):
       - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid
         box; ``None`` takes ``reward.min_box_side`` (4 px by default).
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the query image with the view, the crop and the rank drawn on it).
+    - ``image_cache``: an :class:`envs.data.ImageCache` shared with other envs, so envs of
+      the same queries decode each image once (verl's agent loop builds one env per
+      rollout); ``None`` decodes the query image at every ``reset``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
@@ -146,6 +149,7 @@ class RegionRerankEnv(gym.Env):
         *,
         settings: EnvSettings | Mapping[str, Any] | None = None,
         render_mode: str | None = None,
+        image_cache: ImageCache | None = None,
         **fields: Any,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -173,6 +177,7 @@ class RegionRerankEnv(gym.Env):
         self.policy_max_side = self.settings.policy_max_side
         self.min_box_side = self.settings.box_side
         self.render_mode = render_mode
+        self._load_image = load_image if image_cache is None else image_cache.load
         max_steps = self.max_steps
 
         self.action_space = spaces.Dict(
@@ -205,7 +210,7 @@ class RegionRerankEnv(gym.Env):
         super().reset(seed=seed)
         self.pool = self.pools[self._query_index(options or {})]
         try:
-            self.image = load_image(self.pool.image)
+            self.image = self._load_image(self.pool.image)
         except DataError as exc:  # name the record, not only the file: the image may have changed since loading
             where = self.pool.where or f"query {self.pool.query_id!r}"
             raise DataError(f"{where}: field 'image': {exc}") from exc

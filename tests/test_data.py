@@ -13,6 +13,7 @@ from envs.data import (
     DEFAULT_MAX_IMAGE_PIXELS,
     Candidate,
     DataError,
+    ImageCache,
     QueryPool,
     load_image,
     load_query_pools,
@@ -226,6 +227,23 @@ def test_load_image_returns_loaded_rgb(tmp_path: Path) -> None:
     image = load_image(path)
     assert image.mode == "RGB" and image.size == (7, 5)
     assert image.getpixel((0, 0)) == (0, 0, 0)  # pixels are available after the file is closed
+
+
+def test_image_cache_decodes_once_until_the_file_changes_and_stays_bounded(tmp_path: Path) -> None:
+    import os
+
+    first, second = make_image(tmp_path / "a.png", (8, 8)), make_image(tmp_path / "b.png", (8, 8))
+    cache = ImageCache(max_pixels=100)
+    image = cache.load(first)
+    assert cache.load(first) is image and (cache.hits, cache.misses) == (1, 1)
+    assert list(image.getdata()) == list(load_image(first).getdata())
+    cache.load(second)  # 128 px > 100: the least recently used image (a.png) is dropped
+    assert cache.load(first) is not image and cache.misses == 3
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(first)
+    os.utime(first, ns=(1, 1))
+    assert cache.load(first).getpixel((0, 0)) == (255, 0, 0)  # rewritten in place: decoded again
+    with pytest.raises(DataError, match=r"missing\.png"):
+        cache.load(tmp_path / "missing.png")
 
 
 def test_load_image_errors_name_the_path(tmp_path: Path) -> None:

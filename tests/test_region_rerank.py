@@ -43,6 +43,21 @@ def test_check_env_passes(pools, tiny_scorer):
     check_env(RegionRerankEnv(pools, tiny_scorer, max_steps=3, policy_max_side=32))
 
 
+def test_envs_sharing_an_image_cache_decode_each_query_image_once(pools, tiny_scorer):
+    from envs.data import ImageCache
+
+    cache = ImageCache()
+    plain, shared = RegionRerankEnv(pools, tiny_scorer), [RegionRerankEnv(pools, tiny_scorer, image_cache=cache) for _ in range(3)]
+    for env in shared:
+        obs, info = env.reset(options={"query_index": 0})
+    expected_obs, expected_info = plain.reset(options={"query_index": 0})
+    assert (cache.misses, cache.hits) == (1, 2)
+    assert np.array_equal(obs["image"], expected_obs["image"])
+    assert np.array_equal(info["baseline_scores"], expected_info["baseline_scores"])
+    step = [env.step(region([0.1, 0.1, 0.6, 0.7])) for env in (shared[0], plain)]
+    assert step[0][1] == step[1][1]
+
+
 def test_gym_make_and_sync_vector_env(pools, tiny_scorer):
     env = gym.make("RegionRerank-v0", dataset=pools, scorer=tiny_scorer)
     obs, _ = env.reset(seed=0)
