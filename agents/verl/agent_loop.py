@@ -71,7 +71,7 @@ from agents.verl.groups import DecisionGroups, Group
 from agents.verl.scoring import EpisodeScorer, ScoringError, scoring_host
 from agents.verl.settings import AGENT_NAME, LoopSettings
 from envs.actions import FULL, MALFORMED, REGION, read_decision
-from envs.data import QueryPool, load_image, load_query_pools
+from envs.data import ImageCache, QueryPool, load_query_pools
 from envs.factory import make_scorer
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import Scorer
@@ -101,6 +101,8 @@ _STATE_LOCK = threading.Lock()
 # cores + 4 threads, which would cap how many crops can join a batch).
 _ENV_LOCK = threading.Lock()
 _ENV_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="rr-env")
+# The rollouts of a query run in the same worker at the same time: one decode serves them all.
+QUERY_IMAGES = ImageCache()
 
 
 def query_pool(pool_file: str | os.PathLike, query_id: str) -> QueryPool:
@@ -385,7 +387,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         metrics: dict[str, float] = {}
         pool = await self._env_call(metrics, query_pool, extra_info["pool_file"], str(extra_info["query_id"]))
         scorer = await self._episode_scorer(metrics, pool)
-        env = RegionRerankEnv([pool], scorer, settings=s.env)
+        env = RegionRerankEnv([pool], scorer, settings=s.env, image_cache=QUERY_IMAGES)
         _, info = await self._env_call(metrics, env.reset, options={"query_index": 0})
         messages = build_messages(
             info["question"], info["policy_image"], 0, s.env.max_steps,
@@ -432,7 +434,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         s = self.settings
         pool = query_pool(extra_info["pool_file"], str(extra_info["query_id"]))
         # The env's own resize of the FULL view under the information gap (no env: no scorer).
-        image = await self.loop.run_in_executor(_ENV_THREADS, load_image, pool.image)
+        image = await self.loop.run_in_executor(_ENV_THREADS, QUERY_IMAGES.load, pool.image)
         view = RegionRerankEnv._policy_image(SimpleNamespace(policy_max_side=s.env.policy_max_side), image)
         messages = build_messages(
             pool.question, view, 0, s.env.max_steps,

@@ -179,6 +179,20 @@ class DynamicBatcher:
 
 
 # --------------------------------------------------------------------------- the service
+@dataclass(frozen=True)
+class FullView:
+    """What every rollout of a query shares: its candidates' and its FULL view's embeddings."""
+
+    candidates: np.ndarray
+    """``(K, d)`` candidate embeddings"""
+    embedding: np.ndarray
+    """``(d,)`` embedding of the whole query image"""
+    size: tuple[int, int]
+    """the query image's (width, height): only a view of this size can be the FULL view"""
+    digest: str
+    """:func:`image_digest` of the query image"""
+
+
 class ScoringService:
     """A scorer behind a :class:`DynamicBatcher`, with each query's FULL and candidates cached.
 
@@ -203,9 +217,9 @@ class ScoringService:
     def name(self) -> str:
         return self.scorer.name
 
-    async def prepare(self, pool: QueryPool) -> tuple[np.ndarray, np.ndarray, str]:
-        """``(candidates (K, d), FULL embedding (d,), FULL image digest)`` of ``pool``, computed
-        once per query and shared by every rollout of it."""
+    async def prepare(self, pool: QueryPool) -> FullView:
+        """The candidates and FULL view of ``pool`` (:class:`FullView`), computed once per
+        query and shared by every rollout of it."""
         self.prepare_calls += 1
         if not isinstance(pool, QueryPool):
             raise ScoringError(str(getattr(pool, "query_id", "?")), f"bad request: expected a QueryPool, got {type(pool).__name__}")
@@ -219,7 +233,7 @@ class ScoringService:
         self._queries.move_to_end(key)
         return await asyncio.shield(entry)
 
-    async def _prepare(self, pool: QueryPool) -> tuple[np.ndarray, np.ndarray, str]:
+    async def _prepare(self, pool: QueryPool) -> FullView:
         loop = asyncio.get_running_loop()
         try:
             candidates = await loop.run_in_executor(self._thread, self.scorer.candidate_embeddings, pool)
@@ -228,7 +242,7 @@ class ScoringService:
             raise ScoringError(pool.query_id, f"{type(exc).__name__}: {exc}") from exc
         full = await self.batcher.embed(pool.query_id, [image])
         self.prepared += 1
-        return np.asarray(candidates, np.float32), full[0], image_digest(image)
+        return FullView(np.asarray(candidates, np.float32), full[0], image.size, image_digest(image))
 
     async def embed(self, query_id: str, images: Sequence[Image.Image]) -> np.ndarray:
         """``(n, d)`` embeddings of a query's views, batched with every other request."""
@@ -410,8 +424,7 @@ class EpisodeScorer:
         self.host, self.pool = host, pool
         self.name = host.name
         self.timeout_s = float(host.settings.timeout_s if timeout_s is None else timeout_s)
-        self._candidates: np.ndarray | None = None
-        self._full: tuple[np.ndarray, str] | None = None
+        self._full: FullView | None = None
         self.requests = 0
         """service requests this episode made (its ``prepare`` included)"""
 
@@ -437,11 +450,10 @@ class EpisodeScorer:
         """Fetch the query's candidates and FULL embedding (once per query in the service)."""
         future = self._submit("prepare", self.pool)
         try:
-            candidates, full, digest = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+            self._full = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
         except Exception as exc:
             future.cancel()
             raise self._fail(exc, "prepare") from exc
-        self._candidates, self._full = candidates, (full, digest)
         return self
 
     def _wait(self, method: str, *args: Any) -> Any:
@@ -456,28 +468,25 @@ class EpisodeScorer:
     def candidate_embeddings(self, pool: QueryPool) -> np.ndarray:
         if pool.query_id != self.query_id:
             raise ScoringError(self.query_id, f"bad request: this episode's scorer got query {pool.query_id!r}")
-        if self._candidates is None:
-            self._candidates, full, digest = self._wait("prepare", self.pool)
-            self._full = (full, digest)
-        return self._candidates
+        if self._full is None:
+            self._full = self._wait("prepare", self.pool)
+        return self._full.candidates
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         images = check_images(self.query_id, images)
-        rows: list[np.ndarray | None] = [None] * len(images)
-        if self._full is not None:
-            full, digest = self._full
-            width_height = None
-            for i, image in enumerate(images):
-                if width_height is None or image.size == width_height:
-                    if image_digest(image) == digest:
-                        rows[i], width_height = full, image.size
+        full = self._full
+        # The FULL view is recognised by content; the size test spares hashing every crop.
+        rows: list[np.ndarray | None] = [
+            full.embedding if full is not None and image.size == full.size and image_digest(image) == full.digest else None
+            for image in images
+        ]
         wanted = [i for i, row in enumerate(rows) if row is None]
         if wanted:
             vectors = self._wait("embed", self.query_id, [images[i] for i in wanted])
             for i, vector in zip(wanted, vectors):
                 rows[i] = vector
         if not rows:
-            return np.zeros((0, len(self._full[0]) if self._full else 0), np.float32)
+            return np.zeros((0, len(full.embedding) if full is not None else 0), np.float32)
         return np.stack(rows).astype(np.float32)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
