@@ -40,6 +40,13 @@ def group_rows(index: Sequence[Hashable]) -> dict[Hashable, list[int]]:
     return groups
 
 
+def excluded_as_singletons(index: Sequence[Hashable], excluded: Sequence[bool]) -> list[Hashable]:
+    """``index`` with every excluded row moved into a group of its own."""
+    if len(excluded) != len(index):
+        raise ValueError(f"excluded has {len(excluded)} entries for {len(index)} samples")
+    return [("excluded", row) if flag else group_id for row, (group_id, flag) in enumerate(zip(index, excluded))]
+
+
 def validate_decisions(decisions: Sequence[object], name: str = "decisions") -> list[int]:
     """``decisions`` as Python ints; raises ``ValueError`` naming the first bad entry.
 
@@ -109,6 +116,7 @@ def compute_rgrpo_outcome_advantage(
     decisions: Sequence[int] | None = None,
     epsilon: float = 1e-6,
     norm_adv_by_std_in_grpo: bool = True,
+    excluded: Sequence[bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """r-GRPO outcome advantages, broadcast over the response tokens.
 
@@ -119,6 +127,10 @@ def compute_rgrpo_outcome_advantage(
         decisions: ``bs`` integer decisions (0 FULL, 1 REGION), or ``None`` for plain GRPO.
         epsilon: added to the std before dividing.
         norm_adv_by_std_in_grpo: divide by the group std (GRPO) or not (Dr.GRPO).
+        excluded: ``bs`` flags of samples to leave out of their group's statistics, such
+            as episodes the scoring service failed (their reward 0 says nothing about the
+            policy): each becomes a group of its own, so its advantage is 0 and it moves no
+            other sample's baseline or std. ``None``: no sample is excluded.
 
     Returns:
         ``(advantages, returns)``, both ``(bs, response_length)`` and the same tensor, as
@@ -135,6 +147,8 @@ def compute_rgrpo_outcome_advantage(
         )
     if len(index) != token_level_rewards.shape[0]:
         raise ValueError(f"index has {len(index)} entries for {token_level_rewards.shape[0]} samples")
+    if excluded is not None:
+        index = excluded_as_singletons(index, excluded)
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)
         if decisions is None:

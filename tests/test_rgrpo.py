@@ -119,6 +119,23 @@ def test_several_groups_hand_computed():
     torch.testing.assert_close(normed[:, 0], expected)
 
 
+@pytest.mark.parametrize("decisions", [None, [1, 1, 0, -1, 1]])
+def test_excluded_samples_move_no_baseline_and_get_no_advantage(decisions):
+    # Row 3 failed scoring (reward 0, nothing trained): the others score as if it were absent.
+    rewards, mask = outcome_rewards([1.0, 0.5, 2.0, 0.0, 3.0])
+    uids = np.array(["q"] * 5, dtype=object)
+    excluded = [False, False, False, True, False]
+    got, _ = compute_rgrpo_outcome_advantage(rewards, mask, uids, decisions, excluded=excluded)
+    kept = [0, 1, 2, 4]
+    without, _ = compute_rgrpo_outcome_advantage(
+        rewards[kept], mask[kept], uids[kept], None if decisions is None else [decisions[i] for i in kept]
+    )
+    torch.testing.assert_close(got[kept], without)
+    assert torch.all(got[3] == 0)
+    with pytest.raises(ValueError, match="excluded has 2 entries for 5 samples"):
+        compute_rgrpo_outcome_advantage(rewards, mask, uids, decisions, excluded=[True, False])
+
+
 def test_malformed_label_is_a_class_of_its_own():
     # decisions REGION, REGION, FULL, malformed (-1): baseline (1 + 0 + -1) / 3 = 0,
     # where GRPO's group mean would be 0.25.
@@ -334,6 +351,41 @@ def test_compute_advantage_dispatch_uses_decision_balanced_baseline(rgrpo_regist
     difference = out.batch["advantages"] - grpo.batch["advantages"]
     torch.testing.assert_close(difference[:4, 0], torch.full((4,), 0.25 / (0.5 + EPS)))  # baseline 0.75 -> 0.5
     torch.testing.assert_close(difference[4:], torch.zeros(4, difference.shape[1]))
+
+
+@pytest.mark.verl_contract  # builds batches with verl's private AgentLoopWorker._postprocess
+def test_episodes_flagged_failed_in_scope_stay_out_of_their_group(rgrpo_registered):
+    uids, scores, decisions = ["a", "a", "a", "a"], [1.0, 1.0, 0.0, 0.0], [1, 1, 0, -1]
+    data = agent_loop_batch(scores, decisions, uids)
+    with decisions_in_scope(data.non_tensor_batch["uid"], decisions, excluded=[False, False, False, True]):
+        out = compute_advantage(data, adv_estimator=ESTIMATOR_NAME, config=AlgoConfig(adv_estimator=ESTIMATOR_NAME))
+    kept = agent_loop_batch(scores[:3], decisions[:3], uids[:3])
+    with decisions_in_scope(kept.non_tensor_batch["uid"], decisions[:3]):
+        expected = compute_advantage(kept, adv_estimator=ESTIMATOR_NAME, config=AlgoConfig(adv_estimator=ESTIMATOR_NAME))
+    torch.testing.assert_close(out.batch["advantages"][:3], expected.batch["advantages"])
+    assert torch.all(out.batch["advantages"][3] == 0)
+
+
+def test_a_step_with_too_many_failed_episodes_stops_the_run_naming_the_queries(tmp_path):
+    from agents.verl.plugin import ScoringFailures, check_failures
+    from agents.verl.settings import LoopSettings, ScoringServiceSettings, agent_loop_config, loop_settings_from_file
+
+    ok = {"scoring_failed": 0}
+    failed = [{"scoring_failed": 1, "scoring_error": f"scoring service: query 'q{i}': prepare timed out"} for i in range(5)]
+    check_failures([ok] * 9 + failed[:1], 0.1)  # 1 of 10 is not more than 10%
+    with pytest.raises(ScoringFailures, match=r"2 of 10 episodes .*scoring.max_failed_fraction = 0.1\): .*'q0'.*'q1'"):
+        check_failures([ok] * 8 + failed[:2], 0.1)
+    with pytest.raises(ScoringFailures, match=r"5 of 5 .*\(2 more\)"):
+        check_failures(failed, 0.5)
+
+    import yaml
+
+    path = tmp_path / "agent_loop.yaml"
+    path.write_text(yaml.safe_dump(agent_loop_config(LoopSettings(scoring=ScoringServiceSettings(max_failed_fraction=0.25)))))
+    assert loop_settings_from_file(str(path)).scoring.max_failed_fraction == 0.25
+    assert loop_settings_from_file(None) == LoopSettings()
+    with pytest.raises(ValueError, match="max_failed_fraction must be in"):
+        ScoringServiceSettings(max_failed_fraction=1.5)
 
 
 @pytest.mark.verl_contract  # builds batches with verl's private AgentLoopWorker._postprocess

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from agents.rgrpo import compute_rgrpo_outcome_advantage, validate_decisions
-from agents.verl.settings import METRIC_PREFIX
+from agents.verl.settings import METRIC_PREFIX, loop_settings_from_file
 from envs.actions import FULL, REGION
 from verl.trainer.ppo import core_algos
 
@@ -77,22 +77,31 @@ DECISION_KEY = "decision"
 BASE_TRAINER_MODES = ("sync", "colocate_async", "separate_async")
 """verl v1 trainer modes that get an ``rgrpo_<mode>`` counterpart."""
 
-_scoped_decisions: ContextVar[tuple[np.ndarray, list[Any]] | None] = ContextVar(
+FAILED_KEY = "scoring_failed"
+"""``extra_fields`` key the agent loop sets (1) on an episode the scoring service failed."""
+
+_scoped_decisions: ContextVar[tuple[np.ndarray, list[Any], list[bool] | None] | None] = ContextVar(
     "rgrpo_scoped_decisions", default=None
 )
 
 
 @contextmanager
-def decisions_in_scope(uids: Sequence[Hashable], decisions: Sequence[Any]) -> Iterator[None]:
+def decisions_in_scope(
+    uids: Sequence[Hashable], decisions: Sequence[Any], excluded: Sequence[bool] | None = None
+) -> Iterator[None]:
     """Make ``decisions`` (row-aligned with ``uids``) visible to the rgrpo estimator.
 
     Wrap the call to verl's ``compute_advantage`` (or a trainer's ``_compute_advantage``)
     in it. ``uids`` must be the batch's ``uid`` column in the order verl will pass it as
-    ``index``; the estimator raises if it differs.
+    ``index``; the estimator raises if it differs. ``excluded`` flags rows to keep out of
+    their group's statistics (episodes the scoring service failed).
     """
     if len(uids) != len(decisions):
         raise ValueError(f"decisions_in_scope: {len(uids)} uids but {len(decisions)} decisions")
-    token = _scoped_decisions.set((np.asarray(uids, dtype=object), list(decisions)))
+    if excluded is not None and len(excluded) != len(uids):
+        raise ValueError(f"decisions_in_scope: {len(uids)} uids but {len(excluded)} excluded flags")
+    flags = None if excluded is None else [bool(flag) for flag in excluded]
+    token = _scoped_decisions.set((np.asarray(uids, dtype=object), list(decisions), flags))
     try:
         yield
     finally:
@@ -120,16 +129,33 @@ def decisions_for_batch(
     """
     if non_tensor_batch is not None and DECISION_KEY in non_tensor_batch:
         return checked_decisions(non_tensor_batch[DECISION_KEY])
+    scoped = _scoped_batch(index)
+    return None if scoped is None else checked_decisions(scoped[1])
+
+
+def excluded_for_batch(
+    index: Sequence[Hashable], non_tensor_batch: Mapping[str, Any] | None = None
+) -> list[bool] | None:
+    """Which rows of the batch to keep out of their group's statistics (failed episodes),
+    from ``non_tensor_batch[FAILED_KEY]`` when verl forwards it, else from the scope."""
+    if non_tensor_batch is not None and FAILED_KEY in non_tensor_batch:
+        return [bool(flag) for flag in non_tensor_batch[FAILED_KEY]]
+    scoped = _scoped_batch(index)
+    return None if scoped is None else scoped[2]
+
+
+def _scoped_batch(index: Sequence[Hashable]):
+    """The active scope, checked to belong to the batch whose group ids are ``index``."""
     scoped = _scoped_decisions.get()
     if scoped is None:
         return None
-    uids, decisions = scoped
+    uids = scoped[0]
     if len(uids) != len(index) or not all(a == b for a, b in zip(uids, index)):
         raise ValueError(
             f"rgrpo: the decisions in scope belong to another batch: {len(uids)} scoped uids vs "
             f"{len(index)} in index, or a different row order"
         )
-    return checked_decisions(decisions)
+    return scoped
 
 
 def compute_rgrpo_advantage(
@@ -157,7 +183,8 @@ def compute_rgrpo_advantage(
         )
     norm = config.get("norm_adv_by_std_in_grpo", True) if config is not None else True
     return compute_rgrpo_outcome_advantage(
-        token_level_rewards, response_mask, index, decisions, norm_adv_by_std_in_grpo=norm
+        token_level_rewards, response_mask, index, decisions, norm_adv_by_std_in_grpo=norm,
+        excluded=excluded_for_batch(index, non_tensor_batch),
     )
 
 
@@ -178,9 +205,11 @@ def register_rgrpo_estimator() -> None:
 class DecisionHandoffMixin:
     """Mixin for a verl v1 ``PPOTrainer``: hands the samples' decisions to ``rgrpo``.
 
-    It overrides only ``_compute_advantage``: when ``algorithm.adv_estimator`` is
-    ``rgrpo`` it reads ``uid`` and ``extra_fields`` of the batch from TransferQueue and
-    runs verl's own ``_compute_advantage`` inside :func:`decisions_in_scope`.
+    It overrides only ``_compute_advantage``: it reads ``uid`` and ``extra_fields`` of the
+    batch from TransferQueue, adds the rollout metrics, stops the run when more episodes
+    failed scoring than ``scoring.max_failed_fraction`` allows, and, when
+    ``algorithm.adv_estimator`` is ``rgrpo``, runs verl's own ``_compute_advantage`` inside
+    :func:`decisions_in_scope` (failed episodes excluded from their groups).
     """
 
     def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
@@ -192,12 +221,37 @@ class DecisionHandoffMixin:
         uids = fields.get("uid").tolist()
         extras = [extra if isinstance(extra, dict) else {} for extra in fields.get("extra_fields").tolist()]
         decisions = [extra.get(DECISION_KEY) for extra in extras]
+        failed = [bool(extra.get(FAILED_KEY)) for extra in extras]
         metrics.update(rollout_metrics(extras))
+        check_failures(extras, self._max_failed_fraction())
         if self.config.algorithm.adv_estimator != ESTIMATOR_NAME:
             return super()._compute_advantage(batch, metrics)
         metrics[f"{METRIC_PREFIX}/decisions_reached_rgrpo"] = float(decisions_complete(decisions))
-        with decisions_in_scope(uids, decisions):
+        with decisions_in_scope(uids, decisions, excluded=failed):
             return super()._compute_advantage(batch, metrics)
+
+    def _max_failed_fraction(self) -> float:
+        """``scoring.max_failed_fraction`` of the run's agent-loop settings file."""
+        if not hasattr(self, "_failed_fraction"):
+            path = self.config.actor_rollout_ref.rollout.agent.get("agent_loop_config_path")
+            self._failed_fraction = loop_settings_from_file(path).scoring.max_failed_fraction
+        return self._failed_fraction
+
+
+class ScoringFailures(RuntimeError):
+    """Too many episodes of a training step failed scoring: the run stops."""
+
+
+def check_failures(extras: Sequence[Mapping[str, Any]], max_fraction: float) -> None:
+    """Raise :class:`ScoringFailures` when more than ``max_fraction`` of a step's episodes
+    failed scoring, naming how many and the first errors (each names its query)."""
+    errors = [str(extra.get("scoring_error", "")) for extra in extras if extra.get(FAILED_KEY)]
+    if extras and len(errors) > max_fraction * len(extras):
+        shown = "; ".join(errors[:3]) + (f"; ... ({len(errors) - 3} more)" if len(errors) > 3 else "")
+        raise ScoringFailures(
+            f"{len(errors)} of {len(extras)} episodes of this step failed scoring "
+            f"(more than scoring.max_failed_fraction = {max_fraction:g}): {shown}"
+        )
 
 
 def decisions_complete(decisions: Sequence[Any]) -> bool:
@@ -230,7 +284,7 @@ def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     rates["env_seconds"] = sum(seconds)
     rates["env_seconds_max"] = max(seconds)
     # Episodes the scoring service failed (dead, timed out, bad request): a count, not a rate.
-    rates["scoring_failed"] = sum(int(extra.get("scoring_failed", 0) or 0) for extra in extras)
+    rates["scoring_failed"] = sum(int(extra.get(FAILED_KEY, 0) or 0) for extra in extras)
     rates["scoring_requests_per_rollout"] = sum(int(extra.get("scoring_requests", 0) or 0) for extra in extras) / n
     return {f"{METRIC_PREFIX}/{name}": float(value) for name, value in rates.items()}
 

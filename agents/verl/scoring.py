@@ -205,6 +205,7 @@ class ScoringService:
             scorer.batch_size = self.settings.forward_rows
         self.scorer = scorer
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scorer")
+        self._io = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="scorer-io")  # image decodes
         self.batcher = DynamicBatcher(
             scorer.embed_images, self._thread, self.settings.max_batch, self.settings.max_wait_ms / 1e3
         )
@@ -237,7 +238,7 @@ class ScoringService:
         loop = asyncio.get_running_loop()
         try:
             candidates = await loop.run_in_executor(self._thread, self.scorer.candidate_embeddings, pool)
-            image = await loop.run_in_executor(None, load_image, pool.image)
+            image = await loop.run_in_executor(self._io, load_image, pool.image)
         except Exception as exc:
             raise ScoringError(pool.query_id, f"{type(exc).__name__}: {exc}") from exc
         full = await self.batcher.embed(pool.query_id, [image])
@@ -262,6 +263,7 @@ class ScoringService:
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- hosts

@@ -47,6 +47,9 @@ class ScoringServiceSettings:
     then equal the in-process env's bitwise; another value changes them by float rounding)"""
     cached_queries: int = 4096
     """queries whose FULL and candidate embeddings the service keeps (least recently used dropped)"""
+    max_failed_fraction: float = 0.1
+    """a training step in which more of the episodes failed scoring stops the run (failed
+    episodes are masked out of the loss and, with rgrpo, out of their group's baseline)"""
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -61,6 +64,8 @@ class ScoringServiceSettings:
             raise ValueError(f"scoring.forward_rows must be >= 1 or None, got {self.forward_rows}")
         if self.cached_queries < 1:
             raise ValueError(f"scoring.cached_queries must be >= 1, got {self.cached_queries}")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ValueError(f"scoring.max_failed_fraction must be in [0, 1], got {self.max_failed_fraction}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,21 @@ def agent_loop_config(settings: LoopSettings | None = None) -> list[dict[str, An
     entry: dict[str, Any] = {"name": AGENT_NAME, "_target_": LOOP_TARGET}
     entry.update(settings_to_dict(settings or LoopSettings()))
     return [entry]
+
+
+def loop_settings_from_file(path: str | None) -> LoopSettings:
+    """The :class:`LoopSettings` of the ``region_rerank`` entry in an agent-loop config file
+    (the defaults when there is no file or no such entry, as verl then uses none)."""
+    import yaml
+
+    if not path:
+        return LoopSettings()
+    with open(path, encoding="utf-8") as handle:
+        entries = yaml.safe_load(handle) or []
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("name") == AGENT_NAME:
+            return LoopSettings.from_kwargs(**{k: v for k, v in entry.items() if k not in ("name", "_target_")})
+    return LoopSettings()
 
 
 SHIPPED_CONFIG_HEADER = """\
