@@ -4,10 +4,18 @@ A query-pool file is JSONL, one record per query::
 
     {"query_id": "q1", "question": "Which building is this?", "image": "images/q1.jpg",
      "box": [x1, y1, x2, y2],                       # optional, original-image pixels
-     "candidates": [{"id": "c1", "image": "kb/c1.jpg", "text": "...", "positive": true}, ...]}
+     "candidates": [{"id": "c1", "image": "kb/c1.jpg", "text": "...", "positive": true}, ...],
+     "gold_ids": ["c1"],                            # optional: the query's gold KB entities
+     "kb": "kb.jsonl"}                              # optional: the knowledge base the pool came from
 
 Paths are relative to the data root (by default the file's folder). A candidate has an
-image, a text, or both. Training keeps only queries whose pool holds a positive (as the
+image, a text, or both. The two optional fields serve the env's SEARCH action
+(:class:`envs.region_rerank.RegionRerankEnv` with ``search=True``): ``kb`` names the
+knowledge-base file the pool was retrieved from (the format of
+:func:`envs.kb_index.load_kb_file`), so a pool knows where to search again; ``gold_ids``
+names the query's gold entities, by which a re-retrieved pool's positives are judged
+(without it, the ids of the positive candidates: a pool that lacks its positive then
+cannot recover it). Files without them load exactly as before. Training keeps only queries whose pool holds a positive (as the
 paper does) and reports how many it dropped; evaluation keeps every query so CondR@1
 can be reported.
 
@@ -75,6 +83,12 @@ class QueryPool:
     where: str = field(default="", compare=False)
     """``"file:line"`` of the record it was loaded from ("" when built in memory), so an
     image that fails later (at ``reset``) is reported with its record."""
+    gold_ids: tuple[str, ...] | None = field(default=None, compare=False)
+    """The query's gold knowledge-base entity ids (``None``: the positive candidates' ids,
+    see :attr:`gold`). Only a re-retrieved pool (SEARCH) reads it."""
+    kb: Path | None = field(default=None, compare=False)
+    """The knowledge-base file (:func:`envs.kb_index.load_kb_file`) the pool was retrieved
+    from, where SEARCH looks again; ``None``: the pool names none."""
 
     @property
     def positives(self) -> np.ndarray:
@@ -84,6 +98,14 @@ class QueryPool:
     @property
     def has_positive(self) -> bool:
         return any(c.positive for c in self.candidates)
+
+    @property
+    def gold(self) -> tuple[str, ...]:
+        """Ids that count as positives in any pool of this query: :attr:`gold_ids`, else the
+        positive candidates' ids. Labels come from the data only, never from a search."""
+        if self.gold_ids is not None:
+            return self.gold_ids
+        return tuple(c.id for c in self.candidates if c.positive)
 
 
 @dataclass
@@ -311,6 +333,8 @@ def _parse_record(record: Any, where: str, base: Path) -> QueryPool:
     if not entries:
         raise DataError(f"{where}: field 'candidates' is empty (query {query_id!r} has no candidate pool)")
     candidates = tuple(_parse_candidate(entry, i, where, base) for i, entry in enumerate(entries))
+    gold_ids = _parse_gold_ids(record["gold_ids"], where) if record.get("gold_ids") is not None else None
+    kb = _optional_str(record, "kb", where)
     first_index: dict[str, int] = {}
     for i, candidate in enumerate(candidates):
         if candidate.id in first_index:
@@ -326,7 +350,17 @@ def _parse_record(record: Any, where: str, base: Path) -> QueryPool:
         candidates=candidates,
         box=box,
         where=where,
+        gold_ids=gold_ids,
+        kb=_absolute(base, kb) if kb is not None else None,
     )
+
+
+def _parse_gold_ids(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise DataError(f"{where}: field 'gold_ids' must be a list of non-empty strings, got {_short(value)}")
+    for v in value:
+        _require({"gold_ids": v}, "gold_ids", str, where)  # the Unicode check
+    return tuple(value)
 
 
 def _verify_pool_images(
@@ -346,6 +380,8 @@ def _verify_pool_images(
                 raise DataError(f"{where}: field '{field_name}': {exc}") from exc
         return sizes[path]
 
+    if pool.kb is not None and not pool.kb.is_file():
+        raise DataError(f"{where}: field 'kb': knowledge-base file not found: {pool.kb}")
     width, height = size_of(pool.image, "image")
     if pool.box is not None and (pool.box[2] > width or pool.box[3] > height):
         raise DataError(f"{where}: field 'box' {list(pool.box)} lies outside the {width}x{height} query image")
@@ -499,6 +535,10 @@ def _pool_record(pool: QueryPool, root: Path) -> dict:
         entry["positive"] = bool(candidate.positive)
         candidates.append(entry)
     record["candidates"] = candidates
+    if pool.gold_ids is not None:
+        record["gold_ids"] = list(pool.gold_ids)
+    if pool.kb is not None:
+        record["kb"] = _relative_to_root(pool.kb, root)
     return record
 
 

@@ -13,6 +13,12 @@ The cache folder is ``$REGION_RERANK_CACHE`` (default ``~/.cache/region-rerank``
 that mined the hard negatives, so a changed config or checkpoint never reuses stale
 files. A split is written to a temporary folder and renamed into place, so an
 interrupted run never leaves half a dataset behind.
+
+Each loaded pool also names the split's knowledge base (``kb.jsonl``: the 400 entities,
+what SEARCH re-retrieves from) and its gold entity (``gold_ids``, from the scene's target,
+so a pool the retriever mined without its positive still knows what to look for). Both
+are written beside ``pools.jsonl`` on first use (:func:`write_search_files`); they change
+nothing for an env without SEARCH.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +52,10 @@ DEFAULT_CONFIG = BenchmarkConfig()
 CACHE_ENV = "REGION_RERANK_CACHE"
 """Environment variable naming the cache root (default ``~/.cache/region-rerank``)."""
 POOLS_FILE = "pools.jsonl"
+KB_FILE = "kb.jsonl"
+"""The split's knowledge base as a KB file (:func:`envs.kb_index.load_kb_file`)."""
+GOLD_FILE = "gold_ids.json"
+"""``{query_id: [gold entity id]}`` of the split (the target of each scene)."""
 
 
 def default_scorer(**kwargs) -> OpenClipScorer:
@@ -145,4 +155,26 @@ def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: B
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     dataset = load_query_pools(folder / POOLS_FILE, purpose=purpose)
+    kb_file, gold = write_search_files(folder, split, config)
+    dataset.pools = [replace(pool, gold_ids=tuple(gold[pool.query_id]), kb=kb_file) for pool in dataset.pools]
     return dataset
+
+
+def write_search_files(folder: Path, split: str, config: BenchmarkConfig = DEFAULT_CONFIG) -> tuple[Path, dict[str, list[str]]]:
+    """The split's KB file and gold ids (``{query_id: [entity id]}``), written into ``folder``
+    (a materialized split) the first time and read back afterwards. The gold id is the
+    scene's target entity, a pure function of the config: no scorer and no search is involved."""
+    from envs.kb_index import KbItem, write_kb_file  # kb_index imports the scorer; only here
+
+    kb_file, gold_file = folder / KB_FILE, folder / GOLD_FILE
+    if not kb_file.is_file():
+        write_kb_file([KbItem(c.id, image=c.image, text=c.text) for c in knowledge_base(folder)], kb_file)
+    if gold_file.is_file():
+        gold = json.loads(gold_file.read_text(encoding="utf-8"))
+    else:
+        gold = {spec.query_id: [spec.target.entity.id] for spec in split_specs(config, split)}
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(gold, handle)
+        os.replace(tmp, gold_file)
+    return kb_file, gold

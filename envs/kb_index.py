@@ -37,6 +37,14 @@ hands the vectors to FAISS (``pip install 'region-rerank[faiss]'``; ``faiss_fact
 indexes of millions of entries; its first ``2k`` hits (at least ``k + 16``) are rescored
 exactly and ordered by the same rule, so an exact FAISS index returns what NumPy returns
 unless more entities tie at the k-th place than were fetched.
+
+**The KB file** a query pool names (``"kb"``, see :mod:`envs.data`) is JSONL, one entity
+a line, ``{"id": ..., "image": "kb/e.png", "text": "..."}`` (image and text optional,
+paths relative to the file's folder): :func:`write_kb_file` / :func:`load_kb_file`.
+:func:`shared_index` builds (or reads back from the cache) the index of such a file once
+per process, with the features that make its vectors equal to the scorer's candidate
+embeddings (:func:`index_features`), which is what the env's SEARCH action relies on: a
+re-retrieved pool's candidate vectors are the index's rows, no scorer call needed.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +64,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from envs.data import DataError, load_image
+from envs.data import DataError, iter_jsonl, load_image
 from envs.scorer import Scorer, combine_features
 
 IndexFeatures = Literal["image", "text", "image+text"]
@@ -541,6 +550,13 @@ class KnowledgeBaseIndex:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Row positions of ``ids`` in :attr:`ids` (``-1`` for an id not in the index or
+        without a vector); the id map is built once."""
+        if getattr(self, "_row_map", None) is None:
+            self._row_map = {entity: i for i, entity in enumerate(self.ids) if self.valid[i]}
+        return np.array([self._row_map.get(entity, -1) for entity in ids], np.int64)
+
     def __repr__(self) -> str:
         return (f"KnowledgeBaseIndex({len(self)} of {len(self.ids)} entities, dim={self.dim}, "
                 f"features={self.features!r}, scorer={self.scorer_name!r}, backend={self.backend!r})")
@@ -637,3 +653,107 @@ class KnowledgeBaseIndex:
             out_c.append(np.where(np.isfinite(scores), cols, -1))
             out_s.append(scores)
         return np.concatenate(out_c), np.concatenate(out_s)
+
+
+# ---------------------------------------------------------------- KB files and the shared index
+
+
+def write_kb_file(items: Sequence[KbItem], path: str | os.PathLike) -> Path:
+    """Write ``items`` as a KB file (JSONL; image paths relative to its folder when inside
+    it), renamed into place so a reader never sees half a file. Returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = Path(os.path.abspath(out.parent))
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for item in items:
+            record: dict[str, Any] = {"id": item.id}
+            if item.image is not None:
+                image = Path(os.path.abspath(item.image))
+                record["image"] = image.relative_to(base).as_posix() if image.is_relative_to(base) else str(image)
+            if item.text is not None:
+                record["text"] = item.text
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(partial, out)
+    return out
+
+
+def load_kb_file(path: str | os.PathLike) -> list[KbItem]:
+    """The entities of a KB file (see the module docstring), image paths made absolute.
+
+    Raises:
+        DataError: naming the file, line and field of a missing file, a record that is
+            not an object, a missing or empty ``id``, a duplicate id, an ``image`` or
+            ``text`` that is not a non-empty string, or an entity with neither.
+    """
+    source = Path(path)
+    base = Path(os.path.abspath(source.parent))
+    items: list[KbItem] = []
+    first: dict[str, str] = {}
+    for _, where, record in iter_jsonl(source):
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: a KB record must be a JSON object, got {type(record).__name__}")
+        item_id = record.get("id")
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise DataError(f"{where}: field 'id' must be a non-empty string, got {item_id!r}")
+        if item_id in first:
+            raise DataError(f"{where}: field 'id': duplicate entity id {item_id!r} (first at {first[item_id]})")
+        first[item_id] = where
+        values = {}
+        for key in ("image", "text"):
+            value = record.get(key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise DataError(f"{where}: field '{key}' must be a non-empty string, got {value!r}")
+            values[key] = value
+        if values["image"] is None and values["text"] is None:
+            raise DataError(f"{where}: entity {item_id!r} has neither 'image' nor 'text'")
+        image = Path(os.path.abspath(base / values["image"])) if values["image"] is not None else None
+        items.append(KbItem(item_id, image=image, text=values["text"]))
+    if not items:
+        raise DataError(f"{source}: no KB entities")
+    return items
+
+
+def index_features(scorer: Scorer) -> IndexFeatures:
+    """The index features whose vectors equal ``scorer``'s candidate embeddings: its
+    ``candidate_features``, with ``"auto"`` as ``"image+text"`` (both agree entity by
+    entity: an entity with one feature is embedded from it either way); ``"image"`` for a
+    scorer that names none."""
+    features = getattr(scorer, "candidate_features", "image")
+    return "image+text" if features == "auto" else features  # type: ignore[return-value]
+
+
+_SHARED: dict[tuple, KnowledgeBaseIndex] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_index(
+    kb_file: str | os.PathLike,
+    scorer: Scorer,
+    features: IndexFeatures | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> KnowledgeBaseIndex:
+    """The index of ``kb_file`` under ``scorer``, built once per process (and, with
+    ``cache_dir``, once per machine: a later process reads it back without a forward).
+
+    Keyed by the file (path, size, modification time), the scorer's name and the features
+    (default :func:`index_features`), so every env of a run shares one index. Thread-safe.
+    """
+    features = features or index_features(scorer)
+    check_features(features)
+    path = Path(os.path.abspath(kb_file))
+    try:
+        stat = path.stat()
+    except OSError:
+        raise DataError(f"{path}: knowledge-base file not found") from None
+    key = (str(path), stat.st_size, stat.st_mtime_ns, scorer.name, features, str(cache_dir))
+    with _SHARED_LOCK:
+        index = _SHARED.get(key)
+        if index is None:
+            items = load_kb_file(path)
+            index = KnowledgeBaseIndex.build(items, scorer, features, cache_dir=cache_dir, progress=progress,
+                                             num_workers=0)
+            _SHARED[key] = index
+    return index

@@ -357,3 +357,34 @@ def test_iter_jsonl_reads_gzip_and_names_the_line_of_a_broken_stream(tmp_path):
     truncated.write_bytes(good.read_bytes()[:-12])
     with pytest.raises(DataError, match=r"cut\.jsonl\.gz:\d+: not a readable gzip file"):
         list(iter_jsonl(truncated))
+
+
+def test_gold_ids_and_kb_are_optional_and_round_trip(data_dir: Path) -> None:
+    kb_file = data_dir / "kb.jsonl"
+    kb_file.write_text('{"id": "c1", "text": "Tower"}\n', encoding="utf-8")
+    plain = load_query_pools(write_lines(data_dir / "plain.jsonl", [record()]))[0]
+    assert plain.gold_ids is None and plain.kb is None
+    assert plain.gold == ("c1",)  # without gold_ids: the positive candidates' ids
+    pool = QueryPool("q9", "?", data_dir / "images" / "q.png", (Candidate("c2", False, text="x"),),
+                     gold_ids=("c1",), kb=kb_file)
+    out = write_query_pools([pool], data_dir / "search.jsonl", data_dir)
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written["gold_ids"] == ["c1"] and written["kb"] == "kb.jsonl"
+    loaded = load_query_pools(out)[0]
+    assert loaded.gold_ids == ("c1",) and loaded.kb == kb_file and loaded.gold == ("c1",)
+    assert not loaded.has_positive  # the pool lacks its gold entity: what SEARCH can recover
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"gold_ids": "c1"}, "field 'gold_ids' must be a list of non-empty strings"),
+        ({"gold_ids": ["c1", ""]}, "field 'gold_ids' must be a list of non-empty strings"),
+        ({"kb": 3}, "field 'kb' must be str"),
+        ({"kb": "missing.jsonl"}, "field 'kb': knowledge-base file not found"),
+    ],
+)
+def test_bad_gold_ids_or_kb_name_the_line_and_field(data_dir: Path, overrides, message) -> None:
+    path = write_lines(data_dir / "bad.jsonl", [record(**overrides)])
+    with pytest.raises(DataError, match=f"bad.jsonl:1: {message}"):
+        load_query_pools(path)

@@ -122,3 +122,16 @@ def test_any_protocol_scorer_mines_the_hard_negatives(tmp_path, monkeypatch):
     assert set(kb) <= {e.id for e in ENTITIES} and all(Path(c.image).parent == tmp_path / "kb" for c in kb.values())
     # the histogram scorer cached every knowledge-base image, by path, without a pool of them
     assert len(scorer._cache) == len(ENTITIES)
+
+
+def test_pools_name_the_knowledge_base_and_their_scene_target_as_gold(small_test):
+    from envs.kb_index import load_kb_file
+    from envs.synthetic import ENTITIES
+
+    kb = load_kb_file(small_test[0].kb)
+    assert [item.id for item in kb] == [e.id for e in ENTITIES] and all(item.image.is_file() for item in kb)
+    for i, pool in enumerate(small_test):
+        assert pool.gold == (scene_spec(SMALL, "test", i).target.entity.id,)
+    # the retriever mined some pools without their positive: their gold entity is still known, not in the pool
+    absent = [pool for pool in small_test if not pool.has_positive]
+    assert absent and all(pool.gold[0] not in {c.id for c in pool.candidates} for pool in absent)

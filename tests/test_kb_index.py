@@ -156,3 +156,36 @@ def test_faiss_backend(kb, make_tiny_scorer, monkeypatch) -> None:
     ids, scores = index.search(queries, 4)
     assert ids == expected[0]  # exact Flat index, ties ordered by position as NumPy orders them
     np.testing.assert_allclose(scores, expected[1], atol=1e-5)
+
+
+def test_kb_file_round_trips_and_names_bad_records(kb, tmp_path: Path) -> None:
+    from envs.kb_index import load_kb_file, write_kb_file
+
+    path = write_kb_file(kb, tmp_path / "kb.jsonl")
+    assert load_kb_file(path) == kb
+    assert '"image": "e0.png"' in path.read_text(encoding="utf-8")  # relative to the file's folder
+    for line, message in [
+        ('{"id": ""}', "kb2.jsonl:2: field 'id' must be a non-empty string"),
+        ('{"id": "a", "text": "x"}', "kb2.jsonl:2: field 'id': duplicate entity id 'a'"),
+        ('{"id": "b"}', "kb2.jsonl:2: entity 'b' has neither 'image' nor 'text'"),
+        ('{"id": "b", "text": 5}', "kb2.jsonl:2: field 'text' must be a non-empty string"),
+    ]:
+        (tmp_path / "kb2.jsonl").write_text('{"id": "a", "text": "x"}\n' + line + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match=message):
+            load_kb_file(tmp_path / "kb2.jsonl")
+
+
+def test_shared_index_is_built_once_and_its_rows_are_candidate_embeddings(kb, tmp_path: Path, make_tiny_scorer) -> None:
+    from envs.kb_index import index_features, shared_index, write_kb_file
+
+    items = [item for item in kb[:10]]  # entities with both image and text
+    path = write_kb_file(items, tmp_path / "kb.jsonl")
+    scorer = make_tiny_scorer()
+    assert index_features(scorer) == "image+text"  # candidate_features="auto"
+    index = shared_index(path, scorer, cache_dir=tmp_path / "cache")
+    assert shared_index(path, scorer, cache_dir=tmp_path / "cache") is index
+    candidates = [Candidate(item.id, False, item.image, item.text) for item in items[:3]]
+    expected = scorer.candidate_embeddings(QueryPool("q", "?", items[0].image, tuple(candidates)))
+    rows = index.rows_of([c.id for c in candidates] + ["not-in-kb"])
+    assert rows[-1] == -1
+    np.testing.assert_allclose(np.asarray(index.vectors)[rows[:3]], expected, atol=1e-6)
