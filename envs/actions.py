@@ -16,6 +16,17 @@ Rules:
   ``int`` / ``float`` / NumPy integer or floating scalars, or a shape ``(4,)`` NumPy
   integer or floating array. ``bool``, complex, strings, NaN, infinities and integers too
   large for a float (``10**400``) are malformed. The box is only read for REGION.
+* Two opt-in extensions (arguments of :func:`read_action`, set from the env's settings;
+  with both off an action is read exactly as above and extra keys are ignored):
+
+  - ``search=True``: an optional ``"search"`` key, the integer 0 or 1 read like a
+    decision (missing is 0), asks to re-retrieve the pool with the step's view (see
+    :class:`envs.region_rerank.RegionRerankEnv`); an optional ``"query"`` str is a text
+    rewrite for that search (anything else there is malformed);
+  - ``max_regions=M > 1``: a REGION ``"box"`` may hold up to M boxes: 4 numbers (one
+    box), or an ``(n, 4)`` array / list of n lists of 4 numbers, ``1 <= n <= M``; an
+    optional ``"count"`` integer in ``1..M`` keeps the first ``count`` rows (the env's
+    fixed-shape ``(M, 4)`` box plus a count). Every kept row must be 4 finite numbers.
 * :class:`MalformedAction` (what the text parser returns for text without an action) is
   malformed with its own reason; :class:`InvalidBoxAction` (a REGION whose box cannot be
   placed, see :class:`envs.wrappers.TextAction`) is an invalid box.
@@ -75,6 +86,12 @@ class ReadAction:
     box: np.ndarray | None = None
     reason: str = ""
     invalid_box: bool = False
+    boxes: np.ndarray | None = None
+    """The ``(n, 4)`` boxes of a REGION (``box`` is the first), else ``None``."""
+    search: bool = False
+    """Re-retrieve the pool with this step's view (only read with ``search=True``)."""
+    query: str | None = None
+    """The search's text rewrite, if any."""
 
 
 def describe(value: Any) -> str:
@@ -125,8 +142,50 @@ def read_numbers(value: Any, n: int) -> np.ndarray | None:
     return np.array(numbers, dtype=np.float64)
 
 
-def read_action(action: Any) -> ReadAction:
-    """Read a native action (``{"decision": 0|1, "box": [x1, y1, x2, y2]}``); never raises."""
+def read_boxes(value: Any, count: Any, max_regions: int) -> np.ndarray | str:
+    """The ``(n, 4)`` float64 boxes of a multi-box REGION, or the reason there are none
+    (see the module rules); never raises."""
+    single = read_numbers(value, 4)
+    if single is not None:
+        rows = single[None, :]
+    elif isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 4 and 1 <= value.shape[0] <= max_regions:
+        rows = value
+    elif isinstance(value, (list, tuple)) and 1 <= len(value) <= max_regions:
+        rows = list(value)
+    else:
+        return f"box {describe(value)} is not 1 to {max_regions} boxes of 4 finite numbers"
+    n = len(rows)
+    if count is not None:
+        number = read_decision_range(count, 1, max_regions)
+        if number is None:
+            return f"count {describe(count)} is not an integer in 1..{max_regions}"
+        if number > n:
+            return f"count {number} is more than the {n} boxes given"
+        n = number
+    boxes = [read_numbers(rows[i], 4) for i in range(n)]
+    if any(b is None for b in boxes):
+        return f"box {describe(value)} is not 1 to {max_regions} boxes of 4 finite numbers"
+    return np.stack(boxes)
+
+
+def read_decision_range(value: Any, low: int, high: int) -> int | None:
+    """``value`` as an integer in ``low..high`` under the decision rules (no bool, float or str), else ``None``."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, np.ndarray) and value.shape == () and np.issubdtype(value.dtype, np.integer):
+        number = int(value.item())
+    else:
+        return None
+    return number if low <= number <= high else None
+
+
+def read_action(action: Any, *, search: bool = False, max_regions: int = 1) -> ReadAction:
+    """Read a native action (``{"decision": 0|1, "box": [x1, y1, x2, y2]}``, plus the
+    ``search`` / multi-box extensions when enabled, see the module rules); never raises."""
+    if search or max_regions > 1:
+        return _read_extended(action, search, max_regions)
     if isinstance(action, MalformedAction):
         return ReadAction(MALFORMED, reason=action.reason or "malformed action")
     if isinstance(action, InvalidBoxAction):
@@ -165,3 +224,40 @@ def read_flat_action(action: Any, threshold: float = 0.5) -> dict | MalformedAct
     if values is None:
         return MalformedAction(f"flat action {describe(action)} is not 5 finite numbers [d, x1, y1, x2, y2]")
     return {"decision": REGION if values[0] >= threshold else FULL, "box": values[1:]}
+
+
+def _read_extended(action: Any, search: bool, max_regions: int) -> ReadAction:
+    """:func:`read_action` with the search flag and/or multi-box REGION enabled."""
+    if isinstance(action, (MalformedAction, InvalidBoxAction)) or not isinstance(action, Mapping):
+        return read_action(action)  # the same reasons as without the extensions
+    try:  # a user Mapping's lookups may raise anything
+        raw = {key: action[key] for key in ("decision", "box", "search", "query", "count") if key in action}
+    except Exception as err:
+        return ReadAction(MALFORMED, reason=f"action {describe(action)} cannot be read: {type(err).__name__}")
+    if "decision" not in raw:
+        return ReadAction(MALFORMED, reason=f"action {describe(action)} has no 'decision'")
+    decision = read_decision(raw["decision"])
+    if decision is None:
+        return ReadAction(
+            MALFORMED, reason=f"decision {describe(raw['decision'])} is not the integer 0 (FULL) or 1 (REGION)"
+        )
+    wants_search, query = False, None
+    if search:
+        flag = read_decision(raw["search"]) if raw.get("search") is not None else 0
+        if flag is None:
+            return ReadAction(MALFORMED, reason=f"search {describe(raw['search'])} is not the integer 0 or 1")
+        query = raw.get("query")
+        if query is not None and not isinstance(query, str):
+            return ReadAction(MALFORMED, reason=f"query {describe(query)} is not a str")
+        wants_search, query = bool(flag), (query.strip() or None) if isinstance(query, str) else None
+    if decision == FULL:
+        return ReadAction(FULL, search=wants_search, query=query)
+    if max_regions == 1:
+        box = read_numbers(raw.get("box"), 4)
+        if box is None:
+            return ReadAction(MALFORMED, reason=f"box {describe(raw.get('box'))} is not 4 finite numbers")
+        return ReadAction(REGION, box, boxes=box[None, :], search=wants_search, query=query)
+    boxes = read_boxes(raw.get("box"), raw.get("count"), max_regions)
+    if isinstance(boxes, str):
+        return ReadAction(MALFORMED, reason=boxes)
+    return ReadAction(REGION, boxes[0], boxes=boxes, search=wants_search, query=query)

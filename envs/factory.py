@@ -18,6 +18,7 @@ resolved pools and a built scorer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from envs.data import QueryPool, load_query_pools
-from envs.default import default_dataset, default_scorer
+from envs.default import cache_root, default_dataset, default_scorer
 from envs.region_rerank import RegionRerankEnv
 from envs.scorer import OpenClipScorer, Scorer, SharedScorer, check_scorer_members
 from envs.settings import EnvSettings, ScorerSettings, settings_from_dict
@@ -142,6 +143,7 @@ def make_env(
     purpose: Literal["train", "eval"] = "eval",
     settings: EnvSettings | dict | None = None,
     render_mode: str | None = None,
+    kb_index: Any = None,
     **fields: Any,
 ) -> RegionRerankEnv:
     """A :class:`RegionRerankEnv` on ``dataset`` scored by ``scorer``; the entry point of
@@ -161,6 +163,9 @@ def make_env(
         settings: the episode's :class:`envs.settings.EnvSettings` (or a mapping of them);
             single fields may instead be given as keywords (``max_steps=2``).
         render_mode: ``None`` or ``"rgb_array"``.
+        kb_index: the :class:`envs.kb_index.KnowledgeBaseIndex` SEARCH queries (only with
+            ``search=True``); ``None`` builds it with the scorer from the pools' KB file
+            (:func:`pools_index`).
     """
     pools = resolve_dataset(dataset, split, purpose)
     if len(pools) == 0:
@@ -169,7 +174,41 @@ def make_env(
         built = scorer.resolve()
     else:
         built = scorer if _is_built(scorer) else make_scorer(scorer)
-    return RegionRerankEnv(pools, built, settings=settings, render_mode=render_mode, **fields)
+    env_settings = _env_settings(settings, fields)
+    if env_settings.search and kb_index is None:
+        kb_index = pools_index(pools, built)
+    return RegionRerankEnv(pools, built, settings=settings, render_mode=render_mode, kb_index=kb_index, **fields)
+
+
+def _env_settings(settings: EnvSettings | dict | None, fields: dict[str, Any]) -> EnvSettings:
+    base = settings_from_dict(EnvSettings, settings, "settings")
+    known = {f.name for f in dataclasses.fields(EnvSettings)}
+    return dataclasses.replace(base, **{k: v for k, v in fields.items() if k in known})
+
+
+def pools_index(pools: Sequence[QueryPool], scorer: Scorer, cache_dir: Any = ...) -> Any:
+    """The knowledge-base index SEARCH uses for ``pools``: the one KB file they all name
+    (their ``kb`` field), embedded with ``scorer``'s candidate features, once per process and
+    cached on disk under ``cache_dir`` (default: the project cache's ``kb_index`` folder, the
+    one ``recipes/build_index.py`` and ``recipes/retrieve.py`` fill).
+
+    Raises:
+        ValueError: naming the problem when the pools name no KB file or several.
+    """
+    from envs.kb_index import shared_index  # imported when searching only
+
+    files = {pool.kb for pool in pools}
+    if None in files:
+        missing = next(pool for pool in pools if pool.kb is None)
+        raise ValueError(
+            f"search=True needs every query pool to name its knowledge base (field 'kb'); "
+            f"query {missing.query_id!r} names none"
+        )
+    if len(files) > 1:
+        raise ValueError(f"search=True needs the pools to share one knowledge base; they name {len(files)}: "
+                         f"{sorted(map(str, files))[:3]}")
+    root = cache_root() / "kb_index" if cache_dir is ... else cache_dir
+    return shared_index(files.pop(), scorer, cache_dir=root)
 
 
 def _is_built(scorer: Any) -> bool:

@@ -7,7 +7,7 @@ import os
 import string
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -17,9 +17,22 @@ from PIL import Image, ImageDraw
 from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, read_action
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
 from envs.data import DataError, ImageCache, QueryPool, load_image
-from envs.scorer import Scorer, check_embeddings, check_scorer_members, shareable_spec
+from envs.scorer import Scorer, check_embeddings, check_scorer_members, combine_features, shareable_spec
 from envs.settings import EnvSettings, settings_from_dict
-from rewards import RankingStats, RewardConfig, RewardTerms, box_iou, full_reward, region_reward
+from rewards import (
+    RankingStats,
+    RewardConfig,
+    RewardTerms,
+    box_iou,
+    full_reward,
+    kb_recall_at_k,
+    positives_by_id,
+    region_reward,
+    search_reward,
+)
+
+if TYPE_CHECKING:
+    from envs.kb_index import KnowledgeBaseIndex
 
 __all__ = ["Outcome", "RegionRerankEnv"]
 
@@ -28,7 +41,7 @@ __all__ = ["Outcome", "RegionRerankEnv"]
 class Outcome:
     """What one action does from the current state (computed without changing it)."""
 
-    kind: Literal["full", "stop", "region", "invalid_box", "malformed"]
+    kind: Literal["full", "stop", "region", "search", "invalid_box", "malformed"]
     reward: float
     terminated: bool
     decision: int | None = None
@@ -39,6 +52,25 @@ class Outcome:
     stats: RankingStats | None = None
     terms: RewardTerms | None = None
     reason: str = ""
+    image_boxes: np.ndarray | None = None
+    """All ``(n, 4)`` crops of a REGION, original pixels (``image_box`` is the first)."""
+    embedding: np.ndarray | None = None
+    """The view's float64 embedding (the fused crops' for several boxes)."""
+    search: "SearchResult | None" = None
+    """The re-retrieved pool, for an action that searched."""
+
+
+@dataclass
+class SearchResult:
+    """What one SEARCH retrieved: the new pool (ids, their index vectors, gold labels)."""
+
+    ids: tuple[str, ...]
+    candidate_embeddings: np.ndarray
+    positives: np.ndarray
+    recall: float
+    """KB recall@K of the search: a gold entity is among the retrieved."""
+    note: str = ""
+    """Why a text rewrite was not used, if one was given and could not be."""
 
 
 class RegionRerankEnv(gym.Env):
@@ -66,6 +98,26 @@ class RegionRerankEnv(gym.Env):
     the crop the policy is shown. Wrappers in :mod:`envs.wrappers` adapt a flat ``Box``,
     VLM text and a numeric question for libraries like Stable-Baselines3.
 
+    Two opt-in extensions (off by default: the space and every reward above are then
+    exactly the paper's):
+
+    - ``search=True`` adds ``search=Discrete(2)``: 1 re-retrieves the pool with the
+      step's view, i.e. the top-K (K: the query's own pool size) entities of the KB index
+      ``kb_index`` by inner product with the view's embedding (FULL + search: the current
+      view, then stop; REGION + search: the crop). The new pool replaces the old one and
+      later steps re-rank it; its candidate vectors are the index's rows (the index is
+      built with the scorer's candidate features), so the scorer is never asked for
+      another pool's candidates. An optional ``"query"`` string in the action is a text
+      rewrite: embedded by the scorer's text tower and added to the view's embedding,
+      re-normalized, for the retrieval only (the pool is ranked by the view). A search
+      over ``search_budget`` is malformed.
+    - ``max_regions=M > 1`` makes ``box`` a fixed ``Box(0, 1, (M, 4))`` plus
+      ``count=Discrete(M, start=1)``: a REGION crops the first ``count`` boxes (a native
+      action may also give 4 numbers, or 1..M rows), all scored in one scorer call; the
+      view's embedding is the re-normalized mean of the crops' (each region weighs the
+      same and the scores stay cosines). Such a fused view is no image to zoom into, so
+      a REGION with two or more boxes ends the episode.
+
     ## Observation Space
     ``Dict(image=Box(0, 255, (obs_size, obs_size, 3), uint8), question=Text, step=Discrete(max_steps + 1))``:
     the current view resized (not letterboxed, so a normalized box means the same on the
@@ -76,7 +128,10 @@ class RegionRerankEnv(gym.Env):
     ``info``: ``view`` (PIL image of the current view), ``policy_image`` (what a VLM
     should be shown), ``view_box`` (the view in original pixels), ``box`` (the last crop
     in original pixels), ``baseline_rank`` / ``rank`` / ``scores`` / ``baseline_scores``,
-    ``reward_terms`` and ``outcome``.
+    ``reward_terms`` and ``outcome``. With SEARCH or several regions on, ``info`` also has
+    ``pool_ids`` (the pool ranked now), ``pool_has_positive`` (coverage), ``searches``,
+    ``searched`` and ``search_recall`` (a gold entity among the retrieved) and, for a
+    multi-box REGION, ``boxes``.
 
     Scores are cosine similarities computed in float64 from the scorer's embeddings.
     With a batch-invariant scorer (:class:`envs.scorer.OpenClipScorer` is one) the
@@ -96,14 +151,22 @@ class RegionRerankEnv(gym.Env):
     ``"incremental"`` pays each REGION step against the view it replaces and a later
     FULL/stop pays 0. With ``max_steps=1`` the two modes coincide.
 
+    With SEARCH the final ranking (last view, last pool) is paid against the ORIGINAL
+    pool's FULL baseline, minus ``search_cost`` per search (:func:`rewards.search_reward`;
+    incremental mode: each step against the ranking it replaces, a searching step minus
+    the cost). A pool without a positive ranks it at K + 1, so bringing a missing positive
+    into the pool pays. Positives of a re-retrieved pool are the query's gold entity ids
+    (:attr:`envs.data.QueryPool.gold`), never anything the index returns.
+
     ## Starting State
     ``reset`` draws a query uniformly from the dataset with the env's ``np_random``
     (``options={"query_index": i}`` or ``{"query_id": "..."}`` selects one). The view is
     the whole query image and the baseline ranking is computed once per query.
 
     ## Episode End
-    Terminates on FULL/stop, on an invalid or malformed action, and after ``max_steps``
-    REGION steps. There is no truncation.
+    Terminates on FULL/stop (with or without a search), on an invalid or malformed
+    action, after ``max_steps`` REGION steps, and after a REGION of two or more boxes.
+    There is no truncation.
 
     ## Arguments
     - ``pools``: the query pools (a sequence of :class:`envs.data.QueryPool`). Paths and
@@ -121,11 +184,18 @@ class RegionRerankEnv(gym.Env):
       - ``obs_size``: side of the square observation image;
       - ``policy_max_side``: information gap; ``None`` shows the policy the full-resolution view;
       - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid
-        box; ``None`` takes ``reward.min_box_side`` (4 px by default).
+        box; ``None`` takes ``reward.min_box_side`` (4 px by default);
+      - ``search``, ``search_budget``, ``search_cost``: the SEARCH flag, searches per
+        episode, reward per search (see Action Space and Rewards);
+      - ``max_regions``: boxes per REGION (1: the paper's single crop).
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the query image with the view, the crop and the rank drawn on it).
     - ``image_cache``: an :class:`envs.data.ImageCache` shared with other envs, so envs of
       the same queries decode each image once (verl's agent loop builds one env per
       rollout); ``None`` decodes the query image at every ``reset``.
+    - ``kb_index``: the :class:`envs.kb_index.KnowledgeBaseIndex` SEARCH queries (required
+      with ``search=True``; built with the env's scorer: its name must match and its rows
+      must equal the scorer's candidate embeddings, checked at the first reset);
+      :func:`envs.factory.make_env` builds it from the pools' ``kb`` file.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 1}
@@ -150,6 +220,7 @@ class RegionRerankEnv(gym.Env):
         settings: EnvSettings | Mapping[str, Any] | None = None,
         render_mode: str | None = None,
         image_cache: ImageCache | None = None,
+        kb_index: "KnowledgeBaseIndex | None" = None,
         **fields: Any,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -179,10 +250,14 @@ class RegionRerankEnv(gym.Env):
         self.render_mode = render_mode
         self._load_image = load_image if image_cache is None else image_cache.load
         max_steps = self.max_steps
+        self.search_enabled = self.settings.search
+        self.max_regions = self.settings.max_regions
+        self.kb_index = kb_index
+        if self.search_enabled:
+            _check_index(kb_index, scorer)
+        self._index_checked = False
 
-        self.action_space = spaces.Dict(
-            {"decision": spaces.Discrete(2), "box": spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32)}
-        )
+        self.action_space = spaces.Dict(_action_spaces(self.max_regions, self.search_enabled))
         # The charset covers every question in the data, so real (non-ASCII) questions fit.
         charset = sorted(set(string.printable) | {ch for p in self.pools for ch in p.question})
         max_question = max(64, max(len(p.question) for p in self.pools))
@@ -204,6 +279,15 @@ class RegionRerankEnv(gym.Env):
         self.scores = np.zeros(0)
         self.stats: RankingStats | None = None
         self._view_image: Image.Image | None = None
+        self.pool_ids: tuple[str, ...] = ()
+        """Ids of the pool the current ranking ranks (the query's pool until a SEARCH replaces it)."""
+        self.positives = np.zeros(0, bool)
+        """Labels of :attr:`pool_ids`: the pool's own, then judged by the query's gold ids."""
+        self.searches = 0
+        self.search_log: list[dict[str, Any]] = []
+        """One entry per search taken this episode: ``ids``, ``recall``, ``has_positive``."""
+        self._view_embedding: np.ndarray | None = None
+        self._final_view = False
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -222,9 +306,17 @@ class RegionRerankEnv(gym.Env):
         if not self._scorer_checked:
             check_embeddings(self.scorer, "candidate_embeddings", candidates, len(self.pool.candidates))
         self.candidate_embeddings = np.asarray(candidates, np.float64)
-        self.baseline_scores = self._score_views([self.image])[0]
+        self.pool_ids = tuple(c.id for c in self.pool.candidates)
+        self.positives = self.pool.positives
+        self.searches, self.search_log, self._final_view = 0, [], False
+        full_embedding = self._embed_views([self.image])
+        self._view_embedding = full_embedding[0]
+        self.baseline_scores = self._scores_of(full_embedding)[0]
         self.baseline_stats = self._stats(self.baseline_scores)
         self.scores, self.stats = self.baseline_scores, self.baseline_stats
+        if self.search_enabled and not self._index_checked:
+            _check_index_vectors(self.kb_index, self.pool_ids, self.candidate_embeddings)
+            self._index_checked = True
         return self._observation_and_info(None)
 
     def step(self, action):
@@ -234,8 +326,18 @@ class RegionRerankEnv(gym.Env):
         if outcome.kind == "region":
             self.view_box = outcome.image_box
             self._view_image = outcome.view
-            self.scores, self.stats = outcome.scores, outcome.stats
             self.steps_taken += 1
+            self._final_view = outcome.image_boxes is not None and len(outcome.image_boxes) > 1
+        if outcome.kind in ("region", "search"):
+            self.scores, self.stats = outcome.scores, outcome.stats
+            self._view_embedding = outcome.embedding
+        if outcome.search is not None:
+            found = outcome.search
+            self.pool_ids, self.positives = found.ids, found.positives
+            self.candidate_embeddings = found.candidate_embeddings
+            self.searches += 1
+            self.search_log.append({"ids": list(found.ids), "recall": found.recall,
+                                    "has_positive": bool(found.positives.any())})
         observation, info = self._observation_and_info(outcome)
         return observation, outcome.reward, outcome.terminated, False, info
 
@@ -309,18 +411,26 @@ class RegionRerankEnv(gym.Env):
             raise KeyError(f"options['query_id']={options['query_id']!r} is not in the dataset")
         return int(self.np_random.integers(len(self.pools)))
 
-    def _score_views(self, views: list[Image.Image]) -> np.ndarray:
-        """Cosine similarities ``(len(views), K)``: one batched image call.
-
-        One float64 matrix-vector product per view: a matrix product's rounding depends
-        on how many rows it has, which would make a view's scores depend on its group.
-        """
+    def _embed_views(self, views: list[Image.Image]) -> np.ndarray:
+        """float64 embeddings ``(len(views), d)`` of the views: one batched image call."""
         embeddings = self.scorer.embed_images(views)
         if not self._scorer_checked:
             check_embeddings(self.scorer, "embed_images", embeddings, len(views), self.candidate_embeddings.shape[1])
             self._scorer_checked = True
-        embeddings = np.asarray(embeddings, np.float64)
-        return np.stack([self.candidate_embeddings @ row for row in embeddings]).reshape(len(views), -1)
+        return np.asarray(embeddings, np.float64)
+
+    def _scores_of(self, embeddings: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+        """Cosine similarities ``(len(embeddings), K)`` against ``candidates`` (default: the current pool's).
+
+        One float64 matrix-vector product per view: a matrix product's rounding depends
+        on how many rows it has, which would make a view's scores depend on its group.
+        """
+        candidates = self.candidate_embeddings if candidates is None else candidates
+        return np.stack([candidates @ row for row in embeddings]).reshape(len(embeddings), -1)
+
+    def _score_views(self, views: list[Image.Image]) -> np.ndarray:
+        """Cosine similarities ``(len(views), K)`` of the views with the current pool: one batched image call."""
+        return self._scores_of(self._embed_views(views))
 
     def _scored_image(self, view: Image.Image) -> Image.Image:
         """What the scorer sees of a REGION crop (resized first under ``resize_crop``)."""
@@ -328,10 +438,16 @@ class RegionRerankEnv(gym.Env):
             return view
         return view.resize(region_r1_resized_size(view.width, view.height), Image.Resampling.BICUBIC)
 
-    def _stats(self, scores: np.ndarray) -> RankingStats:
-        return self.reward_config.stats(scores, self.pool.positives)
+    def _stats(self, scores: np.ndarray, positives: np.ndarray | None = None) -> RankingStats:
+        return self.reward_config.stats(scores, self.positives if positives is None else positives)
 
     def _outcomes(self, actions: list[Any]) -> list[Outcome]:
+        if not (self.search_enabled or self.max_regions > 1):
+            return self._region_outcomes(actions)
+        return self._extended_outcomes(actions)
+
+    def _region_outcomes(self, actions: list[Any]) -> list[Outcome]:
+        """The paper's action space (no SEARCH, one box): exactly the original computation."""
         outcomes: list[Outcome | None] = []
         crops: list[tuple[int, np.ndarray]] = []
         config = self.reward_config
@@ -345,44 +461,181 @@ class RegionRerankEnv(gym.Env):
             elif decision == FULL:
                 outcomes.append(self._stop_outcome())
             else:
-                norm = clamp_norm_box(read.box)
-                if not is_valid_box(norm, self.view_size, self.min_box_side):
-                    reason = (
-                        f"box {np.round(read.box, 4).tolist()} is empty or smaller than "
-                        f"{self.min_box_side}px after clamping"
-                    )
-                    outcomes.append(Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=reason))
+                box_or_reason = self._image_box(read.box)
+                if isinstance(box_or_reason, str):
+                    outcomes.append(Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=box_or_reason))
                 else:
                     outcomes.append(None)
-                    image_box = pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
-                    crops.append((i, image_box))
+                    crops.append((i, box_or_reason))
         if crops:
             views = [crop(self.image, image_box) for _, image_box in crops]
-            all_scores = self._score_views([self._scored_image(view) for view in views])
-            for (i, image_box), view, scores in zip(crops, views, all_scores):
-                outcomes[i] = self._region_outcome(image_box, view, scores)
+            embeddings = self._embed_views([self._scored_image(view) for view in views])
+            for (i, image_box), view, embedding, scores in zip(crops, views, embeddings, self._scores_of(embeddings)):
+                outcomes[i] = self._region_outcome(image_box, view, scores, embedding=embedding)
         return outcomes
 
+    def _image_box(self, norm_box: np.ndarray) -> np.ndarray | str:
+        """A REGION box's whole-pixel rectangle in the original image, or why it is invalid."""
+        norm = clamp_norm_box(norm_box)
+        if not is_valid_box(norm, self.view_size, self.min_box_side):
+            return f"box {np.round(norm_box, 4).tolist()} is empty or smaller than {self.min_box_side}px after clamping"
+        return pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
+
+    def _extended_outcomes(self, actions: list[Any]) -> list[Outcome]:
+        """Outcomes with SEARCH and/or several boxes per REGION.
+
+        Every crop of the group goes through ONE scorer call, every search through one
+        index call (and every text rewrite through one text call), so a GRPO group still
+        costs one batch.
+        """
+        config = self.reward_config
+        outcomes: list[Outcome | None] = [None] * len(actions)
+        crops: list[tuple[int, np.ndarray]] = []  # (action, image box), in action order
+        jobs: list[tuple[int, Any]] = []  # actions that need a view embedding
+        for i, action in enumerate(actions):
+            read = read_action(action, search=self.search_enabled, max_regions=self.max_regions)
+            decision = FULL if read.decision == MALFORMED and config.malformed_as_full else read.decision
+            if read.invalid_box:
+                outcomes[i] = Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=read.reason)
+            elif decision == MALFORMED:
+                outcomes[i] = Outcome("malformed", config.malformed_penalty, True, reason=read.reason)
+            elif read.search and self.searches >= self.settings.search_budget:
+                reason = f"search budget of {self.settings.search_budget} per episode is spent"
+                outcomes[i] = Outcome("malformed", config.malformed_penalty, True, decision, reason=reason)
+            elif decision == FULL and not read.search:
+                outcomes[i] = self._stop_outcome()
+            elif decision == FULL:
+                jobs.append((i, read))
+            elif self._final_view:
+                reason = "the view is fused from several regions: it cannot be cropped again"
+                outcomes[i] = Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=reason)
+            else:
+                boxes = [self._image_box(box) for box in read.boxes]
+                bad = next((b for b in boxes if isinstance(b, str)), None)
+                if bad is not None:
+                    outcomes[i] = Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=bad)
+                else:
+                    crops += [(i, box) for box in boxes]
+                    jobs.append((i, read))
+        views = [crop(self.image, image_box) for _, image_box in crops]
+        embedded = self._embed_views([self._scored_image(view) for view in views]) if views else None
+        rows: dict[int, list[int]] = {}
+        for row, (i, _) in enumerate(crops):
+            rows.setdefault(i, []).append(row)
+        searches = [(i, read) for i, read in jobs if read.search]
+        view_embeddings = {i: self._fused(embedded, rows[i]) if i in rows else self._view_embedding for i, _ in jobs}
+        found = self._search([view_embeddings[i] for i, _ in searches], [read.query for _, read in searches])
+        results = dict(zip([i for i, _ in searches], found))
+        for i, read in jobs:
+            embedding, result = view_embeddings[i], results.get(i)
+            if result is None:
+                scores, stats = self._scores_of(embedding[None])[0], None
+            else:
+                scores = self._scores_of(embedding[None], result.candidate_embeddings)[0]
+                stats = self._stats(scores, result.positives)
+            if i in rows:
+                first = rows[i][0]
+                image_boxes = np.stack([crops[r][1] for r in rows[i]])
+                outcomes[i] = self._region_outcome(
+                    crops[first][1], views[first], scores, embedding=embedding, image_boxes=image_boxes,
+                    stats=stats, search=result,
+                )
+            else:
+                outcomes[i] = self._search_outcome(scores, stats, embedding, result)
+        return outcomes
+
+    @staticmethod
+    def _fused(embedded: np.ndarray, rows: list[int]) -> np.ndarray:
+        """The view embedding of a REGION's crops: the crop's own for one box; for several,
+        their re-normalized mean (:func:`envs.scorer.combine_features`, Region-R1's rule for
+        image+text): every crop is a unit vector in the same space, so the mean weighs each
+        region equally and re-normalizing keeps the scores cosines."""
+        if len(rows) == 1:
+            return embedded[rows[0]]
+        return np.asarray(combine_features(embedded[rows].astype(np.float32)), np.float64)
+
+    def _search(self, embeddings: list[np.ndarray], queries: list[str | None]) -> list[SearchResult]:
+        """Re-retrieve the top-K (K: the query's own pool size) for each view embedding.
+
+        A text rewrite is embedded by the scorer's text tower and combined with the view
+        by the same re-normalized sum (equal weight: both are unit vectors in the shared
+        space, so neither dominates, and the result is again a unit query). The pool is
+        still ranked by the view alone: the rewrite only steers what is retrieved.
+        """
+        if not embeddings:
+            return []
+        queries_vectors = np.stack(embeddings)
+        notes = [""] * len(embeddings)
+        texts = [(n, q) for n, q in enumerate(queries) if q]
+        if texts:
+            try:
+                text_vectors = np.asarray(self.scorer.embed_texts([q for _, q in texts]), np.float64)
+            except (AttributeError, NotImplementedError) as exc:  # e.g. a scorer client without a text tower
+                text_vectors = None
+                for n, _ in texts:
+                    notes[n] = f"text rewrite not used: the scorer cannot embed texts ({type(exc).__name__})"
+            if text_vectors is not None:
+                for (n, _), vector in zip(texts, text_vectors):
+                    queries_vectors[n] = np.asarray(combine_features([queries_vectors[n], vector]), np.float64)
+        k = len(self.pool.candidates)
+        indices, _ = self.kb_index.search_indices(queries_vectors, k)
+        gold = self.pool.gold
+        results = []
+        for row, note in zip(indices, notes):
+            row = row[row >= 0]
+            ids = tuple(self.kb_index.ids[j] for j in row)
+            vectors = np.asarray(self.kb_index.vectors[row], np.float64)
+            results.append(SearchResult(ids, vectors, positives_by_id(ids, gold), kb_recall_at_k(ids, gold, k), note))
+        return results
+
+    def _search_outcome(self, scores: np.ndarray, stats: RankingStats, embedding: np.ndarray,
+                        result: SearchResult) -> Outcome:
+        """FULL with SEARCH: re-retrieve with the current view, re-rank, and stop."""
+        if self.reward_mode == "incremental":
+            terms = region_reward(self.stats, stats, self.reward_config)
+            terms = terms._replace(reward=terms.reward - self.settings.search_cost)
+        else:
+            terms = search_reward(self.baseline_stats, stats, self.searches + 1, self.reward_config,
+                                  self.settings.search_cost, self._iou(self.view_box) if self.steps_taken else 0.0)
+        return Outcome("search", float(terms.reward), True, FULL, scores=scores, stats=stats, terms=terms,
+                       embedding=embedding, search=result, reason=result.note)
+
     def _stop_outcome(self) -> Outcome:
-        if self.steps_taken == 0:
+        if self.steps_taken == 0 and self.searches == 0:
             reward = float(full_reward(self.baseline_stats, self.reward_config))
             return Outcome("full", reward, True, FULL)
         if self.reward_mode == "terminal":
-            terms = region_reward(self.baseline_stats, self.stats, self.reward_config, self._iou(self.view_box))
+            terms = self._final_terms(self.stats, self.searches, self.view_box)
             return Outcome("stop", float(terms.reward), True, FULL, terms=terms)
         return Outcome("stop", 0.0, True, FULL)
 
-    def _region_outcome(self, image_box: np.ndarray, view: Image.Image, scores: np.ndarray) -> Outcome:
-        stats = self._stats(scores)
-        last_step = self.steps_taken + 1 >= self.max_steps
+    def _final_terms(self, stats: RankingStats, searches: int, image_box) -> RewardTerms:
+        """Terminal reward terms of ending on ``stats``: against the FULL baseline (of the
+        ORIGINAL pool), minus the cost of the episode's searches when SEARCH is on."""
+        if not self.search_enabled:
+            return region_reward(self.baseline_stats, stats, self.reward_config, self._iou(image_box))
+        return search_reward(self.baseline_stats, stats, searches, self.reward_config, self.settings.search_cost,
+                             self._iou(image_box))
+
+    def _region_outcome(self, image_box: np.ndarray, view: Image.Image, scores: np.ndarray, *,
+                        embedding: np.ndarray | None = None, image_boxes: np.ndarray | None = None,
+                        stats: RankingStats | None = None, search: SearchResult | None = None) -> Outcome:
+        stats = self._stats(scores) if stats is None else stats
+        several = image_boxes is not None and len(image_boxes) > 1
+        # A fused view of several regions is no single image to zoom into: it ends the episode.
+        last_step = self.steps_taken + 1 >= self.max_steps or several
+        iou_box = image_box if not several else max(image_boxes, key=self._iou)
         if self.reward_mode == "incremental":
-            terms = region_reward(self.stats, stats, self.reward_config, self._iou(image_box))
+            terms = region_reward(self.stats, stats, self.reward_config, self._iou(iou_box))
+            if search is not None:
+                terms = terms._replace(reward=terms.reward - self.settings.search_cost)
             reward = float(terms.reward)
         else:
-            terms = region_reward(self.baseline_stats, stats, self.reward_config, self._iou(image_box))
+            terms = self._final_terms(stats, self.searches + (search is not None), iou_box)
             reward = float(terms.reward) if last_step else 0.0
         return Outcome(
-            "region", reward, last_step, REGION, image_box=image_box, view=view, scores=scores, stats=stats, terms=terms
+            "region", reward, last_step, REGION, image_box=image_box, view=view, scores=scores, stats=stats, terms=terms,
+            image_boxes=image_boxes, embedding=embedding, search=search, reason=search.note if search else "",
         )
 
     def _iou(self, image_box: np.ndarray) -> float:
@@ -422,7 +675,65 @@ class RegionRerankEnv(gym.Env):
                 info["box"] = outcome.image_box.copy()
             if outcome.terms is not None:
                 info["reward_terms"] = {k: float(v) for k, v in outcome.terms._asdict().items()}
+            if outcome.image_boxes is not None and self.max_regions > 1:
+                info["boxes"] = outcome.image_boxes.copy()
+        if self.search_enabled or self.max_regions > 1:
+            # Only with the extensions on, so the paper's episode keeps its info exactly.
+            info["pool_ids"] = list(self.pool_ids)
+            info["pool_has_positive"] = bool(self.positives.any())
+            info["searches"] = self.searches
+            info["searched"] = outcome is not None and outcome.search is not None
+            if info["searched"]:
+                info["search_recall"] = outcome.search.recall
         return self._observation(policy_image), info
+
+
+def _action_spaces(max_regions: int, search: bool) -> dict[str, spaces.Space]:
+    """The action space's members: today's ``decision`` and ``box`` (one box), a fixed
+    ``(M, 4)`` box plus a ``count`` for ``max_regions = M > 1``, and ``search`` when on."""
+    members: dict[str, spaces.Space] = {"decision": spaces.Discrete(2)}
+    if max_regions == 1:
+        members["box"] = spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32)
+    else:
+        members["box"] = spaces.Box(0.0, 1.0, shape=(max_regions, 4), dtype=np.float32)
+        members["count"] = spaces.Discrete(max_regions, start=1)
+    if search:
+        members["search"] = spaces.Discrete(2)
+    return members
+
+
+def _check_index(index: Any, scorer: Scorer) -> None:
+    """SEARCH needs an index of the KB built with the env's scorer (the vectors must be
+    comparable with its view embeddings and equal to its candidate embeddings)."""
+    if index is None:
+        raise ValueError(
+            "search=True needs a kb_index (an envs.kb_index.KnowledgeBaseIndex of the pools' knowledge base, "
+            "built with the env's scorer): envs.factory.make_env builds it from the pools' 'kb' file, "
+            "recipes/build_index.py caches it on disk"
+        )
+    for member in ("ids", "vectors", "search_indices", "rows_of"):
+        if not hasattr(index, member):
+            raise TypeError(f"kb_index {type(index).__name__} has no {member!r}; pass an envs.kb_index.KnowledgeBaseIndex")
+    name = getattr(index, "scorer_name", "")
+    if name and name != scorer.name:
+        raise ValueError(f"kb_index was built with scorer {name!r}, but the env scores with {scorer.name!r}")
+
+
+def _check_index_vectors(index: "KnowledgeBaseIndex", ids: Sequence[str], candidates: np.ndarray) -> None:
+    """The index's rows of a pool's candidates must equal the scorer's candidate embeddings
+    (same scorer and features), else a re-retrieved pool would be ranked on other vectors."""
+    rows = index.rows_of(ids)
+    shared = [(n, int(r)) for n, r in enumerate(rows) if r >= 0]
+    if not shared:
+        return
+    pool_rows, index_rows = (list(t) for t in zip(*shared))
+    gap = float(np.max(np.abs(np.asarray(index.vectors[index_rows], np.float64) - candidates[pool_rows])))
+    if gap > 1e-4:
+        raise ValueError(
+            f"kb_index vectors differ from the scorer's candidate embeddings by up to {gap:.3g} "
+            f"(index features {getattr(index, 'features', '?')!r}); build the index with the scorer's "
+            "candidate features (envs.kb_index.index_features)"
+        )
 
 
 def _resize_filter(size: tuple[int, int], target: int) -> dict[str, Any]:

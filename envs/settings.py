@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, get_args
 
+import numpy as np
+
 from envs.boxes import QWEN_MIN_PIXELS
 from rewards import RewardConfig
 
@@ -95,8 +97,24 @@ class EnvSettings:
     min_box_side: float | None = None
     """smallest crop side in original pixels that counts as a valid box; ``None``:
     ``reward.min_box_side`` (4 px by default)"""
+    search: bool = False
+    """add the SEARCH flag to the action space: re-retrieve the top-K of the pools' knowledge
+    base with the step's view, replacing the pool (off: the paper's re-ranking-only episode)"""
+    search_budget: int = 1
+    """searches allowed per episode (with ``search``); a search beyond it is malformed"""
+    search_cost: float = 0.05
+    """reward subtracted per search performed (with ``search``)"""
+    max_regions: int = 1
+    """boxes a REGION action may hold; their crops' embeddings are fused into one view
+    (1: the paper's single crop, and today's action space)"""
 
     def __post_init__(self) -> None:
+        if self.search_budget < 1:
+            raise ValueError(f"search_budget must be >= 1, got {self.search_budget}")
+        if not np.isfinite(self.search_cost) or self.search_cost < 0:
+            raise ValueError(f"search_cost must be finite and >= 0, got {self.search_cost}")
+        if not 1 <= self.max_regions <= 16:
+            raise ValueError(f"max_regions must be in 1..16, got {self.max_regions}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.reward_mode not in get_args(RewardMode):

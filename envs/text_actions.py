@@ -28,6 +28,22 @@ Accepted syntaxes (``source`` names the one that matched):
 ``"full_marker"``  ``NO_CROP_NEEDED`` (a whole word, any case): FULL.
 ``"full_answer"``  ``<answer>FULL</answer>`` (any case, inner whitespace allowed): FULL.
 
+Two opt-in forms (arguments of :func:`parse_action_text` / :func:`text_to_action`, set
+from the env's settings; off, such text reads exactly as it always did):
+
+* ``search=True`` (the env's SEARCH): a call of the ``kb_search_tool``::
+
+      <tool_call>
+      {"name": "kb_search_tool", "arguments": {"bbox_2d": [x1, y1, x2, y2], "query": "a red tram"}}
+      </tool_call>
+
+  re-retrieves the pool with the crop of ``bbox_2d`` (a REGION that also searches) or,
+  without ``bbox_2d``, with the current view (FULL + search, which stops). ``query`` is
+  an optional text rewrite (a string) the env combines with the view for the search.
+* ``max_regions=M > 1`` (multi-region views): ``bbox_2d`` of either tool may be a list of
+  up to M boxes, ``[[x1, y1, x2, y2], ...]``, each read in the caller's frame like a
+  single box. With ``M = 1`` a nested list stays malformed.
+
 Tag names are matched in any case. Every box is read in the one ``frame`` the caller
 names (see :mod:`envs.boxes`), whatever its syntax, and is returned NOT clamped: the env
 clamps and validates it.
@@ -65,6 +81,8 @@ from envs.boxes import FRAMES, Frame, from_norm, to_norm
 
 TOOL_NAME = "image_zoom_in_tool"
 """The crop tool the policy calls (the name verl / DeepEyes / Region-R1 use)."""
+SEARCH_TOOL_NAME = "kb_search_tool"
+"""The re-retrieval tool (read only with ``search=True``)."""
 FULL_MARKER = "NO_CROP_NEEDED"
 """The answer that keeps the current view (decision FULL / stop)."""
 
@@ -107,6 +125,12 @@ class ParsedAction:
     decision: int
     box: np.ndarray | None
     source: str
+    boxes: np.ndarray | None = None
+    """All ``(n, 4)`` 0-1 boxes of a REGION (``box`` is the first); ``None`` for FULL."""
+    search: bool = False
+    """A ``kb_search_tool`` call: re-retrieve with this view."""
+    query: str | None = None
+    """The search's text rewrite, if any."""
 
 
 @dataclass(frozen=True)
@@ -211,8 +235,15 @@ def _four_numbers(content: str) -> list[float] | str:
     return values
 
 
-def _tool_call_box(body: str) -> list[float] | str:
-    """The bbox_2d of an image_zoom_in_tool call body, or the reason it has none."""
+@dataclass(frozen=True)
+class _Call:
+    boxes: list[list[float]] | None
+    search: bool
+    query: str | None
+
+
+def _tool_call_box(body: str, max_regions: int = 1, search: bool = False) -> _Call | str:
+    """The boxes (and search arguments) of a tool call body, or the reason it has none."""
     start = body.find("{")
     if start == -1:
         return f"tool call holds no JSON object: {_snippet(body.strip())}"
@@ -223,18 +254,42 @@ def _tool_call_box(body: str) -> list[float] | str:
     if not isinstance(call, dict):
         return f"tool call is not a JSON object: {_snippet(body.strip())}"
     name = call.get("name")
-    if name != TOOL_NAME:
+    if name != TOOL_NAME and not (search and name == SEARCH_TOOL_NAME):
         shown = _snippet(name) if isinstance(name, str) else _snippet(body.strip())
-        return f"unknown tool {shown}; expected {TOOL_NAME!r}"
+        expected = f"{TOOL_NAME!r} or {SEARCH_TOOL_NAME!r}" if search else repr(TOOL_NAME)
+        return f"unknown tool {shown}; expected {expected}"
+    is_search = name == SEARCH_TOOL_NAME
     arguments = call.get("arguments")
     if isinstance(arguments, str):  # OpenAI-style clients send arguments as a JSON string
         try:
             arguments = json.loads(arguments)
         except (ValueError, RecursionError):
             return f"tool call arguments are not valid JSON: {_snippet(arguments)}"
+    if is_search and arguments is None:
+        arguments = {}
+    query = None
+    if is_search and isinstance(arguments, dict):
+        query = arguments.get("query")
+        if query is not None and not isinstance(query, str):
+            return f"kb_search_tool query must be a string, got {_json_snippet(query, body.strip())}"
+        query = query.strip() or None if isinstance(query, str) else None
+        if "bbox_2d" not in arguments:
+            return _Call(None, True, query)
     if not isinstance(arguments, dict) or "bbox_2d" not in arguments:
         return f"tool call has no bbox_2d argument: {_snippet(body.strip())}"
     bbox = arguments["bbox_2d"]
+    if max_regions > 1 and isinstance(bbox, list) and bbox and all(isinstance(b, list) for b in bbox):
+        if len(bbox) > max_regions:
+            return f"bbox_2d holds {len(bbox)} boxes, more than the {max_regions} allowed"
+        boxes = [_json_box(b, body) for b in bbox]
+    else:
+        boxes = [_json_box(bbox, body)]
+    bad = next((b for b in boxes if isinstance(b, str)), None)
+    return bad if bad is not None else _Call(boxes, is_search, query)
+
+
+def _json_box(bbox: Any, body: str) -> list[float] | str:
+    """One ``bbox_2d`` value as 4 finite floats, or the reason it is not one."""
     if not isinstance(bbox, list) or len(bbox) != 4:
         return f"bbox_2d must be a list of 4 numbers, got {_json_snippet(bbox, body.strip())}"
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
@@ -249,15 +304,23 @@ def _tool_call_box(body: str) -> list[float] | str:
 
 
 def _action_from_match(
-    match: _Match, text: str, frame: Frame, view_size: tuple[float, float] | None, resized_size: tuple[int, int] | None
+    match: _Match, text: str, frame: Frame, view_size: tuple[float, float] | None, resized_size: tuple[int, int] | None,
+    max_regions: int = 1, search: bool = False,
 ) -> ParsedAction | MalformedAction:
     if match.source in ("full_marker", "full_answer"):
         return ParsedAction(decision=FULL, box=None, source=match.source)
-    coords = _tool_call_box(match.payload) if match.source == "tool_call" else _four_numbers(match.payload)
-    if isinstance(coords, str):
-        return MalformedAction(reason=f"{match.source}: {coords}", text=text)
-    box = to_norm(coords, frame, _view_size_arg(view_size), resized_size)
-    return ParsedAction(decision=REGION, box=box, source=match.source)
+    if match.source == "tool_call":
+        call = _tool_call_box(match.payload, max_regions, search)
+    else:
+        numbers = _four_numbers(match.payload)
+        call = numbers if isinstance(numbers, str) else _Call([numbers], False, None)
+    if isinstance(call, str):
+        return MalformedAction(reason=f"{match.source}: {call}", text=text)
+    if call.boxes is None:  # kb_search_tool without a box: search with the current view
+        return ParsedAction(decision=FULL, box=None, source=match.source, search=True, query=call.query)
+    boxes = np.stack([to_norm(coords, frame, _view_size_arg(view_size), resized_size) for coords in call.boxes])
+    return ParsedAction(decision=REGION, box=boxes[0], source=match.source, boxes=boxes, search=call.search,
+                        query=call.query)
 
 
 _PUBLIC_BBOX = re.compile(r'"bbox_2d"\s*:\s*\[([^\]]+)\]')
@@ -343,6 +406,8 @@ def parse_action_text(
     *,
     rules: str = "project",
     max_chars: int = MAX_TEXT_CHARS,
+    max_regions: int = 1,
+    search: bool = False,
 ) -> ParsedAction | MalformedAction:
     """Read a FULL / REGION action from a VLM's reply (see the module docstring).
 
@@ -364,6 +429,8 @@ def parse_action_text(
     ``RewardConfig.malformed_as_full``).
 
     ``max_chars`` caps what is read: longer text is malformed without being scanned.
+    ``max_regions`` and ``search`` enable the multi-box and ``kb_search_tool`` forms of the
+    module docstring (``"project"`` rules only).
     """
     _check_frame_args(frame, view_size, resized_size)
     if rules not in RULES:
@@ -379,7 +446,7 @@ def parse_action_text(
     actions = _find_actions(_strip_reasoning(text))
     if not actions:
         return MalformedAction(reason=f"no action found in {_snippet(text.strip())}", text=text)
-    return _action_from_match(actions[-1], text, frame, view_size, resized_size)
+    return _action_from_match(actions[-1], text, frame, view_size, resized_size, max_regions, search)
 
 
 def text_to_action(
@@ -391,6 +458,8 @@ def text_to_action(
     no_frame_reason: str = "",
     rules: str = "project",
     max_chars: int = MAX_TEXT_CHARS,
+    max_regions: int = 1,
+    search: bool = False,
 ) -> dict | MalformedAction | InvalidBoxAction:
     """The env action for a VLM's answer ``text`` about the current view; never raises for any ``text``.
 
@@ -402,20 +471,31 @@ def text_to_action(
     why, e.g. an aspect ratio the resize rule refuses): a FULL answer still counts, a
     REGION answer is an :class:`envs.actions.InvalidBoxAction`. Text that does not parse
     (or a non-``str``) is a :class:`envs.actions.MalformedAction`.
+
+    With ``max_regions > 1`` the action's ``box`` is ``(n, 4)`` (a single box is one row);
+    with ``search`` it has ``"search"`` (0 or 1) and ``"query"`` (the rewrite or ``None``):
+    the native action of an env with those settings.
     """
     if not isinstance(text, str):
         return MalformedAction(f"a text action must be a str, got {describe(text)}")
     frameless = frame == "resized" and shown_size is None
     parsed = parse_action_text(
         text, frame="norm" if frameless else frame, view_size=view_size, resized_size=shown_size,
-        rules=rules, max_chars=max_chars,
+        rules=rules, max_chars=max_chars, max_regions=max_regions, search=search,
     )
     if not isinstance(parsed, ParsedAction):
         return parsed
     if parsed.decision == REGION and frameless:
         return InvalidBoxAction(no_frame_reason or "the view has no resized frame")
-    box = parsed.box if parsed.box is not None else np.zeros(4)
-    return {"decision": parsed.decision, "box": np.asarray(box, dtype=np.float64)}
+    if max_regions > 1:
+        boxes = parsed.boxes if parsed.boxes is not None else (parsed.box[None] if parsed.box is not None else np.zeros((1, 4)))
+        action = {"decision": parsed.decision, "box": np.asarray(boxes, dtype=np.float64)}
+    else:
+        box = parsed.box if parsed.box is not None else np.zeros(4)
+        action = {"decision": parsed.decision, "box": np.asarray(box, dtype=np.float64)}
+    if search:
+        action.update(search=int(parsed.search), query=parsed.query)
+    return action
 
 
 def _round_half_up(value: float) -> int:

@@ -133,7 +133,8 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
                 refused = f"the {width}x{height} view has no Qwen-VL resized frame ({err})"
         return text_to_action(
             text, frame=self.frame, view_size=env.view_size, shown_size=shown, no_frame_reason=refused,
-            rules=self.rules, max_chars=self.max_chars,
+            rules=self.rules, max_chars=self.max_chars, max_regions=getattr(env, "max_regions", 1),
+            search=getattr(env, "search_enabled", False),
         )
 
 

@@ -19,6 +19,7 @@ from rewards.region import (
     ranking_stats,
     region_reward,
 )
+from rewards.search import kb_recall_at_k, pool_coverage, positives_by_id, search_reward
 
 __all__ = [
     "RankingStats",
@@ -31,9 +32,13 @@ __all__ = [
     "margin",
     "ndcg_at_k",
     "positive_ranks",
+    "kb_recall_at_k",
+    "pool_coverage",
+    "positives_by_id",
     "ranking_order",
     "ranking_stats",
     "recall_at_k",
     "reciprocal_rank",
     "region_reward",
+    "search_reward",
 ]

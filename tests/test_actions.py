@@ -231,3 +231,24 @@ def test_hashed_question_observation_is_numeric(scene_pools, tiny_scorer):
     np.testing.assert_array_equal(obs["question"], again["question"])
     other, _ = env.reset(options={"query_index": 1})  # "scene 0" vs "scene 1"
     assert not np.array_equal(obs["question"], other["question"])
+
+
+extended_actions = st.one_of(
+    objects,
+    st.fixed_dictionaries({"decision": objects, "box": objects},
+                          optional={"search": objects, "query": objects, "count": objects}),
+)
+
+
+@PROPERTY
+@given(action=extended_actions)
+def test_the_extended_reader_never_raises_and_follows_the_rules(action):
+    """With SEARCH and 2 regions on, any object still reads to FULL, REGION or MALFORMED;
+    a search flag that is not the integer 0/1 is malformed; a REGION holds 1-2 finite boxes."""
+    read = read_action(action, search=True, max_regions=2)
+    assert read.decision in (FULL, REGION, MALFORMED)
+    if isinstance(action, dict) and "search" in action and action["search"] is not None and read.decision != MALFORMED:
+        assert is_valid_decision(action["search"])
+    if read.decision == REGION:
+        assert read.boxes.ndim == 2 and 1 <= len(read.boxes) <= 2 and np.isfinite(read.boxes).all()
+        assert read.query is None or isinstance(read.query, str)

@@ -544,3 +544,40 @@ def test_text_to_action_reads_the_box_in_the_frame_of_the_image_actually_shown()
     refused = text_to_action(text, frame="resized", view_size=(1920.0, 5.0), no_frame_reason="aspect ratio 384")
     assert isinstance(refused, InvalidBoxAction) and "aspect ratio 384" in refused.reason
     assert isinstance(text_to_action(b"bytes", frame="norm", view_size=(1.0, 1.0)), MalformedAction)
+
+
+def test_kb_search_tool_is_read_only_when_search_is_on():
+    from envs.text_actions import SEARCH_TOOL_NAME, text_to_action
+
+    with_box = '<tool_call>{"name": "kb_search_tool", "arguments": {"bbox_2d": [0.1, 0.2, 0.5, 0.6], "query": " a tram "}}</tool_call>'
+    bare = '<tool_call>{"name": "kb_search_tool", "arguments": {}}</tool_call>'
+    parsed = parse_action_text(with_box, frame="norm", search=True)
+    assert parsed.decision == 1 and parsed.search and parsed.query == "a tram"
+    np.testing.assert_allclose(parsed.box, [0.1, 0.2, 0.5, 0.6])
+    parsed = parse_action_text(bare, frame="norm", search=True)
+    assert parsed.decision == 0 and parsed.search and parsed.query is None
+    off = parse_action_text(bare, frame="norm")
+    assert isinstance(off, MalformedAction) and f"unknown tool '{SEARCH_TOOL_NAME}'" in off.reason
+    bad = parse_action_text('<tool_call>{"name": "kb_search_tool", "arguments": {"query": 5}}</tool_call>', frame="norm", search=True)
+    assert isinstance(bad, MalformedAction) and "query must be a string" in bad.reason
+    action = text_to_action(bare, frame="norm", view_size=(100, 80), search=True)
+    assert action["decision"] == 0 and action["search"] == 1 and action["query"] is None
+
+
+@pytest.mark.parametrize("frame", ["norm", "norm1000", "pixel", "resized"])
+def test_a_list_of_boxes_is_read_in_every_frame_when_several_regions_are_allowed(frame):
+    view, shown = (200.0, 100.0), (224, 112)
+    boxes = np.array([[0.1, 0.2, 0.4, 0.6], [0.5, 0.5, 1.0, 1.0]])
+    from envs.boxes import from_norm
+    from envs.text_actions import text_to_action
+
+    framed = [from_norm(b, frame, view, shown).tolist() for b in boxes]
+    text = '<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": %s}}</tool_call>' % json.dumps(framed)
+    action = text_to_action(text, frame=frame, view_size=view, shown_size=shown, max_regions=2)
+    assert action["box"].shape == (2, 4)
+    np.testing.assert_allclose(action["box"], boxes, atol=1e-9)
+    too_many = text_to_action(text, frame=frame, view_size=view, shown_size=shown, max_regions=1)
+    assert isinstance(too_many, MalformedAction) and "4 numbers" in too_many.reason
+    three = '<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": %s}}</tool_call>' % json.dumps(framed * 2)
+    refused = text_to_action(three, frame=frame, view_size=view, shown_size=shown, max_regions=3)
+    assert isinstance(refused, MalformedAction) and "4 boxes, more than the 3 allowed" in refused.reason
