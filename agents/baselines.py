@@ -6,6 +6,11 @@ an :class:`envs.text_actions.MalformedAction` (a VLM policy parses its own text 
 :func:`envs.text_actions.parse_action_text`). ``env`` is the unwrapped :class:`envs.region_rerank.RegionRerankEnv`; learned
 policies use only ``obs``/``info``, while the annotated-box and oracle baselines read
 privileged state from it (the annotation; the scorer, via ``env.score_actions``).
+
+With the env's SEARCH on (``search=True``) an action may carry ``"search": 1``; with
+``max_regions >= 2`` a REGION ``box`` may hold several boxes. The search baselines
+(``search-full``, ``search-annotated``, ``oracle-search``) need the first, the
+multi-region oracle (``oracle-2box``) the second.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ def full_action() -> Action:
 
 def region_action(box) -> Action:
     return {"decision": REGION, "box": np.asarray(box, np.float32)}
+
+
+def searching(action: Action) -> Action:
+    """``action`` that also re-retrieves the pool with its view (the env's SEARCH)."""
+    return {**action, "search": 1}
+
+
+def _require(env: RegionRerankEnv, name: str, search: bool = False, regions: int = 1) -> None:
+    if search and not getattr(env, "search_enabled", False):
+        raise ValueError(f"baseline {name!r} needs an env with search=True (--env.search)")
+    if getattr(env, "max_regions", 1) < regions:
+        raise ValueError(f"baseline {name!r} needs an env with max_regions >= {regions} (--env.max-regions {regions})")
 
 
 def centered_box(scale: float) -> np.ndarray:
@@ -101,17 +118,74 @@ class AnnotatedBoxPolicy:
 
 class OraclePolicy:
     """The best of FULL and a grid of boxes, by the reward itself: the upper bound any
-    cropping policy can reach with this scorer. All candidates cost one batched forward."""
+    cropping policy can reach with this scorer. All candidates cost one batched forward.
+    With ``search=True`` (``oracle-search``) every candidate is also tried with SEARCH:
+    the best of grid with search."""
 
-    name = "oracle"
+    def __init__(self, boxes: np.ndarray | None = None, search: bool = False):
+        self.boxes = grid_boxes() if boxes is None else np.asarray(boxes)
+        self.search = search
+        self.name = "oracle-search" if search else "oracle"
+
+    def candidates(self, env: RegionRerankEnv) -> list[Action]:
+        actions = [full_action()] + [region_action(b) for b in self.boxes]
+        if env.pool.box is not None:  # the annotation is one more candidate box
+            actions.append(region_action(image_box_to_view(env.pool.box, env.view_box)))
+        if self.search:
+            _require(env, self.name, search=True)
+            actions += [searching(a) for a in actions]
+        return actions
+
+    def __call__(self, obs, info, env: RegionRerankEnv) -> Action:
+        actions = self.candidates(env)
+        rewards = [outcome.reward for outcome in env.score_actions(actions)]
+        return actions[int(np.argmax(rewards))]
+
+
+class SearchFullPolicy:
+    """Re-retrieve the pool with the FULL image and stop (the retriever run again with the
+    env's scorer: on pools mined by FULL-image similarity it mostly returns the same pool,
+    plus a positive the original pool lacked when it is in the top-K)."""
+
+    name = "search-full"
+
+    def __call__(self, obs, info, env: RegionRerankEnv) -> Action:
+        _require(env, self.name, search=True)
+        return searching(full_action())
+
+
+class SearchAnnotatedPolicy(AnnotatedBoxPolicy):
+    """Crop the annotated box and re-retrieve the pool with the crop (search with FULL when
+    a query has no box)."""
+
+    def __init__(self, margin: float = 0.0):
+        super().__init__(margin)
+        self.name = "search-annotated" if margin == 0 else f"search-annotated+{margin:g}"
+
+    def __call__(self, obs, info, env: RegionRerankEnv) -> Action:
+        _require(env, self.name, search=True)
+        return searching(super().__call__(obs, info, env))
+
+
+class TwoBoxOraclePolicy:
+    """The multi-region oracle: the best of FULL, every single grid box (and the annotated
+    box) and every pair of them (two regions fused into one view), by the reward. Each distinct crop is
+    embedded once per query (the env shares crops between actions), so the 2016 pairs of
+    the default 64-box grid cost the 64 crops' forwards."""
+
+    name = "oracle-2box"
 
     def __init__(self, boxes: np.ndarray | None = None):
         self.boxes = grid_boxes() if boxes is None else np.asarray(boxes)
 
     def __call__(self, obs, info, env: RegionRerankEnv) -> Action:
-        actions = [full_action()] + [region_action(b) for b in self.boxes]
-        if env.pool.box is not None:  # the annotation is one more candidate box
-            actions.append(region_action(image_box_to_view(env.pool.box, env.view_box)))
+        _require(env, self.name, regions=2)
+        boxes = list(self.boxes)
+        if env.pool.box is not None:  # the annotation is one more box, as for the single-box oracle
+            boxes.append(image_box_to_view(env.pool.box, env.view_box))
+        singles = [region_action(b) for b in boxes]
+        pairs = [region_action(np.stack([a, b])) for a, b in itertools.combinations(boxes, 2)]
+        actions = [full_action(), *singles, *pairs]
         rewards = [outcome.reward for outcome in env.score_actions(actions)]
         return actions[int(np.argmax(rewards))]
 
@@ -122,6 +196,10 @@ BASELINES: dict[str, Callable[[], Policy]] = {
     "random": RandomCropPolicy,
     "annotated": AnnotatedBoxPolicy,
     "oracle": OraclePolicy,
+    "search-full": SearchFullPolicy,
+    "search-annotated": SearchAnnotatedPolicy,
+    "oracle-search": lambda: OraclePolicy(search=True),
+    "oracle-2box": TwoBoxOraclePolicy,
 }
 """Baseline name -> constructor with the evaluation's default settings."""
 
@@ -137,6 +215,7 @@ def baseline_policies(
         "center": lambda: CenterCropPolicy(center_scale),
         "random": lambda: RandomCropPolicy(seed),
         "annotated": lambda: AnnotatedBoxPolicy(annotated_margin),
+        "search-annotated": lambda: SearchAnnotatedPolicy(annotated_margin),
     }
     policies = [settings.get(name, BASELINES[name])() for name in names]
     return {policy.name: policy for policy in policies}

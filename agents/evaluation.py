@@ -12,7 +12,15 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from agents.baselines import AnnotatedBoxPolicy, CenterCropPolicy, FullPolicy, OraclePolicy, RandomCropPolicy
+from agents.baselines import (
+    AnnotatedBoxPolicy,
+    CenterCropPolicy,
+    FullPolicy,
+    OraclePolicy,
+    RandomCropPolicy,
+    SearchFullPolicy,
+    TwoBoxOraclePolicy,
+)
 from agents.gallery import (
     DECISION_NAMES,
     EpisodeTrace,
@@ -26,12 +34,21 @@ from agents.gallery import (
     write_per_query,
 )
 from envs.region_rerank import RegionRerankEnv
-from rewards.evaluation import RANK_BUCKETS, EpisodeRecord, summarize_episodes
+from rewards.evaluation import (
+    RANK_BUCKETS,
+    SEARCH_COLUMNS,
+    EpisodeRecord,
+    SearchRecord,
+    summarize_episodes,
+    summarize_search,
+)
 
 COLUMNS = ("MRR", "R@1", "R@5", "NDCG", "CondR@1", "RC", "reward", "improved", "worsened")
 """Summary columns of the results table, in order (plus the RC rate per rank bucket)."""
 
-BASELINE_TYPES = (FullPolicy, CenterCropPolicy, RandomCropPolicy, AnnotatedBoxPolicy, OraclePolicy)
+BASELINE_TYPES = (
+    FullPolicy, CenterCropPolicy, RandomCropPolicy, AnnotatedBoxPolicy, OraclePolicy, SearchFullPolicy, TwoBoxOraclePolicy,
+)
 """Policies the gallery treats as baselines: it draws a learned policy in preference."""
 
 
@@ -79,6 +96,23 @@ def trace_episode(env: RegionRerankEnv, policy, query_index: int) -> tuple[Episo
     return record, trace
 
 
+def extended(env: RegionRerankEnv) -> bool:
+    """The env has SEARCH or several regions on (its pools can change, or its views fuse)."""
+    return bool(getattr(env, "search_enabled", False) or getattr(env, "max_regions", 1) > 1)
+
+
+def search_record(env: RegionRerankEnv) -> SearchRecord:
+    """The pool side of the episode ``env`` just played: coverage before and after, searches, recall."""
+    last = env.search_log[-1] if env.search_log else None
+    return SearchRecord(
+        query_id=env.pool.query_id,
+        covered_before=env.pool.has_positive,
+        covered_after=bool(env.positives.any()),
+        searches=env.searches,
+        recall=None if last is None else float(last["recall"]),
+    )
+
+
 def run_episode(env: RegionRerankEnv, policy, query_index: int) -> EpisodeRecord:
     """Play one episode of ``policy`` on query ``query_index`` (no randomness in the env)."""
     return trace_episode(env, policy, query_index)[0]
@@ -93,12 +127,27 @@ def trace_policy(
     progress: bool = True,
 ) -> tuple[list[EpisodeRecord], list[EpisodeTrace]]:
     """Every query (or ``query_indices``) once, in order: the records and the traces."""
+    records, traces, _ = trace_policy_pools(env, policy, query_indices, name=name, progress=progress)
+    return records, traces
+
+
+def trace_policy_pools(
+    env: RegionRerankEnv,
+    policy,
+    query_indices: Sequence[int] | None = None,
+    *,
+    name: str = "policy",
+    progress: bool = True,
+) -> tuple[list[EpisodeRecord], list[EpisodeTrace], list[SearchRecord]]:
+    """:func:`trace_policy` plus each episode's :class:`rewards.evaluation.SearchRecord`."""
     indices = range(len(env.pools)) if query_indices is None else query_indices
-    episodes = [
-        trace_episode(env, policy, int(i))
-        for i in tqdm(indices, desc=f"eval {name}", disable=not progress, leave=False)
-    ]
-    return [record for record, _ in episodes], [trace for _, trace in episodes]
+    records, traces, pools = [], [], []
+    for i in tqdm(indices, desc=f"eval {name}", disable=not progress, leave=False):
+        record, trace = trace_episode(env, policy, int(i))
+        records.append(record)
+        traces.append(trace)
+        pools.append(search_record(env))
+    return records, traces, pools
 
 
 def evaluate_policy(
@@ -110,17 +159,21 @@ def evaluate_policy(
     progress: bool = True,
 ) -> tuple[dict, list[EpisodeRecord]]:
     """Every query (or ``query_indices``) once, in order; returns the summary and the records."""
-    records, _ = trace_policy(env, policy, query_indices, name=name, progress=progress)
-    return summarize_episodes(records), records
+    records, _, pools = trace_policy_pools(env, policy, query_indices, name=name, progress=progress)
+    summary = summarize_episodes(records)
+    if extended(env):
+        summary.update(summarize_search(pools))
+    return summary, records
 
 
-def markdown_table(summaries: dict[str, dict]) -> str:
-    """One row per policy: the summary columns and the RC rate per baseline-rank bucket."""
+def markdown_table(summaries: dict[str, dict], extra: Sequence[str] = ()) -> str:
+    """One row per policy: the summary columns, ``extra`` columns (e.g. the SEARCH columns)
+    and the RC rate per baseline-rank bucket."""
     bucket_cols = [f"RC[{b[0]}]" for b in RANK_BUCKETS]
-    header = ["policy", *COLUMNS, *bucket_cols]
+    header = ["policy", *COLUMNS, *extra, *bucket_cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in summaries.items():
-        cells = [name] + [f"{s[c]:.3f}" for c in COLUMNS] + [f"{s[c]:.2f}" for c in bucket_cols]
+        cells = [name] + [f"{s[c]:.3f}" for c in (*COLUMNS, *extra)] + [f"{s[c]:.2f}" for c in bucket_cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -229,13 +282,15 @@ def evaluate_and_report(
     traces: dict[str, list[EpisodeTrace]] = {}
     start = time.perf_counter()
     for name, policy in policies.items():
-        records[name], traces[name] = trace_policy(env, policy, query_indices, name=name, progress=progress)
+        records[name], traces[name], pools = trace_policy_pools(env, policy, query_indices, name=name, progress=progress)
         summaries[name] = summarize_episodes(records[name])
+        if extended(env):  # pools can change: coverage and KB recall go next to the ranking metrics
+            summaries[name].update(summarize_search(pools))
     elapsed = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
     header = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}, {elapsed:.0f} s\n\n"
-    table = markdown_table(summaries)
+    table = markdown_table(summaries, SEARCH_COLUMNS if extended(env) else ())
     (out / "results.md").write_text(header + table + "\n")
     write_per_query(
         (per_query_row(name, r, t) for name in policies for r, t in zip(records[name], traces[name])),

@@ -517,8 +517,16 @@ class RegionRerankEnv(gym.Env):
                 else:
                     crops += [(i, box) for box in boxes]
                     jobs.append((i, read))
-        views = [crop(self.image, image_box) for _, image_box in crops]
-        embedded = self._embed_views([self._scored_image(view) for view in views]) if views else None
+        # Each distinct rectangle is cut and embedded once (a multi-region oracle's pairs
+        # share their crops); with a batch-invariant scorer that changes no score.
+        unique: dict[tuple, int] = {}
+        for _, image_box in crops:
+            unique.setdefault(tuple(image_box.tolist()), len(unique))
+        distinct = [crop(self.image, np.array(key)) for key in unique]
+        embedded_distinct = self._embed_views([self._scored_image(view) for view in distinct]) if distinct else None
+        slot = [unique[tuple(image_box.tolist())] for _, image_box in crops]
+        views = [distinct[n] for n in slot]
+        embedded = embedded_distinct[slot] if distinct else None
         rows: dict[int, list[int]] = {}
         for row, (i, _) in enumerate(crops):
             rows.setdefault(i, []).append(row)

@@ -2,7 +2,11 @@
 
 Baselines: FULL (the scorer alone), center crop, random crop, the annotated box, and
 the oracle (best of FULL and a grid of boxes by the reward: the upper bound any cropping
-policy reaches with this scorer). Add a trained policy with ``--checkpoint`` (a policy
+policy reaches with this scorer). With the env's SEARCH on (--env.search) also
+search-full, search-annotated and oracle-search (best of the grid, each box with and
+without search); with --env.max-regions 2 the multi-region oracle oracle-2box (best of
+FULL, every grid box and every pair of grid boxes). The table then adds pool coverage
+before/after, the search rate and the KB recall@K. Add a trained policy with ``--checkpoint`` (a policy
 saved by ``recipes/train_rgrpo.py``), any callable with ``--policy module:attr``, or the
 zero-shot Qwen2.5-VL baseline with ``--vlm /path/to/Qwen2.5-VL``.
 
@@ -17,6 +21,8 @@ queries with the policy's, the annotated and the oracle's boxes; see
     python recipes/evaluate.py --data pools.jsonl --scorer.model EVA02-B-16 --scorer.pretrained eva.pt
     python recipes/evaluate.py --scorer.model /models/siglip-base-patch16-224     # a transformers folder
     python recipes/evaluate.py --scorer.model examples.custom_scorer:HistogramScorer --scorer.options bins 6
+    python recipes/evaluate.py --env.search --env.max-regions 2 \
+        --baselines full annotated oracle search-full search-annotated oracle-search oracle-2box
 
 ``--scorer.model module:attr`` imports your factory or class (from the installed packages or
 the current directory) and calls it with ``--scorer.options`` as keywords; see the README's
@@ -50,7 +56,7 @@ class Args:
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     """the re-ranker (--scorer.model: module:attr of your own, a transformers folder, or an open_clip name such as EVA02-B-16); default: the embedded rr-tiny scorer"""
     baselines: tuple[str, ...] = ("full", "center", "random", "annotated", "oracle")
-    """baselines to run, from: full, center, random, annotated, oracle"""
+    """baselines to run, from: full, center, random, annotated, oracle; with --env.search also search-full, search-annotated, oracle-search; with --env.max-regions 2 also oracle-2box"""
     center_scale: float = 0.5
     """side of the center crop as a fraction of the image side"""
     annotated_margin: float = 0.0

@@ -5,6 +5,12 @@ as a miss). CondR@1 is R@1 over the queries whose positive is in the pool: what 
 re-ranker can be blamed for. The region-cropping (RC) rate is the fraction of episodes
 whose first decision was REGION, overall and by the baseline (FULL) rank of the
 positive: 1, 2-5, 6-10, 11-K (and "absent" for pools without a positive).
+
+With SEARCH (re-retrieval) a pool can change during an episode: MRR and R@1 stay over
+EVERY query (one whose original pool lacked the positive counts, and scores if a search
+brought it in), CondR@1 stays over the queries whose ORIGINAL pool holds it, and
+:func:`summarize_search` adds the pool coverage (positive in the pool) before and after,
+the search rate and the KB recall@K of the searches.
 """
 
 from __future__ import annotations
@@ -73,3 +79,35 @@ def summarize_episodes(records: list[EpisodeRecord]) -> dict:
         summary[f"RC[{name}]"] = float(cropped[mask].mean()) if mask.any() else float("nan")
         summary[f"n[{name}]"] = int(mask.sum())
     return summary
+
+
+SEARCH_COLUMNS = ("cov_before", "cov_after", "searched", "KB-R@K")
+"""Columns :func:`summarize_search` adds to a summary, in table order."""
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """What evaluation keeps of one episode's pools (an env with SEARCH or several regions)."""
+
+    query_id: str
+    covered_before: bool
+    """The original pool holds a positive."""
+    covered_after: bool
+    """The pool the episode ended on holds a positive (judged by the query's gold ids)."""
+    searches: int
+    recall: float | None
+    """KB recall@K of the episode's last search (``None`` without a search)."""
+
+
+def summarize_search(records: list[SearchRecord]) -> dict:
+    """Coverage before / after, the fraction of episodes that searched, and the mean KB
+    recall@K over the episodes that did (NaN when none did)."""
+    if not records:
+        raise ValueError("no episodes to summarize")
+    recalls = [r.recall for r in records if r.recall is not None]
+    return {
+        "cov_before": float(np.mean([r.covered_before for r in records])),
+        "cov_after": float(np.mean([r.covered_after for r in records])),
+        "searched": float(np.mean([r.searches > 0 for r in records])),
+        "KB-R@K": float(np.mean(recalls)) if recalls else float("nan"),
+    }

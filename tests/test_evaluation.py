@@ -104,3 +104,43 @@ def test_recipes_refuse_scorer_weights_without_a_model(name, load_recipe, capsys
     with pytest.raises(SystemExit):
         tyro.cli(recipe.Args, args=["--scorer.pretrained", "w.pt", *extra])
     assert "pretrained= needs a model name" in capsys.readouterr().err
+
+
+def test_search_summary_hand_computed():
+    from rewards.evaluation import SearchRecord, summarize_search
+
+    s = summarize_search([SearchRecord("a", True, True, 0, None), SearchRecord("b", False, True, 1, 1.0),
+                          SearchRecord("c", True, False, 1, 0.0), SearchRecord("d", False, False, 0, None)])
+    assert (s["cov_before"], s["cov_after"], s["searched"], s["KB-R@K"]) == (0.5, 0.5, 0.5, 0.5)
+
+
+def test_search_and_multi_region_baselines(scene_pools, make_tiny_scorer, tmp_path):
+    from agents.baselines import SearchAnnotatedPolicy, SearchFullPolicy, TwoBoxOraclePolicy
+    from agents.evaluation import evaluate_and_report
+    from envs.kb_index import KbItem, KnowledgeBaseIndex
+
+    scorer = make_tiny_scorer(candidate_features="image")
+    items = [KbItem(c.id, c.image, c.text) for c in scene_pools[0].candidates]
+    index = KnowledgeBaseIndex.build(items, scorer, "image", progress=False, num_workers=0)
+    plain = RegionRerankEnv(scene_pools, scorer, obs_size=32)
+    for policy in (SearchFullPolicy(), SearchAnnotatedPolicy(), OraclePolicy(search=True)):
+        plain.reset(options={"query_index": 0})
+        with pytest.raises(ValueError, match="needs an env with search=True"):
+            policy({}, {}, plain)
+    with pytest.raises(ValueError, match="max_regions >= 2"):
+        TwoBoxOraclePolicy()({}, {}, plain)
+    env = RegionRerankEnv(scene_pools, scorer, kb_index=index, search=True, max_regions=2, obs_size=32)
+    boxes = grid_boxes(scales=(0.4, 0.7), steps=2)
+    policies = {"oracle": OraclePolicy(boxes), "oracle-search": OraclePolicy(boxes, search=True),
+                "oracle-2box": TwoBoxOraclePolicy(boxes), "search-full": SearchFullPolicy()}
+    from agents.gallery import GalleryConfig
+
+    summaries = evaluate_and_report(env, policies, range(len(scene_pools)), tmp_path, "scenes",
+                                    GalleryConfig(draw=False), progress=False)
+    # each oracle chooses among a superset of the plain oracle's actions
+    assert summaries["oracle-search"]["reward"] >= summaries["oracle"]["reward"] - 1e-9
+    assert summaries["oracle-2box"]["reward"] >= summaries["oracle"]["reward"] - 1e-9
+    assert summaries["search-full"]["searched"] == 1.0 and summaries["oracle"]["searched"] == 0.0
+    # the whole KB is the pool here: a search always covers the positive, except for the query without one
+    assert summaries["search-full"]["cov_after"] == pytest.approx(5 / 6) and summaries["search-full"]["KB-R@K"] == pytest.approx(5 / 6)
+    assert "cov_before" in (tmp_path / "results.md").read_text()
