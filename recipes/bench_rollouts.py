@@ -17,10 +17,18 @@ so no crop cache can flatter the figures). Two paths, interleaved step by step:
 
 Candidate embeddings are cached before timing for both (training caches them after the
 first epoch), so the figures are the per-step query-view work. Printed per scorer:
-env+scoring seconds per step (the wall time during which at least one episode was in the
-env or waiting for scoring), the whole step's wall time, image forwards per rollout,
-images encoded per rollout and mean images per forward. The last three do not depend on
-the machine: they carry to a GPU.
+
+- env+scoring CPU seconds per step: the CPU time of every env call (pool lookup, reset,
+  step: image decode, crops, the in-process forwards of the per-episode path, the reward),
+  each measured on the thread that ran it, plus the CPU time of the service's threads
+  (batching, forwards, image decodes). A wall-clock union of "some episode is in the env"
+  would not measure this: with 128 episodes in flight on a GIL some episode is always in
+  the env, so the union is close to the whole step for either path. Torch runs with one
+  intra-op thread (``--threads 1``) so that a forward's CPU is on the thread that asked
+  for it; the two cores still run two threads at once;
+- the whole step's wall time (prompt building included, the same work for both paths);
+- image forwards per rollout, images encoded per rollout and mean images per forward.
+  These three do not depend on the machine: they carry to a GPU.
 
     python recipes/bench_rollouts.py                               # rr-tiny and ViT-B-16 (random weights)
     python recipes/bench_rollouts.py --queries 16 --rollouts 8 --steps 2 --scorers rr-tiny
@@ -32,6 +40,7 @@ import asyncio
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +78,9 @@ class Args:
     """the service's settings (its path; the per-episode path ignores them)"""
     max_pixels: int = 64 * 28 * 28
     """pixel limit of the images shown to the (stand-in) policy: only prompt building uses them"""
-    threads: int = 2
-    """torch intra-op threads (the build machines have 2 cores)"""
+    threads: int = 1
+    """torch intra-op threads; with 1 a forward's CPU time is on the thread that ran it, which the
+    CPU attribution needs (with more, torch's worker threads' share is not counted)"""
     seed: int = 0
 
 
@@ -95,36 +105,35 @@ class InstantPolicy:
 
 
 def timed_loop_class():
-    """The agent loop, recording when each episode is in the env or waiting for scoring."""
+    """The agent loop, recording the CPU time of every env call on the thread that runs it."""
     from agents.verl.agent_loop import RegionRerankAgentLoop
 
     class TimedLoop(RegionRerankAgentLoop):
-        intervals: list[tuple[float, float]] = []
+        cpu_seconds: list[float] = []
 
         async def _env_call(self, episode_metrics, fn, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return await super()._env_call(episode_metrics, fn, *args, **kwargs)
-            finally:
-                TimedLoop.intervals.append((start, time.perf_counter()))
+            def timed(*a, **k):
+                start = time.thread_time()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    TimedLoop.cpu_seconds.append(time.thread_time() - start)  # list.append is atomic
 
-        async def _episode_scorer(self, metrics, pool):
-            start = time.perf_counter()
-            try:
-                return await super()._episode_scorer(metrics, pool)
-            finally:
-                TimedLoop.intervals.append((start, time.perf_counter()))
+            return await super()._env_call(episode_metrics, timed, *args, **kwargs)
 
     return TimedLoop
 
 
-def union_seconds(intervals: list[tuple[float, float]]) -> float:
-    """Wall seconds covered by at least one interval."""
-    total, end = 0.0, -np.inf
-    for a, b in sorted(intervals):
-        if b > end:
-            total += b - max(a, end)
-            end = b
+def service_cpu_seconds() -> float:
+    """CPU seconds so far of this process's scoring-service threads (its event loop, the
+    scorer thread and its image decoders)."""
+    total = 0.0
+    for thread in threading.enumerate():
+        if thread.name.startswith(("scoring-service", "scorer")) and thread.ident is not None:
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except (OSError, ProcessLookupError):  # the thread ended meanwhile
+                pass
     return total
 
 
@@ -153,7 +162,7 @@ def scorer_counters(settings: LoopSettings):
 
 
 def run_step(loop_cls, config, processor, policy, settings: LoopSettings, rows: list[dict]) -> tuple[float, float]:
-    """One step's episodes, concurrently; returns (env+scoring wall s, step wall s)."""
+    """One step's episodes, concurrently; returns (env+scoring CPU s, step wall s)."""
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
@@ -170,14 +179,16 @@ def run_step(loop_cls, config, processor, policy, settings: LoopSettings, rows: 
     async def step():
         return await asyncio.gather(*(episode(row) for row in rows))
 
-    loop_cls.intervals.clear()
+    loop_cls.cpu_seconds.clear()
+    service_before = service_cpu_seconds()
     start = time.perf_counter()
     outputs = asyncio.run(step())
     wall = time.perf_counter() - start
+    cpu = sum(loop_cls.cpu_seconds) + service_cpu_seconds() - service_before
     failed = [o.extra_fields.get("scoring_error") for o in outputs if o.extra_fields.get("scoring_failed")]
     if failed:
         raise RuntimeError(f"{len(failed)} episodes failed: {failed[:3]}")
-    return union_seconds(loop_cls.intervals), wall
+    return cpu, wall
 
 
 def main(args: Args) -> None:
@@ -207,7 +218,7 @@ def main(args: Args) -> None:
 
     print(f"{args.queries} queries x {n} rollouts per step, {args.steps} timed steps per path, {args.threads} threads; "
           f"service max_batch {args.scoring.max_batch}, max_wait_ms {args.scoring.max_wait_ms:g}")
-    header = f"{'scorer':9s} {'path':12s} {'env+scoring s/step':>19s} {'step wall s':>12s} {'forwards/rollout':>17s} {'images/rollout':>15s} {'images/forward':>15s}"
+    header = f"{'scorer':9s} {'path':12s} {'env+scoring CPU s/step':>23s} {'step wall s':>12s} {'forwards/rollout':>17s} {'images/rollout':>15s} {'images/forward':>15s}"
     results = {}
     for name in args.scorers:
         # No decision balancing: it would force a FULL into every all-REGION group, and each
@@ -252,9 +263,9 @@ def print_rows(header: str | None, results: dict, name: str) -> None:
         print(header)
     for path in ("per-episode", "service"):
         env_s, wall, fwd, img, per = results[(name, path)]
-        print(f"{name:9s} {path:12s} {env_s:19.2f} {wall:12.2f} {fwd:17.3f} {img:15.3f} {per:15.2f}")
+        print(f"{name:9s} {path:12s} {env_s:23.2f} {wall:12.2f} {fwd:17.3f} {img:15.3f} {per:15.2f}")
     old, new = results[(name, "per-episode")], results[(name, "service")]
-    print(f"{name:9s} {'ratio':12s} {old[0] / new[0]:18.2f}x {old[1] / new[1]:11.2f}x "
+    print(f"{name:9s} {'ratio':12s} {old[0] / new[0]:22.2f}x {old[1] / new[1]:11.2f}x "
           f"{old[2] / max(new[2], 1e-9):16.2f}x {old[3] / new[3]:14.2f}x", flush=True)
 
 
