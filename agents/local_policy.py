@@ -15,8 +15,18 @@ Its action is two "tokens", like a VLM's response:
   (where to centre the crop) and a side from ``box_scales`` (how much to keep), sampled
   jointly from ``Categorical(grid * grid * len(box_scales))``.
 
+Two optional tokens follow them when the env has the options on (``PolicyConfig``):
+
+- the **second box** token (``max_regions=2``): another cell and side, or "none" (the
+  last index), from a second question key; a REGION with a second box crops both
+  regions, whose embeddings the env fuses;
+- the **search** token (``search=True``): ``Categorical(2)``, 1 re-retrieves the pool
+  with the action's view (the env's SEARCH), read from the same pooled features as the
+  decision.
+
 Log-probabilities come per token so a trainer can mask a token out of the loss (a
 forced decision, the unused box of a FULL action) exactly as verl masks response tokens.
+Token order: decision, box, [second box], [search].
 """
 
 from __future__ import annotations
@@ -55,6 +65,10 @@ class PolicyConfig:
     """box centres: cells of a grid x grid partition of the view"""
     box_scales: tuple[float, ...] = (0.3, 0.5)
     """box sides, as fractions of the view's sides (few options: RL explores them faster)"""
+    max_regions: int = 1
+    """boxes per REGION: 1, or 2 (adds the second-box token; the env needs max_regions >= 2)"""
+    search: bool = False
+    """add the search token (the env needs search=True)"""
 
     def __post_init__(self) -> None:
         strides = self.image_size // self.grid
@@ -64,6 +78,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.channels must be a multiple of {GROUPS} (GroupNorm groups), got {self.channels}")
         if not self.box_scales or not all(0.0 < s <= 1.0 for s in self.box_scales):
             raise ValueError(f"PolicyConfig.box_scales must be fractions in (0, 1], got {self.box_scales}")
+        if self.max_regions not in (1, 2):
+            raise ValueError(f"PolicyConfig.max_regions must be 1 or 2, got {self.max_regions}")
 
 
 def question_features(question: str, buckets: int) -> list[int]:
@@ -90,6 +106,12 @@ def cell_boxes(grid: int, scales: tuple[float, ...]) -> torch.Tensor:
 class PolicyOutput(NamedTuple):
     decision_logits: torch.Tensor  # (B, 2)
     box_logits: torch.Tensor  # (B, cells * S)
+    box2_logits: torch.Tensor | None = None  # (B, cells * S + 1): the last is "no second box"
+    search_logits: torch.Tensor | None = None  # (B, 2)
+
+    def select(self, index: torch.Tensor) -> "PolicyOutput":
+        """The rows ``index`` of every head (e.g. one row per action of a group)."""
+        return PolicyOutput(*(None if t is None else t[index] for t in self))
 
 
 class CropPolicyNet(nn.Module):
@@ -116,6 +138,12 @@ class CropPolicyNet(nn.Module):
         self.key = nn.Linear(h, scales * c)
         self.where = nn.Linear(h, cells * scales)
         self.decision_head = nn.Sequential(nn.Linear(2 * c + h, h), nn.GELU(), nn.Linear(h, 2))
+        if config.max_regions == 2:
+            self.key2 = nn.Linear(h, scales * c)
+            self.where2 = nn.Linear(h, cells * scales)
+            self.none2 = nn.Sequential(nn.Linear(2 * c + h, h), nn.GELU(), nn.Linear(h, 1))
+        if config.search:
+            self.search_head = nn.Sequential(nn.Linear(2 * c + h, h), nn.GELU(), nn.Linear(h, 2))
         self.register_buffer("boxes", cell_boxes(config.grid, config.box_scales), persistent=False)
         ramp = torch.linspace(-1.0, 1.0, config.image_size)
         self.register_buffer("coords", torch.stack(torch.meshgrid(ramp, ramp, indexing="xy"))[None], persistent=False)
@@ -144,21 +172,56 @@ class CropPolicyNet(nn.Module):
         # here, and how large" for the decision, next to the whole-image features.
         attended = torch.einsum("bn,bcn->bc", what.mean(-1).softmax(-1), cells)
         pooled = torch.cat([cells.mean(-1), attended, q], dim=-1)
-        return PolicyOutput(self.decision_head(pooled), box_logits)
+        box2_logits = search_logits = None
+        if self.config.max_regions == 2:
+            key2 = self.key2(q).view(len(questions), -1, cells.shape[1])
+            what2 = torch.einsum("bsc,bcn->bns", key2, cells) / cells.shape[1] ** 0.5
+            where2 = self.where2(q).view(len(questions), -1, key2.shape[1])
+            box2_logits = torch.cat([(what2 + where2).reshape(len(questions), -1), self.none2(pooled)], dim=-1)
+        if self.config.search:
+            search_logits = self.search_head(pooled)
+        return PolicyOutput(self.decision_head(pooled), box_logits, box2_logits, search_logits)
+
+    @property
+    def no_second_box(self) -> int:
+        """The second-box token's "none" index."""
+        return len(self.boxes)
 
 
-def token_log_probs(out: PolicyOutput, decisions: torch.Tensor, box_ids: torch.Tensor) -> torch.Tensor:
-    """``(N, 2)`` log-probs of the decision token and the box token of each action."""
-    decision_lp = torch.distributions.Categorical(logits=out.decision_logits).log_prob(decisions)
-    box_lp = torch.distributions.Categorical(logits=out.box_logits).log_prob(box_ids)
-    return torch.stack([decision_lp, box_lp], dim=-1)
+def _heads(out: PolicyOutput) -> list[torch.Tensor]:
+    """The logits of every token the output has, in token order."""
+    heads = [out.decision_logits, out.box_logits]
+    return heads + [t for t in (out.box2_logits, out.search_logits) if t is not None]
+
+
+def token_log_probs(
+    out: PolicyOutput, decisions: torch.Tensor, box_ids: torch.Tensor, *extra_ids: torch.Tensor
+) -> torch.Tensor:
+    """``(N, T)`` log-probs of each action's tokens: decision, box, then the optional
+    second box and search tokens (``extra_ids`` in that order, one per head the output has)."""
+    ids = [decisions, box_ids, *extra_ids]
+    heads = _heads(out)
+    if len(ids) != len(heads):
+        raise ValueError(f"the policy has {len(heads)} tokens, got ids for {len(ids)}")
+    return torch.stack([torch.distributions.Categorical(logits=h).log_prob(i) for h, i in zip(heads, ids)], dim=-1)
 
 
 def token_entropy(out: PolicyOutput) -> torch.Tensor:
-    """``(N, 2)`` entropies of the decision and box distributions."""
-    decision = torch.distributions.Categorical(logits=out.decision_logits).entropy()
-    box = torch.distributions.Categorical(logits=out.box_logits).entropy()
-    return torch.stack([decision, box], dim=-1)
+    """``(N, T)`` entropies of the token distributions (decision, box, then the optional ones)."""
+    return torch.stack([torch.distributions.Categorical(logits=h).entropy() for h in _heads(out)], dim=-1)
+
+
+def native_action(net: "CropPolicyNet", decision: int, box_id: int, box2_id: int | None = None,
+                  search: int | None = None) -> dict:
+    """The env action of sampled tokens: one box, or two when a second box was chosen, plus
+    the search flag when the policy has that token."""
+    box = net.boxes[box_id].numpy().astype(np.float32)
+    if box2_id is not None and box2_id != net.no_second_box and decision == REGION:
+        box = np.stack([box, net.boxes[box2_id].numpy().astype(np.float32)])
+    action = {"decision": REGION if decision == REGION else FULL, "box": box}
+    if search is not None:
+        action["search"] = int(search)
+    return action
 
 
 class LocalPolicy:
@@ -173,14 +236,18 @@ class LocalPolicy:
     @torch.inference_mode()
     def __call__(self, obs, info, env) -> dict:
         out = self.net(torch.tensor(obs["image"])[None], [str(obs["question"])])  # a copy: the obs may be read-only
+        tokens = [self._pick(h) for h in _heads(out)]
+        if len(tokens) == 2:  # the paper's policy: exactly the action it always returned
+            box = self.net.boxes[tokens[1]].numpy()
+            return {"decision": REGION if tokens[0] == REGION else FULL, "box": box.astype(np.float32)}
+        box2 = tokens[2] if out.box2_logits is not None else None
+        search = tokens[-1] if out.search_logits is not None else None
+        return native_action(self.net, tokens[0], tokens[1], box2, search)
+
+    def _pick(self, logits: torch.Tensor) -> int:
         if self.greedy:
-            decision = int(out.decision_logits.argmax(-1))
-            box_id = int(out.box_logits.argmax(-1))
-        else:
-            decision = int(torch.multinomial(out.decision_logits.softmax(-1), 1, generator=self.generator))
-            box_id = int(torch.multinomial(out.box_logits.softmax(-1), 1, generator=self.generator))
-        box = self.net.boxes[box_id].numpy()
-        return {"decision": REGION if decision == REGION else FULL, "box": box.astype(np.float32)}
+            return int(logits.argmax(-1))
+        return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
 
 
 def save_policy(net: CropPolicyNet, path: str | Path, **metadata) -> None:

@@ -10,8 +10,10 @@ verl ``DataProto``, exactly as verl's trainer does. So ``estimator`` is any name
 estimator registry (``rgrpo``, ``grpo``, ``rloo``, ``reinforce_plus_plus``, ...), one switch,
 as in the verl recipe.
 
-An action is two tokens (decision, box; see :mod:`agents.local_policy`). The reward sits
-on the last unmasked token, as verl places a sequence reward on the last response token.
+An action is two tokens (decision, box; see :mod:`agents.local_policy`), plus a second-box
+token and a search token when the env has ``max_regions >= 2`` / ``search`` on (the
+policy gets the matching heads automatically). The reward sits on the last unmasked
+token, as verl places a sequence reward on the last response token.
 Each batch is used for one gradient step, so the update is on-policy and PPO's ratio
 clipping would be the identity; the loss is verl's ``agg_loss`` of ``-A * log pi``
 ("token-mean") minus an entropy bonus.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from agents.local_policy import (
     CropPolicyNet,
     LocalPolicy,
     PolicyConfig,
+    native_action,
     save_policy,
     token_entropy,
     token_log_probs,
@@ -127,40 +130,58 @@ class GroupSampler:
     def _draw(self, probs: torch.Tensor, n: int) -> torch.Tensor:
         return torch.multinomial(probs, n, replacement=True, generator=self.generator)
 
-    def sample(self, decision_logits: torch.Tensor, box_logits: torch.Tensor):
-        """``(decisions, box_ids, decision_mask, balance_result)`` for one query."""
+    def sample(self, decision_logits: torch.Tensor, box_logits: torch.Tensor, *extra_logits: torch.Tensor):
+        """``(decisions, box_ids, decision_mask, balance_result)`` for one query, plus one id
+        list per ``extra_logits`` head (second box, search) when given."""
         decision_probs, box_probs = decision_logits.softmax(-1), box_logits.softmax(-1)
+        extra_probs = [logits.softmax(-1) for logits in extra_logits]
         decisions = self._draw(decision_probs, self.group_size).tolist()
         box_ids = self._draw(box_probs, self.group_size).tolist()
+        extra_ids = [self._draw(probs, self.group_size).tolist() for probs in extra_probs]
         decision_mask = [1.0] * self.group_size
         if not self.balance or self.group_size < 2:
-            return decisions, box_ids, decision_mask, BalanceResult("balanced", tuple(decisions))
-        extra: list[tuple[int, int]] = []
+            return (decisions, box_ids, decision_mask, BalanceResult("balanced", tuple(decisions)), *extra_ids)
+        extra: list[tuple[int, ...]] = []
 
         def draw_extra() -> int:
-            extra.append((int(self._draw(decision_probs, 1)), int(self._draw(box_probs, 1))))
+            extra.append((int(self._draw(decision_probs, 1)), int(self._draw(box_probs, 1)),
+                          *(int(self._draw(probs, 1)) for probs in extra_probs)))
             return extra[-1][0]
 
         result = balance_group(decisions, draw_extra, self.budget)
         if result.path == "resampled":
-            decisions[result.swap_out], box_ids[result.swap_out] = extra[result.swap_in_draw]
+            drawn = extra[result.swap_in_draw]
+            decisions[result.swap_out], box_ids[result.swap_out] = drawn[:2]
+            for ids, value in zip(extra_ids, drawn[2:]):
+                ids[result.swap_out] = value
         elif result.path == "forced":
             # The decision was not sampled: keep it out of the loss. A forced REGION's box
             # is still an on-policy sample, so its token stays in.
             decisions[result.swap_out] = result.missing
             decision_mask[result.swap_out] = 0.0
-        return decisions, box_ids, decision_mask, result
+        return (decisions, box_ids, decision_mask, result, *extra_ids)
 
 
-def action_tokens(decisions, decision_mask, rewards) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(token_level_rewards, response_mask)``, each ``(N, 2)``: tokens are (decision, box).
+def action_tokens(
+    decisions, decision_mask, rewards, *, second_box: bool = False, search: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token_level_rewards, response_mask)``, each ``(N, T)``: tokens are (decision, box),
+    then the second box and the search token when the policy has them.
 
-    The box token counts only for a REGION action; the reward goes on the last token
-    that counts (token 0 if none does, so group statistics still see it).
+    The box tokens count only for a REGION action, the search token always (FULL may
+    search too); the reward goes on the last token that counts (token 0 if none does, so
+    group statistics still see it).
     """
     decisions = torch.as_tensor(decisions)
-    mask = torch.stack([torch.as_tensor(decision_mask, dtype=torch.float32), (decisions == REGION).float()], dim=-1)
-    last = torch.where(mask[:, 1] > 0, 1, 0)
+    region = (decisions == REGION).float()
+    columns = [torch.as_tensor(decision_mask, dtype=torch.float32), region]
+    if second_box:
+        columns.append(region)
+    if search:
+        columns.append(torch.ones_like(region))
+    mask = torch.stack(columns, dim=-1)
+    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    last = torch.where(mask > 0, positions, 0).max(dim=-1).values
     token_rewards = torch.zeros_like(mask)
     token_rewards[torch.arange(len(decisions)), last] = torch.as_tensor(rewards, dtype=torch.float32)
     return token_rewards, mask
@@ -222,7 +243,9 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    net = CropPolicyNet(config.policy)
+    # The policy's optional tokens follow the env's options (a second box for 2+ regions).
+    net = CropPolicyNet(replace(config.policy, search=config.env.search, max_regions=min(config.env.max_regions, 2)))
+    second_box, search = net.config.max_regions == 2, net.config.search
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, generator)
     config.out.mkdir(parents=True, exist_ok=True)
@@ -238,13 +261,20 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
             obs, _ = train_env.reset(options={"query_index": int(q)})
             with torch.no_grad():
                 out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
-            decisions, box_ids, decision_mask, balance = sampler.sample(out.decision_logits[0], out.box_logits[0])
-            boxes = net.boxes[box_ids].numpy()
-            actions = [{"decision": d, "box": b} for d, b in zip(decisions, boxes)]
+            heads = [h[0] for h in (out.box2_logits, out.search_logits) if h is not None]
+            decisions, box_ids, decision_mask, balance, *extra_ids = sampler.sample(
+                out.decision_logits[0], out.box_logits[0], *heads)
+            if extra_ids:
+                box2_ids = extra_ids[0] if second_box else [None] * len(decisions)
+                search_ids = extra_ids[-1] if search else [None] * len(decisions)
+                actions = [native_action(net, d, b, b2, sf) for d, b, b2, sf in zip(decisions, box_ids, box2_ids, search_ids)]
+            else:
+                boxes = net.boxes[box_ids].numpy()
+                actions = [{"decision": d, "box": b} for d, b in zip(decisions, boxes)]
             outcomes = train_env.score_actions(actions)
             images.append(obs["image"])
             questions.append(obs["question"])
-            rows.append((int(q), decisions, box_ids, decision_mask, [o.reward for o in outcomes], balance))
+            rows.append((int(q), decisions, box_ids, decision_mask, [o.reward for o in outcomes], balance, extra_ids))
 
         group_of = [i for i, row in enumerate(rows) for _ in row[1]]
         decisions = [d for row in rows for d in row[1]]
@@ -252,15 +282,16 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
         decision_mask = [m for row in rows for m in row[3]]
         rewards = [r for row in rows for r in row[4]]
         uids = [f"{iteration}-{rows[g][0]}" for g in group_of]
-        token_rewards, mask = action_tokens(decisions, decision_mask, rewards)
+        extra_ids = [torch.tensor([i for row in rows for i in row[6][n]]) for n in range(len(rows[0][6]))]
+        token_rewards, mask = action_tokens(decisions, decision_mask, rewards, second_box=second_box, search=search)
         advantages = compute_advantages(
             config.estimator, token_rewards, mask, uids, decisions, config.group_size, config.norm_adv_by_std
         )
 
         out = net(torch.from_numpy(np.stack(images)), questions)
         expand = torch.tensor(group_of)
-        per_action = type(out)(out.decision_logits[expand], out.box_logits[expand])
-        log_probs = token_log_probs(per_action, torch.tensor(decisions), box_ids)
+        per_action = out.select(expand)
+        log_probs = token_log_probs(per_action, torch.tensor(decisions), box_ids, *extra_ids)
         entropy = token_entropy(per_action)
         pg_loss = agg_loss(-advantages * log_probs, mask, loss_agg_mode="token-mean")
         entropy_bonus = agg_loss(entropy, torch.ones_like(mask), loss_agg_mode="token-mean")
@@ -275,6 +306,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
             "seconds": time.perf_counter() - start,
             "reward": float(np.mean(rewards)),
             "rc_rate": float(np.mean(np.asarray(decisions) == REGION)),
+            **({"search_rate": float(extra_ids[-1].float().mean())} if search else {}),
             "loss": float(loss.detach()),
             "entropy_decision": float(entropy[:, 0].mean().detach()),
             "entropy_box": float(entropy[:, 1].mean().detach()),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.model_family import ModelFamily, get_family
-from envs.text_actions import FULL_MARKER, TOOL_NAME
+from envs.text_actions import FULL_MARKER, SEARCH_TOOL_NAME, TOOL_NAME
 
 IMAGE_PLACEHOLDER = "<image>"
 """verl's RLHFDataset swaps this placeholder for the row's image."""
@@ -58,6 +58,34 @@ def _tool_schema(family: ModelFamily) -> dict[str, Any]:
     }
 
 
+def _search_tool_schema(family: ModelFamily, max_regions: int) -> dict[str, Any]:
+    box = _tool_schema(family)["function"]["parameters"]["properties"]["bbox_2d"]
+    return {
+        "type": "function",
+        "function": {
+            "name": SEARCH_TOOL_NAME,
+            "description": "Search the knowledge base again with the image, or with a region of it (bbox_2d), "
+            "and an optional short text query; the re-ranker then ranks the entries found instead of the current ones.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "bbox_2d": _boxes_schema(box, max_regions),
+                    "query": {"type": "string", "description": "A short description of what to search for (optional)."},
+                },
+                "required": [],
+            },
+        },
+    }
+
+
+def _boxes_schema(box: dict[str, Any], max_regions: int) -> dict[str, Any]:
+    """One box, or (several regions) one box or a list of up to ``max_regions`` boxes."""
+    if max_regions == 1:
+        return box
+    return {"oneOf": [box, {"type": "array", "items": box, "minItems": 1, "maxItems": max_regions}],
+            "description": f"{box['description']} Up to {max_regions} regions: a list of such boxes."}
+
+
 def _crop_example(family: ModelFamily) -> str:
     call = {"name": TOOL_NAME, "arguments": {"bbox_2d": list(family.example_box), "label": "the bird"}}
     return "<tool_call>\n" + json.dumps(call) + "\n</tool_call>"
@@ -85,6 +113,43 @@ To keep the full image, answer exactly:
 You may think briefly inside <think></think> first, then give exactly one of these two answers."""
 
 
+def _extended_system_prompt(family: ModelFamily, search: bool, max_regions: int) -> str:
+    """The system prompt with the SEARCH tool and/or several regions (the env's options)."""
+    crop_tool = _tool_schema(family)
+    crop_tool["function"]["parameters"]["properties"]["bbox_2d"] = _boxes_schema(
+        crop_tool["function"]["parameters"]["properties"]["bbox_2d"], max_regions)
+    tools = [json.dumps(crop_tool)] + ([json.dumps(_search_tool_schema(family, max_regions))] if search else [])
+    x1, y1, x2, y2 = family.example_box
+    extra = []
+    if max_regions > 1:
+        beside = [x2, y1, x2 + (x2 - x1), y2]  # a second region of the same size, to its right
+        two = {"name": TOOL_NAME, "arguments": {"bbox_2d": [list(family.example_box), beside]}}
+        extra.append(f"To crop up to {max_regions} regions at once (the re-ranker compares them together), give "
+                     f"bbox_2d as a list of boxes, for example:\n<tool_call>\n{json.dumps(two)}\n</tool_call>")
+    if search:
+        call = {"name": SEARCH_TOOL_NAME, "arguments": {"bbox_2d": list(family.example_box), "query": "a small bird"}}
+        extra.append("When the right entry may be missing from the candidates, search the knowledge base again: call "
+                     f"{SEARCH_TOOL_NAME} with a region (bbox_2d, optional: without it the whole image is used) and an "
+                     "optional short text query; the re-ranker then ranks the entries found. A search costs a little, "
+                     f"so search only when it helps. For example:\n<tool_call>\n{json.dumps(call)}\n</tool_call>")
+    return f"""You help a re-ranker that compares a query image with knowledge-base entries to find the entry that answers a question about the image. Decide whether the re-ranker should see the whole image or only one region of it: crop to the subject the question is about when background, clutter or other objects would distract from it; keep the full image when the subject already fills it or the question needs the whole scene.
+
+# Tools
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{chr(10).join(tools)}
+</tools>
+
+To crop, call the tool with a json object within <tool_call></tool_call> XML tags, for example:
+{_crop_example(family)}
+{chr(10).join(extra)}
+To keep the full image, answer exactly:
+{FULL_EXAMPLE}
+
+You may think briefly inside <think></think> first, then give exactly one of these answers."""
+
+
 @dataclass(frozen=True)
 class PromptTexts:
     """The family-dependent texts of the prompt."""
@@ -99,14 +164,21 @@ class PromptTexts:
 
 
 @functools.lru_cache(maxsize=None)
-def _texts(family: ModelFamily) -> PromptTexts:
-    return PromptTexts(family, _tool_schema(family), _crop_example(family), _system_prompt(family))
+def _texts(family: ModelFamily, search: bool = False, max_regions: int = 1) -> PromptTexts:
+    if not search and max_regions == 1:
+        return PromptTexts(family, _tool_schema(family), _crop_example(family), _system_prompt(family))
+    return PromptTexts(family, _tool_schema(family), _crop_example(family),
+                       _extended_system_prompt(family, search, max_regions))
 
 
-def prompt_texts(family: str | ModelFamily | None = None) -> PromptTexts:
+def prompt_texts(family: str | ModelFamily | None = None, *, search: bool = False, max_regions: int = 1) -> PromptTexts:
     """The prompt texts of ``family`` (a name or record; ``None``: Qwen2.5-VL). Raises
-    ``ValueError`` listing the supported families for an unknown name."""
-    return _texts(get_family(family))
+    ``ValueError`` listing the supported families for an unknown name. ``search`` and
+    ``max_regions > 1`` (the env's options) add the ``kb_search_tool`` and the list-of-boxes
+    form to the system prompt; off, the texts are the paper's."""
+    if max_regions < 1:
+        raise ValueError(f"max_regions must be >= 1, got {max_regions}")
+    return _texts(get_family(family), bool(search), int(max_regions))
 
 
 TOOL_SCHEMA: dict[str, Any] = prompt_texts().tool_schema
@@ -183,6 +255,8 @@ def build_messages(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     family: str | ModelFamily | None = None,
+    search: bool = False,
+    max_regions: int = 1,
 ) -> list[dict]:
     """Chat messages for the first turn: system prompt, then the query image and question.
 
@@ -191,10 +265,11 @@ def build_messages(
     ``min_pixels`` / ``max_pixels``, when given, go into the image item so
     ``qwen_vl_utils.process_vision_info`` resizes with them; pass the same values to
     :func:`envs.boxes.qwen_resized_size` when parsing the reply. ``family`` words the
-    system prompt for the model family's box frame (``None``: Qwen2.5-VL).
+    system prompt for the model family's box frame (``None``: Qwen2.5-VL); ``search`` and
+    ``max_regions`` document the env's SEARCH tool and several regions (:func:`prompt_texts`).
     """
     return [
-        {"role": "system", "content": prompt_texts(family).system_prompt},
+        {"role": "system", "content": prompt_texts(family, search=search, max_regions=max_regions).system_prompt},
         {
             "role": "user",
             "content": [
@@ -230,11 +305,12 @@ def followup_message(
     return {"role": "user", "content": [_image_item(image, min_pixels, max_pixels), {"type": "text", "text": text}]}
 
 
-def to_verl_prompt(question: str, max_steps: int = 1, family: str | ModelFamily | None = None) -> list[dict]:
+def to_verl_prompt(question: str, max_steps: int = 1, family: str | ModelFamily | None = None, *,
+                   search: bool = False, max_regions: int = 1) -> list[dict]:
     """The messages of :func:`build_messages` as a verl ``RLHFDataset`` ``prompt`` column:
     string contents, the image replaced by the ``<image>`` placeholder (the row's
     ``images`` column holds the image itself)."""
     return [
-        {"role": "system", "content": prompt_texts(family).system_prompt},
+        {"role": "system", "content": prompt_texts(family, search=search, max_regions=max_regions).system_prompt},
         {"role": "user", "content": IMAGE_PLACEHOLDER + _question_text(question, 0, max_steps)},
     ]

@@ -70,9 +70,11 @@ class QwenVLPolicy:
 
     def messages(self, obs: dict, info: dict, env) -> list[dict]:
         """The chat for the current step: the view the policy sees and the question."""
+        unwrapped = env.unwrapped
         return build_messages(
-            info["question"], info["policy_image"], int(obs["step"]), env.unwrapped.max_steps,
+            info["question"], info["policy_image"], int(obs["step"]), unwrapped.max_steps,
             min_pixels=self.images.min_pixels, max_pixels=self.images.max_pixels, family=self.family,
+            search=getattr(unwrapped, "search_enabled", False), max_regions=getattr(unwrapped, "max_regions", 1),
         )
 
     def generate(self, messages: list[dict]) -> str:

@@ -520,3 +520,37 @@ def test_bad_settings_are_rejected_by_name(trainer_config, server, qwen, setting
 def test_row_without_a_pool_file_is_rejected(trainer_config, server, qwen, settings):
     with pytest.raises(KeyError, match="pool_file.*prepare_verl_data"):
         run_loop(trainer_config, server, qwen[1], {"query_id": "q0"}, **settings)
+
+
+def test_search_and_two_box_answers_are_stepped_and_paid_as_the_env_pays_them(
+    trainer_config, server, qwen, settings, tiny_pool, tiny_scorer, tmp_path
+):
+    import dataclasses
+    import json
+
+    from envs.factory import pools_index
+    from envs.kb_index import KbItem, write_kb_file
+
+    kb_file = write_kb_file([KbItem(c.id, c.image, c.text) for c in tiny_pool.candidates], tmp_path / "kb.jsonl")
+    pool = dataclasses.replace(tiny_pool, candidates=tiny_pool.candidates[:3], kb=kb_file)
+    pool_file = write_query_pools([pool], tmp_path / "pools.jsonl")
+    reference = RegionRerankEnv([pool], tiny_scorer, kb_index=pools_index([pool], tiny_scorer), search=True, max_regions=2)
+    _, info = reference.reset(options={"query_index": 0})
+    w, h = _extent(info["policy_image"])
+    boxes = [snapped([0.0, 0.0, 0.5, 0.5], info["policy_image"]), snapped([0.5, 0.5, 1.0, 1.0], info["policy_image"])]
+    framed = [[int(round(v)) for v in np.asarray(b) * [w, h, w, h]] for b in boxes]
+    answers = {
+        "search": ('<tool_call>{"name": "kb_search_tool", "arguments": {}}</tool_call>',
+                   {"decision": 0, "box": np.zeros(4), "search": 1}),
+        "region": ('<tool_call>' + json.dumps({"name": "image_zoom_in_tool", "arguments": {"bbox_2d": framed}}) + "</tool_call>",
+                   {"decision": 1, "box": np.stack(boxes)}),
+    }
+    for outcome, (text, action) in answers.items():
+        reference.reset(options={"query_index": 0})
+        expected = reference.score_actions([action])[0]
+        server.script = [text]
+        out = run_loop(trainer_config, server, qwen[1], {"pool_file": str(pool_file), "query_id": pool.query_id},
+                       **with_(settings, search=True, max_regions=2))
+        assert out.extra_fields["outcome"] == outcome
+        assert out.reward_score == pytest.approx(expected.reward, abs=1e-6)
+        assert out.extra_fields["final_rank"] == int(expected.stats.rank)

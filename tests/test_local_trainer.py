@@ -180,3 +180,32 @@ def test_the_question_moves_the_box():
     image[1] = image[0]
     out = net(image, ["What is the red striped star in the upper left?", "Tell me about the blue plain circle at the bottom."])
     assert not torch.allclose(out.box_logits[0].softmax(-1), out.box_logits[1].softmax(-1), atol=1e-3)
+
+
+def test_action_tokens_with_a_second_box_and_a_search_token():
+    rewards, mask = action_tokens([1, 0], [1.0, 0.0], [0.5, 1.0], second_box=True, search=True)
+    assert mask.tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]  # FULL may search: its search token counts
+    assert rewards.tolist() == [[0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 1.0]]
+
+
+def test_training_with_search_and_two_regions(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+    from envs.data import load_query_pools, write_query_pools
+    from envs.kb_index import KbItem, write_kb_file
+
+    root = pool_files["train"].parent
+    first = load_query_pools(pool_files["train"])[0]
+    kb_file = write_kb_file([KbItem(c.id, c.image, c.text) for c in first.candidates], tmp_path / "kb.jsonl")
+    files = {split: write_query_pools([dataclasses.replace(p, kb=kb_file) for p in load_query_pools(pool_files[split])],
+                                      root / f"{split}-kb.jsonl")
+             for split in ("train", "val")}
+    config = small_config(files, tiny_model_name, tiny_checkpoint, tmp_path, iterations=3, eval_every=3,
+                          env=EnvSettings(obs_size=32, search=True, max_regions=2))
+    result = train(config)
+    assert {"search_rate", "val_MRR"} <= set(result.history[-1])
+    policy = load_policy(result.checkpoint)
+    assert policy.net.config.search and policy.net.config.max_regions == 2
+    env = make_env(files["val"], make_scorer(config.scorer), settings=config.env)
+    obs, info = env.reset(options={"query_index": 0})
+    action = policy(obs, info, env)
+    assert action["search"] in (0, 1) and action["box"].shape in ((4,), (2, 4))
+    assert env.step(action)[4]["outcome"] in ("full", "search", "region")

@@ -150,3 +150,21 @@ def test_verl_dataset_expands_the_verl_prompt_into_build_messages():
     assert expanded[1]["content"][1] == expected[1]["content"][1]
     assert expanded[1]["content"][0]["type"] == "image"
     assert expanded[1]["content"][0]["image"].size == image.size
+
+
+def test_the_search_and_multi_box_forms_are_documented_only_when_on():
+    from agents.prompts import SYSTEM_PROMPT, prompt_texts
+    from envs.text_actions import SEARCH_TOOL_NAME, parse_action_text
+
+    assert prompt_texts(search=False, max_regions=1).system_prompt == SYSTEM_PROMPT
+    assert SEARCH_TOOL_NAME not in SYSTEM_PROMPT
+    extended = prompt_texts(search=True, max_regions=2).system_prompt
+    assert SEARCH_TOOL_NAME in extended and "list of boxes" in extended
+    # every example the prompt shows is an answer the parser reads with the same options
+    examples = extended.split("<tool_call>\n")[1:]
+    parsed = [parse_action_text("<tool_call>" + block.split("</tool_call>")[0] + "</tool_call>", frame="pixel",
+                                view_size=(1000, 1000), search=True, max_regions=2) for block in examples]
+    assert [(p.decision, p.search, None if p.boxes is None else len(p.boxes)) for p in parsed] == [
+        (1, False, 1), (1, False, 2), (1, True, 1)]
+    only_search = prompt_texts(search=True).system_prompt
+    assert SEARCH_TOOL_NAME in only_search and "list of boxes" not in only_search

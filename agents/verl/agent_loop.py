@@ -125,6 +125,15 @@ def shared_scorer(settings: ScorerSettings) -> Scorer:
         return _SCORERS[settings]
 
 
+def search_index(pool: QueryPool, settings: ScorerSettings):
+    """The KB index SEARCH queries for ``pool`` (its ``kb`` file under the run's scorer), built
+    with the in-process scorer once per worker; a complete on-disk index (recipes/build_index.py)
+    is read back without a forward."""
+    from envs.factory import pools_index
+
+    return pools_index([pool], shared_scorer(settings))
+
+
 def _locked_call(fn, *args, **kwargs):
     with _ENV_LOCK:
         return fn(*args, **kwargs)
@@ -268,7 +277,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         # recomputed resize, so the parser's frame is the model's input by construction.
         action = text_to_action(
             text, frame=self.family.frame, view_size=ep.env.view_size, shown_size=ep.images[-1].size,
-            rules=ep.env.reward_config.text_rules,
+            rules=ep.env.reward_config.text_rules, max_regions=ep.env.max_regions, search=ep.env.search_enabled,
         )
         return _Turn(token_ids, log_probs, text, action, _decision_of(action), forced_ids)
 
@@ -387,11 +396,14 @@ class RegionRerankAgentLoop(AgentLoopBase):
         metrics: dict[str, float] = {}
         pool = await self._env_call(metrics, query_pool, extra_info["pool_file"], str(extra_info["query_id"]))
         scorer = await self._episode_scorer(metrics, pool)
-        env = RegionRerankEnv([pool], scorer, settings=s.env, image_cache=QUERY_IMAGES)
+        # SEARCH reads the pool's KB index, built (or read back from the disk cache) once per worker.
+        kb_index = await self._env_call(metrics, search_index, pool, s.scorer) if s.env.search else None
+        env = RegionRerankEnv([pool], scorer, settings=s.env, image_cache=QUERY_IMAGES, kb_index=kb_index)
         _, info = await self._env_call(metrics, env.reset, options={"query_index": 0})
         messages = build_messages(
             info["question"], info["policy_image"], 0, s.env.max_steps,
             min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels, family=self.family,
+            search=s.env.search, max_regions=s.env.max_regions,
         )
         images = [await self._shown_image(messages[1])]
         self._assert_mm_supported(True)
@@ -439,6 +451,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         messages = build_messages(
             pool.question, view, 0, s.env.max_steps,
             min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels, family=self.family,
+            search=s.env.search, max_regions=s.env.max_regions,
         )
         images = [await self._shown_image(messages[1])]
         prompt_ids = await self.ct_build_initial_tokens(messages, images=images)
