@@ -114,8 +114,11 @@ class TrainResult:
 
 
 def make_envs(config: LocalTrainConfig, scorer: Scorer) -> tuple[RegionRerankEnv, RegionRerankEnv]:
-    """Training env (pools without a positive dropped) and validation env (all kept)."""
-    train_env = make_env(config.data, scorer, split="train", purpose="train", settings=config.env)
+    """Training env (pools without a positive dropped, unless the env can SEARCH: then a
+    search can bring the positive in, and those pools are where it pays) and validation
+    env (all kept)."""
+    purpose = "eval" if config.env.search else "train"
+    train_env = make_env(config.data, scorer, split="train", purpose=purpose, settings=config.env)
     val_env = make_env(config.val_data, scorer, split="val", purpose="eval", settings=config.env)
     return train_env, val_env
 

@@ -98,9 +98,14 @@ def run_local(args: Args) -> None:
     print(f"policy: {result.checkpoint} ({result.seconds:.0f} s of training)")
     if args.test_queries == 0:
         return
-    test_env = make_env(args.test_data, scorer, split="test", purpose="eval", obs_size=config.env.obs_size)
+    # The trained policy's action space: SEARCH and several regions when it was trained with them.
+    test_env = make_env(args.test_data, scorer, split="test", purpose="eval", obs_size=config.env.obs_size,
+                        search=config.env.search, max_regions=config.env.max_regions)
     n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
-    policies = {**baseline_policies(), "trained": load_policy(result.checkpoint)}
+    names = ["full", "center", "random", "annotated", "oracle"]
+    names += ["search-full", "search-annotated", "oracle-search"] if config.env.search else []
+    names += ["oracle-2box"] if config.env.max_regions >= 2 else []
+    policies = {**baseline_policies(names), "trained": load_policy(result.checkpoint)}
     source = str(args.test_data) if args.test_data else "embedded benchmark, test split"
     evaluate_and_report(test_env, policies, range(n), config.out / "test", source)
 

@@ -209,3 +209,19 @@ def test_training_with_search_and_two_regions(pool_files, tiny_model_name, tiny_
     action = policy(obs, info, env)
     assert action["search"] in (0, 1) and action["box"].shape in ((4,), (2, 4))
     assert env.step(action)[4]["outcome"] in ("full", "search", "region")
+
+
+def test_with_search_training_keeps_the_pools_a_search_can_recover(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+    from agents.local_trainer import make_envs
+    from envs.data import load_query_pools, write_query_pools
+    from envs.kb_index import KbItem, write_kb_file
+
+    first = load_query_pools(pool_files["train"])[0]
+    kb_file = write_kb_file([KbItem(c.id, c.image, c.text) for c in first.candidates], tmp_path / "kb.jsonl")
+    root = pool_files["train"].parent
+    files = {split: write_query_pools([dataclasses.replace(p, kb=kb_file) for p in load_query_pools(pool_files[split])],
+                                      root / f"{split}-kb2.jsonl") for split in ("train", "val")}
+    scorer = make_scorer(ScorerSettings(tiny_model_name, str(tiny_checkpoint)))
+    for search, expected in ((False, 11), (True, 12)):  # the last train query's pool lacks its positive
+        config = small_config(files, tiny_model_name, tiny_checkpoint, tmp_path, env=EnvSettings(obs_size=32, search=search))
+        assert len(make_envs(config, scorer)[0].pools) == expected
