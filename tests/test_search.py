@@ -7,6 +7,8 @@ the scene pools. q0's pool lacks its gold entity; q1's pool keeps its own labels
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -123,7 +125,7 @@ def test_a_text_rewrite_is_combined_with_the_view_for_retrieval_only(world, imag
 
 
 def test_positives_come_from_the_data_never_from_the_index(world, image_scorer):
-    pools = [world["pools"][0].__class__(**{**world["pools"][0].__dict__, "gold_ids": None})]
+    pools = [dataclasses.replace(world["pools"][0], gold_ids=None)]
     env = RegionRerankEnv(pools, image_scorer, kb_index=world["index"], search=True, obs_size=32)
     env.reset(options={"query_index": 0})
     _, _, _, _, info = env.step(full_search())
