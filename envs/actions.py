@@ -94,25 +94,22 @@ class ReadAction:
     """The search's text rewrite, if any."""
 
 
+DESCRIBE_MAX_CHARS = 160
+"""Longest :func:`describe` text: reprlib bounds each part, not the sum of a nested value's."""
+
+
 def describe(value: Any) -> str:
     """A short ``repr`` for error messages: bounded length and depth, never raises."""
     try:
-        return _REASON_REPR.repr(value)
+        text = _REASON_REPR.repr(value)
     except Exception:  # a user object's __repr__ may raise anything
         return f"<{type(value).__name__} object>"
+    return text if len(text) <= DESCRIBE_MAX_CHARS else text[: DESCRIBE_MAX_CHARS - 3] + "..."
 
 
 def read_decision(value: Any) -> int | None:
     """0 or 1 for a valid decision (see the module rules), ``None`` otherwise."""
-    if isinstance(value, bool) or isinstance(value, np.bool_):
-        return None
-    if isinstance(value, (int, np.integer)):
-        number = int(value)
-    elif isinstance(value, np.ndarray) and value.shape == () and np.issubdtype(value.dtype, np.integer):
-        number = int(value.item())
-    else:
-        return None
-    return number if number in (FULL, REGION) else None
+    return read_decision_range(value, FULL, REGION)
 
 
 def _real(value: Any) -> float | None:
@@ -170,11 +167,12 @@ def read_boxes(value: Any, count: Any, max_regions: int) -> np.ndarray | str:
 
 def read_decision_range(value: Any, low: int, high: int) -> int | None:
     """``value`` as an integer in ``low..high`` under the decision rules (no bool, float or str), else ``None``."""
-    if isinstance(value, (bool, np.bool_)):
+    # numpy counts timedelta64 as an integer type; its NaT has no integer value.
+    if isinstance(value, (bool, np.bool_, np.timedelta64)):
         return None
     if isinstance(value, (int, np.integer)):
         number = int(value)
-    elif isinstance(value, np.ndarray) and value.shape == () and np.issubdtype(value.dtype, np.integer):
+    elif isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iu":
         number = int(value.item())
     else:
         return None
