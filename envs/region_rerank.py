@@ -386,11 +386,7 @@ class RegionRerankEnv(gym.Env):
         return self._policy_image(self.view)
 
     def _policy_image(self, view: Image.Image) -> Image.Image:
-        if self.policy_max_side is None or max(view.size) <= self.policy_max_side:
-            return view
-        scale = self.policy_max_side / max(view.size)
-        size = (max(1, round(view.width * scale)), max(1, round(view.height * scale)))
-        return view.resize(size, Image.Resampling.BILINEAR)
+        return policy_image(view, self.policy_max_side)
 
     @property
     def view_size(self) -> tuple[float, float]:
@@ -742,6 +738,16 @@ def _check_index_vectors(index: "KnowledgeBaseIndex", ids: Sequence[str], candid
             f"(index features {getattr(index, 'features', '?')!r}); build the index with the scorer's "
             "candidate features (envs.kb_index.index_features)"
         )
+
+
+def policy_image(view: Image.Image, max_side: int | None) -> Image.Image:
+    """What the policy is shown of ``view`` under the information gap: shrunk so its longer
+    side is at most ``max_side`` (``None``: the view itself)."""
+    if max_side is None or max(view.size) <= max_side:
+        return view
+    scale = max_side / max(view.size)
+    size = (max(1, round(view.width * scale)), max(1, round(view.height * scale)))
+    return view.resize(size, Image.Resampling.BILINEAR)
 
 
 def _resize_filter(size: tuple[int, int], target: int) -> dict[str, Any]:

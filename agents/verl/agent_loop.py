@@ -57,7 +57,6 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Mapping
 from uuid import uuid4
 
@@ -73,7 +72,7 @@ from agents.verl.settings import AGENT_NAME, LoopSettings
 from envs.actions import FULL, MALFORMED, REGION, read_decision
 from envs.data import ImageCache, QueryPool, load_query_pools
 from envs.factory import make_scorer
-from envs.region_rerank import RegionRerankEnv
+from envs.region_rerank import RegionRerankEnv, policy_image
 from envs.scorer import Scorer
 from envs.settings import ScorerSettings
 from envs.text_actions import FULL_MARKER, text_to_action
@@ -447,7 +446,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         pool = query_pool(extra_info["pool_file"], str(extra_info["query_id"]))
         # The env's own resize of the FULL view under the information gap (no env: no scorer).
         image = await self.loop.run_in_executor(_ENV_THREADS, QUERY_IMAGES.load, pool.image)
-        view = RegionRerankEnv._policy_image(SimpleNamespace(policy_max_side=s.env.policy_max_side), image)
+        view = policy_image(image, s.env.policy_max_side)
         messages = build_messages(
             pool.question, view, 0, s.env.max_steps,
             min_pixels=s.images.min_pixels, max_pixels=s.images.max_pixels, family=self.family,
