@@ -270,12 +270,14 @@ def evaluate_and_report(
     *,
     oracle: tuple[list[EpisodeRecord], list[EpisodeTrace]] | None = None,
     progress: bool = True,
+    note: str = "",
 ) -> dict[str, dict]:
     """Evaluate every policy on the same queries; write ``results.md``, ``results.json``,
     ``per_query.jsonl``, the plots and the gallery (see :mod:`agents.gallery`) to ``out``;
     print (unless ``progress`` is off) the table and how long evaluation and drawing
     took. ``oracle``: the oracle's episodes on the same queries, for the galleries
-    (see :func:`write_galleries`). Returns the summaries by policy name."""
+    (see :func:`write_galleries`). ``note``: a line printed and written under the table
+    (e.g. how many seeds a trained row stands for). Returns the summaries by policy name."""
     gallery = gallery or GalleryConfig()
     summaries: dict[str, dict] = {}
     records: dict[str, list[EpisodeRecord]] = {}
@@ -291,6 +293,8 @@ def evaluate_and_report(
     out.mkdir(parents=True, exist_ok=True)
     header = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}, {elapsed:.0f} s\n\n"
     table = markdown_table(summaries, SEARCH_COLUMNS if extended(env) else ())
+    if note:
+        table += f"\n\n{note}"
     (out / "results.md").write_text(header + table + "\n")
     write_per_query(
         (per_query_row(name, r, t) for name in policies for r, t in zip(records[name], traces[name])),

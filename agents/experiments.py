@@ -6,7 +6,10 @@ ablation (dMRR; +dNDCG; +dRank; +dMargin) are both "same budget, different confi
 with every seed, evaluates each trained policy greedily on the same test queries, and
 returns the mean and spread of the metrics plus every learning curve. Each run's
 ``test/`` folder holds what :func:`agents.evaluation.evaluate_and_report` writes
-(``results.md``, ``per_query.jsonl``, ``gallery.png``, ...).
+(``results.md``, ``per_query.jsonl``, ``gallery.png``, ...) and its ``dashboard.png``; the
+output folder gets the decision-collapse dashboard of every variant
+(:mod:`agents.dashboard`: ``dashboard.png``, and TensorBoard means over seeds in ``tb_mean/``), and
+:func:`paired_differences` compares variants seed by seed.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from agents.baselines import OraclePolicy
+from agents.dashboard import plot_decision_dashboard, write_tensorboard_means
 from agents.evaluation import evaluate_and_report, trace_policy
 from agents.local_policy import load_policy
-from agents.local_trainer import LocalTrainConfig, train
+from agents.local_trainer import LocalTrainConfig, train, warm_started_policy
 from envs.factory import make_env, make_scorer
 from rewards import RewardConfig
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
+"""Student-t 0.975 quantiles for 1..20 degrees of freedom: the half-width of a two-sided 95%
+interval of a mean of n paired differences is ``T_975[n - 2] * std / sqrt(n)``."""
 
 
 def run_variants(
@@ -36,7 +44,8 @@ def run_variants(
     test_data: Path | None = None,
     test_queries: int | None = None,
 ) -> dict:
-    """Train ``variants x seeds``; evaluate each policy on the test queries under the
+    """Train ``variants x seeds`` (variants that differ only after the warm start share one
+    per seed, :func:`warm_start_key`); evaluate each policy on the test queries under the
     default reward (so every variant is judged by the same yardstick); save and return
     ``{"runs": [...], "summary": {variant: {metric: (mean, std)}}}``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -50,11 +59,19 @@ def run_variants(
     # trained policy's evaluation, so playing it per run would dwarf the drawing.
     oracle = trace_policy(test_env, OraclePolicy(), indices, name="oracle", progress=first.progress)
     runs = []
+    warm_starts: dict[str, Path] = {}
     for i, ((name, config), seed) in enumerate(itertools.product(variants.items(), seeds)):
         run_dir = out / f"{name.replace('+', '_')}-seed{seed}"
         if config.progress:
             print(f"[{i + 1}/{len(variants) * len(seeds)}] {name}, seed {seed} -> {run_dir}", flush=True)
-        result = train(dataclasses.replace(config, seed=seed, out=run_dir), scorer)
+        config = dataclasses.replace(config, seed=seed, out=run_dir)
+        if config.warm_start_steps and config.init_policy is None:
+            # Variants that differ only after the warm start (estimator, reward, budget) share it.
+            key = warm_start_key(config)
+            if key not in warm_starts:
+                warm_starts[key] = warm_started_policy(config, scorer, out / "warm_starts" / f"seed{seed}-{len(warm_starts)}.pt")
+            config = dataclasses.replace(config, init_policy=warm_starts[key])
+        result = train(config, scorer)
         policies = {name: load_policy(result.checkpoint)}
         summary = evaluate_and_report(
             test_env, policies, indices, run_dir / "test", source, oracle=oracle, progress=config.progress
@@ -69,7 +86,16 @@ def run_variants(
         for name in variants
     }
     (out / "results.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=1, default=str))
+    plot_decision_dashboard(runs, out / "dashboard.png")
+    write_tensorboard_means(runs, out / "tb_mean")
     return {"runs": runs, "summary": summary}
+
+
+def warm_start_key(config: LocalTrainConfig) -> str:
+    """What a warm start depends on: two configs with the same key warm start identically."""
+    fields = ("seed", "warm_start_steps", "warm_start_batch", "lr", "policy", "data", "scorer")
+    env = {k: getattr(config.env, k) for k in ("obs_size", "policy_max_side", "search", "max_regions")}
+    return json.dumps({**{k: getattr(config, k) for k in fields}, "env": env}, default=str, sort_keys=True)
 
 
 def variants_table(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: int) -> str:
@@ -80,6 +106,46 @@ def variants_table(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: 
     for name, metrics in summary.items():
         cells = (f"{m:.3f}" if n_seeds == 1 else f"{m:.3f} ± {s:.3f}" for m, s in metrics.values())
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_differences(
+    runs: list[dict], reference: str, metrics: tuple[str, ...] = METRICS
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per variant other than ``reference``: ``{metric: (mean, half_width, n)}`` of the
+    seed-by-seed differences ``variant - reference`` (a seed's two runs share the query
+    order and initial weights, so pairing removes that part of the spread); ``half_width``
+    is the 95% Student-t interval's, NaN with fewer than two shared seeds."""
+    by_seed = {(r["variant"], r["seed"]): r["test"] for r in runs}
+    reference_seeds = [seed for variant, seed in by_seed if variant == reference]
+    if not reference_seeds:
+        raise ValueError(f"no runs of the reference variant {reference!r}")
+    out = {}
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        seeds = [s for s in reference_seeds if (name, s) in by_seed]
+        if name == reference or not seeds:
+            continue
+        out[name] = {}
+        for metric in metrics:
+            diffs = np.array([by_seed[name, s][metric] - by_seed[reference, s][metric] for s in seeds])
+            n = len(diffs)
+            half = T_975[min(n, len(T_975) + 1) - 2] * diffs.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+            out[name][metric] = (float(diffs.mean()), float(half), n)
+    return out
+
+
+def paired_table(differences: dict[str, dict[str, tuple[float, float, int]]], reference: str) -> str:
+    """Markdown: ``mean ± 95% half-width`` of each variant's paired difference to
+    ``reference``, bold where the interval excludes 0 (resolved by these seeds)."""
+    metrics = list(next(iter(differences.values()))) if differences else list(METRICS)
+    lines = [f"| variant - {reference} (paired seeds, 95% t-interval) | " + " | ".join(metrics) + " |",
+             "|---" * (len(metrics) + 1) + "|"]
+    for name, values in differences.items():
+        cells = []
+        for mean, half, n in values.values():
+            text = f"{mean:+.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:+.3f} (1 seed)"
+            cells.append(f"**{text}**" if np.isfinite(half) and abs(mean) > half else text)
+        lines.append(f"| {name} (n={n}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -113,5 +179,13 @@ ABLATIONS = ("mrr", "mrr+ndcg", "mrr+ndcg+rank", "full")
 """The paper's reward ablation, in order: each row adds one term (see RewardConfig.ablation)."""
 
 
-def ablation_rewards() -> dict[str, RewardConfig]:
-    return {name: RewardConfig.ablation(name) for name in ABLATIONS}
+def ablation_rewards(base: RewardConfig = RewardConfig()) -> dict[str, RewardConfig]:
+    """The ablation rows on top of ``base``: a row keeps ``base``'s weight for each term
+    :meth:`RewardConfig.ablation` switches on and 0 for the others; every other field
+    (``w_iou``, scale, penalties) is ``base``'s."""
+    weights = ("w_mrr", "w_ndcg", "w_rank", "w_margin")
+    rows = {name: RewardConfig.ablation(name) for name in ABLATIONS}
+    return {
+        name: dataclasses.replace(base, **{w: getattr(base, w) if getattr(row, w) > 0 else 0.0 for w in weights})
+        for name, row in rows.items()
+    }

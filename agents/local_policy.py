@@ -103,6 +103,14 @@ def cell_boxes(grid: int, scales: tuple[float, ...]) -> torch.Tensor:
     return boxes.reshape(-1, 4).clamp(0.0, 1.0)
 
 
+def nearest_box(boxes: torch.Tensor, target) -> int:
+    """Index of the row of ``boxes`` (``(N, 4)``, 0-1 of the view) that best overlaps
+    ``target`` (0-1 of the same view) by IoU: the box token a grounding loss aims at."""
+    from rewards import box_iou
+
+    return int(np.argmax(box_iou(boxes.numpy(), np.asarray(target, np.float64))))
+
+
 class PolicyOutput(NamedTuple):
     decision_logits: torch.Tensor  # (B, 2)
     box_logits: torch.Tensor  # (B, cells * S)

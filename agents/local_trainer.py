@@ -30,24 +30,31 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from agents.dashboard import plot_decision_dashboard
 from agents.evaluation import evaluate_policy
 from agents.local_policy import (
     CropPolicyNet,
     LocalPolicy,
     PolicyConfig,
+    load_policy,
     native_action,
+    nearest_box,
     save_policy,
     token_entropy,
     token_log_probs,
 )
 from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
 from envs.actions import REGION
+from rewards.evaluation import RANK_BUCKETS, rank_bucket
+from envs.boxes import image_box_to_view
 from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
 from envs.scorer import Scorer
 from envs.settings import EnvSettings, ScorerSettings
+from rewards import RewardConfig
 
 NOT_SUPPORTED = {"gae": "needs a critic (values); use --backend verl", "remax": "needs a greedy-rollout baseline"}
 
@@ -58,7 +65,7 @@ class LocalTrainConfig:
 
     estimator: str = "rgrpo"
     """verl advantage estimator by registry name: rgrpo, grpo, rloo, reinforce_plus_plus, ..."""
-    iterations: int = 400
+    iterations: int = 300
     """gradient steps (one batch of groups each)"""
     queries_per_batch: int = 16
     """queries per batch; each gets a group of group_size rollouts"""
@@ -76,6 +83,20 @@ class LocalTrainConfig:
     """divide group-relative advantages by the group std (verl's norm_adv_by_std_in_grpo,
     whose default this keeps). With it the policy also learns when NOT to crop; without it
     it crops every query at the same test MRR (README, "CPU backend")"""
+    grounding_coef: float = 0.0
+    """weight of the grounding loss: cross-entropy of the box token toward the policy's box
+    that best overlaps the query's annotated box (a supervised signal, as LFPC's second
+    stage; queries without a box add nothing); 0 trains on the reward alone"""
+    warm_start_steps: int = 200
+    """supervised steps of the grounding loss alone (batches of warm_start_batch annotated
+    training queries) before RL, so RL starts from a policy that knows where questions
+    point; 0: RL from the random init"""
+    warm_start_batch: int = 64
+    """annotated queries per warm-start step"""
+    init_policy: Path | None = None
+    """start RL from this checkpoint (``save_policy``; same architecture) instead of the
+    seed's initial weights and the warm start: e.g. one warm start shared by the variants
+    of a comparison (:func:`warm_started_policy`)"""
     seed: int = 0
     """seeds the policy init, query order and action sampling"""
     eval_every: int = 50
@@ -90,10 +111,12 @@ class LocalTrainConfig:
     """validation query pools (JSONL); default: the embedded benchmark's val split"""
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     """the frozen re-ranker to train against (default: the embedded rr-tiny scorer)"""
-    env: EnvSettings = field(default_factory=lambda: EnvSettings(obs_size=64))
-    """the episode: reward and how it is paid, observation size (64 px for the small policy)"""
+    env: EnvSettings = field(default_factory=lambda: EnvSettings(obs_size=64, reward=RewardConfig(w_iou=0.3)))
+    """the episode: reward and how it is paid, observation size (64 px for the small policy);
+    the reward adds the IoU with the annotated box at 0.3 (a grounding signal; the test
+    table judges every policy by the default reward, without it)"""
     out: Path = Path("runs/local")
-    """output folder: policy.pt, metrics.csv, TensorBoard events, curves.png"""
+    """output folder: policy.pt, metrics.csv, TensorBoard events, curves.png, dashboard.png"""
     threads: int = 2
     """torch intra-op threads (set by the recipes, once per process)"""
     progress: bool = True
@@ -223,6 +246,86 @@ def check_estimator(name: str) -> None:
         raise ValueError(f"estimator {name!r} is not in verl's registry: {err}") from err
 
 
+def bucket_rc_rates(decisions, buckets) -> dict[str, float]:
+    """``rc_rate[B]``: the share of sampled actions that crop, among the queries whose FULL
+    image ranks the positive in baseline-rank bucket B (buckets absent from the batch are
+    left out). A collapse to "never" or "always" shows as every bucket at 0 or 1."""
+    decisions, buckets = np.asarray(decisions), np.asarray(buckets)
+    return {f"rc_rate[{b}]": float(np.mean(decisions[buckets == b] == REGION))
+            for b in (*(name for name, _, _ in RANK_BUCKETS), "absent") if (buckets == b).any()}
+
+
+def annotation_target(net: CropPolicyNet, env: RegionRerankEnv) -> int:
+    """The box token nearest the current query's annotated box, or -1 when it has none."""
+    if env.pool.box is None:
+        return -1
+    return nearest_box(net.boxes, image_box_to_view(env.pool.box, env.view_box))
+
+
+def grounding_loss(box_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the box token toward ``targets`` over the queries that have one
+    (target -1: no annotation); 0 when none has."""
+    return F.cross_entropy(box_logits, targets, ignore_index=-1) if bool((targets >= 0).any()) else box_logits.sum() * 0
+
+
+WARM_START_STREAM = 1
+"""The warm start draws its batches from ``default_rng([seed, WARM_START_STREAM])``, its own
+stream: RL's query order is the same whether or not (and wherever) the warm start ran."""
+
+
+def initial_policy(config: LocalTrainConfig) -> CropPolicyNet:
+    """The seed's initial network; its optional tokens follow the env's options (a second
+    box for 2+ regions, the search token)."""
+    torch.manual_seed(config.seed)
+    return CropPolicyNet(replace(config.policy, search=config.env.search, max_regions=min(config.env.max_regions, 2)))
+
+
+def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfig) -> float:
+    """``config.warm_start_steps`` Adam steps of :func:`grounding_loss` on the annotated
+    training queries; returns the last batch's loss."""
+    rng = np.random.default_rng([config.seed, WARM_START_STREAM])
+    examples = []
+    for index in tqdm(range(len(env.pools)), desc="warm start: observations", disable=not config.progress, leave=False):
+        if env.pools[index].box is not None:
+            obs, view_box = env.first_observation(index)
+            target = nearest_box(net.boxes, image_box_to_view(env.pools[index].box, view_box))
+            examples.append((obs["image"], obs["question"], target))
+    if not examples:
+        raise ValueError("warm_start_steps > 0 needs training queries with an annotated box; none has one")
+    images = torch.from_numpy(np.stack([e[0] for e in examples]))
+    targets = torch.tensor([e[2] for e in examples])
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    loss = torch.zeros(())
+    for _ in tqdm(range(config.warm_start_steps), desc="warm start", disable=not config.progress, leave=False):
+        batch = rng.choice(len(examples), size=min(config.warm_start_batch, len(examples)), replace=False)
+        out = net(images[batch], [examples[i][1] for i in batch])
+        loss = grounding_loss(out.box_logits, targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+def load_weights(net: CropPolicyNet, checkpoint: Path) -> None:
+    """``net`` takes the weights of ``checkpoint``, whose architecture must be ``net``'s."""
+    loaded = load_policy(checkpoint).net
+    if loaded.config != net.config:
+        raise ValueError(f"init_policy {checkpoint} has architecture {loaded.config}, the run needs {net.config}")
+    net.load_state_dict(loaded.state_dict())
+
+
+def warm_started_policy(config: LocalTrainConfig, scorer: Scorer, path: Path) -> Path:
+    """Save to ``path`` the network :func:`train` would start RL from: the seed's initial
+    weights after ``config.warm_start_steps`` steps of warm start. Passing it as
+    ``init_policy`` (with any estimator, reward or budget) trains exactly as the inline warm
+    start would."""
+    train_env, _ = make_envs(config, scorer)
+    net = initial_policy(config)
+    warm_start(net, train_env, config)
+    save_policy(net, path, warm_start_of=config.to_dict())
+    return path
+
+
 def evaluate_greedy(net: CropPolicyNet, env: RegionRerankEnv, n_queries: int) -> dict[str, float]:
     indices = range(min(n_queries, len(env.pools)))
     summary, _ = evaluate_policy(env, LocalPolicy(net, greedy=True), indices, name="val", progress=False)
@@ -243,25 +346,29 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     train_env, val_env = make_envs(config, scorer if scorer is not None else make_scorer(config.scorer))
     # Seeded after the scorer is built (building one may draw from torch's global RNG), so
     # the policy's initial weights depend on the seed alone.
-    torch.manual_seed(config.seed)
+    net = initial_policy(config)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    # The policy's optional tokens follow the env's options (a second box for 2+ regions).
-    net = CropPolicyNet(replace(config.policy, search=config.env.search, max_regions=min(config.env.max_regions, 2)))
     second_box, search = net.config.max_regions == 2, net.config.search
+    start = time.perf_counter()  # the warm start counts towards the run's time
+    if config.init_policy is not None:
+        load_weights(net, config.init_policy)
+    elif config.warm_start_steps:
+        warm_start(net, train_env, config)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, generator)
     config.out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(config.out / "tb"))
     history: list[dict[str, float]] = []
-    start = time.perf_counter()
     n_batch = min(config.queries_per_batch, len(train_env.pools))
 
     bar = tqdm(range(1, config.iterations + 1), desc=f"train {config.estimator} seed {config.seed}", disable=not config.progress)
     for iteration in bar:
-        images, questions, rows = [], [], []
+        images, questions, rows, targets, buckets = [], [], [], [], []
         for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
-            obs, _ = train_env.reset(options={"query_index": int(q)})
+            obs, info = train_env.reset(options={"query_index": int(q)})
+            targets.append(annotation_target(net, train_env))
+            buckets.append(rank_bucket(info["baseline_rank"], len(train_env.pool.candidates)))
             with torch.no_grad():
                 out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
             heads = [h[0] for h in (out.box2_logits, out.search_logits) if h is not None]
@@ -299,6 +406,8 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
         pg_loss = agg_loss(-advantages * log_probs, mask, loss_agg_mode="token-mean")
         entropy_bonus = agg_loss(entropy, torch.ones_like(mask), loss_agg_mode="token-mean")
         loss = pg_loss - config.entropy_coef * entropy_bonus
+        if config.grounding_coef:
+            loss = loss + config.grounding_coef * grounding_loss(out.box_logits, torch.tensor(targets))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -309,6 +418,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
             "seconds": time.perf_counter() - start,
             "reward": float(np.mean(rewards)),
             "rc_rate": float(np.mean(np.asarray(decisions) == REGION)),
+            **bucket_rc_rates(decisions, [buckets[g] for g in group_of]),
             **({"search_rate": float(extra_ids[-1].float().mean())} if search else {}),
             "loss": float(loss.detach()),
             "entropy_decision": float(entropy[:, 0].mean().detach()),
@@ -332,6 +442,8 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     checkpoint = config.out / "policy.pt"
     save_policy(net, checkpoint, train_config=config.to_dict())
     write_history(history, config.out)
+    plot_decision_dashboard([{"variant": config.estimator, "seed": config.seed, "history": history}],
+                            config.out / "dashboard.png")
     return TrainResult(checkpoint, history, time.perf_counter() - start)
 
 

@@ -293,11 +293,7 @@ class RegionRerankEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.pool = self.pools[self._query_index(options or {})]
-        try:
-            self.image = self._load_image(self.pool.image)
-        except DataError as exc:  # name the record, not only the file: the image may have changed since loading
-            where = self.pool.where or f"query {self.pool.query_id!r}"
-            raise DataError(f"{where}: field 'image': {exc}") from exc
+        self.image = self._pool_image(self.pool)
         self.view_box = np.array([0.0, 0.0, self.image.width, self.image.height])
         self.steps_taken = 0
         self._view_image = None
@@ -393,7 +389,23 @@ class RegionRerankEnv(gym.Env):
         """Width and height of the current view in original-image pixels."""
         return float(self.view_box[2] - self.view_box[0]), float(self.view_box[3] - self.view_box[1])
 
+    def first_observation(self, index: int) -> tuple[dict[str, Any], np.ndarray]:
+        """``(obs, view_box)`` of ``reset(options={"query_index": index})`` without scoring the
+        pool or changing the env: for supervised passes over a split (a warm start), where
+        ``reset`` would embed every FULL image for nothing."""
+        pool = self.pools[self._query_index({"query_index": index})]
+        image = self._pool_image(pool)
+        obs = {"image": self._observation_image(self._policy_image(image)), "question": pool.question, "step": 0}
+        return obs, np.array([0.0, 0.0, image.width, image.height])
+
     # ------------------------------------------------------------------ internals
+    def _pool_image(self, pool: QueryPool) -> Image.Image:
+        try:
+            return self._load_image(pool.image)
+        except DataError as exc:  # name the record, not only the file: the image may have changed since loading
+            where = pool.where or f"query {pool.query_id!r}"
+            raise DataError(f"{where}: field 'image': {exc}") from exc
+
     def _query_index(self, options: dict[str, Any]) -> int:
         if "query_index" in options:
             index = int(options["query_index"])
@@ -647,10 +659,13 @@ class RegionRerankEnv(gym.Env):
             return 0.0
         return float(box_iou(image_box, self.pool.box))
 
-    def _observation(self, policy_image: Image.Image) -> dict[str, Any]:
+    def _observation_image(self, policy_image: Image.Image) -> np.ndarray:
         image = policy_image.resize((self.obs_size, self.obs_size), **_resize_filter(policy_image.size, self.obs_size))
+        return np.asarray(image, dtype=np.uint8)
+
+    def _observation(self, policy_image: Image.Image) -> dict[str, Any]:
         return {
-            "image": np.asarray(image, dtype=np.uint8),
+            "image": self._observation_image(policy_image),
             "question": self.pool.question,
             "step": self.steps_taken,
         }

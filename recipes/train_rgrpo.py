@@ -107,7 +107,9 @@ def run_local(args: Args) -> None:
     names += ["oracle-2box"] if config.env.max_regions >= 2 else []
     policies = {**baseline_policies(names), "trained": load_policy(result.checkpoint)}
     source = str(args.test_data) if args.test_data else "embedded benchmark, test split"
-    evaluate_and_report(test_env, policies, range(n), config.out / "test", source)
+    note = (f"trained: one seed (seed {config.seed}); the baseline rows are deterministic. The README gives the "
+            "default run's spread over 5 seeds (python recipes/compare_algorithms.py --algorithms rgrpo).")
+    evaluate_and_report(test_env, policies, range(n), config.out / "test", source, note=note)
 
 
 def resolve_backend(backend: str) -> str:

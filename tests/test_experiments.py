@@ -4,10 +4,19 @@ import dataclasses
 
 import pytest
 
-from agents.experiments import ABLATIONS, ablation_rewards, plot_learning_curves, run_variants, variants_table
+from agents.experiments import (
+    ABLATIONS,
+    ablation_rewards,
+    paired_differences,
+    paired_table,
+    plot_learning_curves,
+    run_variants,
+    variants_table,
+)
 from agents.local_policy import PolicyConfig
 from agents.local_trainer import LocalTrainConfig
 from envs.settings import EnvSettings, ScorerSettings
+from rewards import RewardConfig
 
 
 def test_ablation_rewards_switch_terms_on_in_order():
@@ -15,6 +24,8 @@ def test_ablation_rewards_switch_terms_on_in_order():
     assert list(rewards) == list(ABLATIONS)
     active = [sum(w > 0 for w in (r.w_mrr, r.w_ndcg, r.w_rank, r.w_margin)) for r in rewards.values()]
     assert active == [1, 2, 3, 4]
+    on_top = ablation_rewards(RewardConfig(w_iou=0.5, w_margin=0.3))  # the base's other terms stay
+    assert all(r.w_iou == 0.5 for r in on_top.values()) and on_top["full"].w_margin == 0.3 and on_top["mrr"].w_ndcg == 0
 
 
 def test_run_variants_trains_and_evaluates_each_seed(scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
@@ -33,6 +44,8 @@ def test_run_variants_trains_and_evaluates_each_seed(scene_pool_files, tiny_mode
     table = variants_table(results["summary"], 2)
     assert table.splitlines()[0].startswith("| variant (2 seeds) | MRR") and "| grpo |" in table
     assert plot_learning_curves(results["runs"], tmp_path).stat().st_size > 0
+    assert (tmp_path / "dashboard.png").exists() and (tmp_path / "rgrpo-seed0" / "dashboard.png").exists()
+    assert {p.name for p in (tmp_path / "tb_mean").iterdir()} == {"rgrpo", "grpo"}
 
 
 def test_one_seed_table_gives_means_without_a_spread():
@@ -40,3 +53,20 @@ def test_one_seed_table_gives_means_without_a_spread():
     header, _, row = table.splitlines()
     assert header.startswith("| variant (1 seed) |")
     assert row == "| mrr | " + " | ".join(["0.250"] * 6) + " |"
+
+
+def test_paired_differences_resolve_only_what_the_seeds_support():
+    def run(variant, seed, mrr):
+        return {"variant": variant, "seed": seed, "test": {"MRR": mrr}}
+
+    runs = [run("a", s, 0.40 + 0.01 * s) for s in range(5)]
+    runs += [run("b", s, 0.45 + 0.01 * s + (0.001 if s % 2 else -0.001)) for s in range(5)]  # +0.05, tight
+    runs += [run("c", s, 0.40 + 0.01 * s + (0.03 if s % 2 else -0.03)) for s in range(5)]  # ~0, noisy
+    diffs = paired_differences(runs, "a", metrics=("MRR",))
+    mean, half, n = diffs["b"]["MRR"]
+    assert n == 5 and mean == pytest.approx(0.05, abs=1e-3) and 0 < half < 0.01
+    assert abs(diffs["c"]["MRR"][0]) < diffs["c"]["MRR"][1]
+    table = paired_table(diffs, "a")
+    assert "| b (n=5) | **+0.050 ±" in table and "| c (n=5) | -0.006 ± 0.041 |" in table and "**" not in table.splitlines()[-1]
+    with pytest.raises(ValueError, match="reference variant 'z'"):
+        paired_differences(runs, "z")

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from agents.local_policy import CropPolicyNet, PolicyConfig, load_policy, question_features, save_policy
-from agents.local_trainer import GroupSampler, LocalTrainConfig, action_tokens, compute_advantages, train
+from agents.local_policy import CropPolicyNet, PolicyConfig, load_policy, nearest_box, question_features, save_policy
+from agents.local_trainer import (
+    GroupSampler,
+    LocalTrainConfig,
+    action_tokens,
+    bucket_rc_rates,
+    compute_advantages,
+    grounding_loss,
+    train,
+)
 from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
 from envs.settings import EnvSettings, ScorerSettings
@@ -115,7 +123,7 @@ def benchmark_file(tmp_path_factory) -> Path:
 def test_short_run_raises_the_expected_reward_and_is_reproducible(benchmark_file, tmp_path):
     config = LocalTrainConfig(
         data=benchmark_file, val_data=benchmark_file, iterations=30, queries_per_batch=8, eval_every=15,
-        eval_queries=8, out=tmp_path / "run", progress=False,
+        eval_queries=8, out=tmp_path / "run", progress=False, warm_start_steps=0,  # RL alone must learn
     )
     result = train(config)
     env = make_env(benchmark_file, purpose="train", settings=config.env)
@@ -126,6 +134,8 @@ def test_short_run_raises_the_expected_reward_and_is_reproducible(benchmark_file
     assert (config.out / "metrics.csv").exists() and (config.out / "curves.png").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (config.out / "tb").iterdir())
     assert "val_MRR" in result.history[14]
+    assert (config.out / "dashboard.png").stat().st_size > 0
+    assert {"rc_rate[1]", "rc_rate[11-K]"} & set(result.history[0])  # the dashboard's per-bucket crop rates
     again = train(dataclasses.replace(config, iterations=5, out=tmp_path / "again"))
     assert [h["reward"] for h in again.history] == [h["reward"] for h in result.history[:5]]
 
@@ -225,3 +235,69 @@ def test_with_search_training_keeps_the_pools_a_search_can_recover(pool_files, t
     for search, expected in ((False, 11), (True, 12)):  # the last train query's pool lacks its positive
         config = small_config(files, tiny_model_name, tiny_checkpoint, tmp_path, env=EnvSettings(obs_size=32, search=search))
         assert len(make_envs(config, scorer)[0].pools) == expected
+
+
+def test_bucket_rc_rates_split_the_crop_rate_by_baseline_rank():
+    rates = bucket_rc_rates([1, 0, 1, 1, 0], ["1", "1", "11-K", "11-K", "absent"])
+    assert rates == {"rc_rate[1]": 0.5, "rc_rate[11-K]": 1.0, "rc_rate[absent]": 0.0}  # no 2-5 / 6-10 in the batch
+
+
+def test_nearest_box_and_grounding_loss_aim_the_box_token_at_the_annotation():
+    net = CropPolicyNet(PolicyConfig(image_size=32, channels=8, hidden=16, grid=4, box_scales=(0.3, 0.5)))
+    # A 0.3-side box centred in the top-left cell is exactly that cell's first box.
+    target = nearest_box(net.boxes, [0.0, 0.0, 0.275, 0.275])
+    assert torch.allclose(net.boxes[target], torch.tensor([0.0, 0.0, 0.275, 0.275]))
+    logits = torch.zeros(2, len(net.boxes), requires_grad=True)
+    loss = grounding_loss(logits, torch.tensor([target, -1]))  # the second query has no annotation
+    loss.backward()
+    assert float(loss) == pytest.approx(np.log(len(net.boxes)))
+    assert logits.grad[0, target] < 0 and not logits.grad[1].any()
+    assert float(grounding_loss(logits, torch.tensor([-1, -1]))) == 0.0
+
+
+@pytest.mark.parametrize("grounding", [{"grounding_coef": 1.0}, {"warm_start_steps": 30, "warm_start_batch": 16}])
+def test_the_grounding_signals_teach_where_the_annotation_is(benchmark_file, tmp_path, grounding):
+    base = LocalTrainConfig(data=benchmark_file, val_data=benchmark_file, iterations=15, queries_per_batch=8,
+                            eval_every=0, out=tmp_path / "reward", progress=False, warm_start_steps=0,
+                            env=EnvSettings(obs_size=64))  # the reward alone, without the IoU term
+    env = make_env(benchmark_file, purpose="train", settings=base.env)
+
+    def annotation_likelihood(checkpoint) -> float:
+        net, values = load_policy(checkpoint).net, []
+        with torch.no_grad():
+            for q in range(len(env.pools)):
+                obs, _ = env.reset(options={"query_index": q})
+                if env.pool.box is None:
+                    continue
+                target = nearest_box(net.boxes, env.pool.box / np.tile([env.image.width, env.image.height], 2))
+                values.append(float(net(torch.as_tensor(obs["image"])[None], [obs["question"]]).box_logits.log_softmax(-1)[0, target]))
+        return float(np.mean(values))
+
+    reward_only = train(base)
+    grounded = train(dataclasses.replace(base, **grounding, out=tmp_path / "grounded"))
+    assert annotation_likelihood(grounded.checkpoint) > annotation_likelihood(reward_only.checkpoint) + 0.3
+
+
+def test_a_warm_start_needs_annotated_queries(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+    from envs.data import load_query_pools, write_query_pools
+
+    rows = [dataclasses.replace(p, box=None) for p in load_query_pools(pool_files["train"])]
+    unannotated = write_query_pools(rows, tmp_path / "pools.jsonl")
+    with pytest.raises(ValueError, match="annotated box"):
+        train(small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, data=unannotated, warm_start_steps=2))
+
+
+def test_a_shared_warm_start_trains_exactly_as_the_inline_one(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+    from agents.local_trainer import warm_started_policy
+
+    config = small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, iterations=4, eval_every=0,
+                          warm_start_steps=5, warm_start_batch=4)
+    inline = train(config)
+    scorer = make_scorer(config.scorer)
+    shared = warm_started_policy(config, scorer, tmp_path / "warm.pt")
+    resumed = train(dataclasses.replace(config, init_policy=shared, out=tmp_path / "resumed"), scorer)
+    drop_time = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert drop_time(resumed.history) == drop_time(inline.history)
+    other = dataclasses.replace(config, policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4), init_policy=shared)
+    with pytest.raises(ValueError, match="architecture"):
+        train(other, scorer)

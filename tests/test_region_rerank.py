@@ -364,3 +364,14 @@ def test_text_action_on_an_extreme_aspect_ratio_view(pools, tiny_scorer, tmp_pat
         assert info["outcome"] == kind and terminated
         if kind == "invalid_box":
             assert reward == RewardConfig().invalid_box_penalty and "1000x1 view" in info["reason"]
+
+
+def test_first_observation_is_resets_without_scoring(env):
+    env.reset(options={"query_index": 0})
+    obs, view_box = env.first_observation(2)
+    assert env.pool is env.pools[0]  # the env's state is untouched
+    expected, info = env.reset(options={"query_index": 2})
+    assert np.array_equal(obs["image"], expected["image"]) and obs["question"] == expected["question"]
+    assert np.array_equal(view_box, info["view_box"]) and obs["step"] == 0
+    with pytest.raises(IndexError, match="query_index"):
+        env.first_observation(len(env.pools))

@@ -193,5 +193,6 @@ def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
     table = (tmp_path / "run" / "test" / "results.md").read_text()
     for row in ("| full |", "| center-0.5 |", "| random |", "| annotated |", "| oracle |", "| trained |"):
         assert row in table and row in printed
+    assert "trained: one seed (seed 0)" in table  # the table says what the trained row stands for
     assert load_policy(tmp_path / "run" / "policy.pt").net.config.grid == 4
     assert (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "metrics.csv").exists()
