@@ -17,6 +17,14 @@ token, as verl places a sequence reward on the last response token.
 Each batch is used for one gradient step, so the update is on-policy and PPO's ratio
 clipping would be the identity; the loss is verl's ``agg_loss`` of ``-A * log pi``
 ("token-mean") minus an entropy bonus.
+
+Grounding from the annotated boxes of the training split (as LFPC's supervised stage): by
+default RL starts from a **warm start**, ``warm_start_steps`` supervised steps of the
+cross-entropy of the box token toward the grid box nearest the annotation
+(:func:`grounding_loss`); ``grounding_coef`` adds the same loss to every RL step, and the
+reward's ``w_iou`` term pays the IoU instead. Every iteration logs the sampled crop rate
+per baseline-rank bucket (``rc_rate[1]``, ...) for the decision-collapse dashboard
+(:mod:`agents.dashboard`).
 """
 
 from __future__ import annotations
@@ -54,7 +62,6 @@ from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
 from envs.scorer import Scorer
 from envs.settings import EnvSettings, ScorerSettings
-from rewards import RewardConfig
 
 NOT_SUPPORTED = {"gae": "needs a critic (values); use --backend verl", "remax": "needs a greedy-rollout baseline"}
 
@@ -111,10 +118,8 @@ class LocalTrainConfig:
     """validation query pools (JSONL); default: the embedded benchmark's val split"""
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     """the frozen re-ranker to train against (default: the embedded rr-tiny scorer)"""
-    env: EnvSettings = field(default_factory=lambda: EnvSettings(obs_size=64, reward=RewardConfig(w_iou=0.3)))
-    """the episode: reward and how it is paid, observation size (64 px for the small policy);
-    the reward adds the IoU with the annotated box at 0.3 (a grounding signal; the test
-    table judges every policy by the default reward, without it)"""
+    env: EnvSettings = field(default_factory=lambda: EnvSettings(obs_size=64))
+    """the episode: reward and how it is paid, observation size (64 px for the small policy)"""
     out: Path = Path("runs/local")
     """output folder: policy.pt, metrics.csv, TensorBoard events, curves.png, dashboard.png"""
     threads: int = 2
@@ -255,11 +260,12 @@ def bucket_rc_rates(decisions, buckets) -> dict[str, float]:
             for b in (*(name for name, _, _ in RANK_BUCKETS), "absent") if (buckets == b).any()}
 
 
-def annotation_target(net: CropPolicyNet, env: RegionRerankEnv) -> int:
-    """The box token nearest the current query's annotated box, or -1 when it has none."""
-    if env.pool.box is None:
+def annotation_target(net: CropPolicyNet, box, view_box) -> int:
+    """The box token nearest the annotated ``box`` (original pixels) within ``view_box``,
+    or -1 when the query has no annotation."""
+    if box is None:
         return -1
-    return nearest_box(net.boxes, image_box_to_view(env.pool.box, env.view_box))
+    return nearest_box(net.boxes, image_box_to_view(box, view_box))
 
 
 def grounding_loss(box_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -288,8 +294,7 @@ def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfi
     for index in tqdm(range(len(env.pools)), desc="warm start: observations", disable=not config.progress, leave=False):
         if env.pools[index].box is not None:
             obs, view_box = env.first_observation(index)
-            target = nearest_box(net.boxes, image_box_to_view(env.pools[index].box, view_box))
-            examples.append((obs["image"], obs["question"], target))
+            examples.append((obs["image"], obs["question"], annotation_target(net, env.pools[index].box, view_box)))
     if not examples:
         raise ValueError("warm_start_steps > 0 needs training queries with an annotated box; none has one")
     images = torch.from_numpy(np.stack([e[0] for e in examples]))
@@ -367,7 +372,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
         images, questions, rows, targets, buckets = [], [], [], [], []
         for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
             obs, info = train_env.reset(options={"query_index": int(q)})
-            targets.append(annotation_target(net, train_env))
+            targets.append(annotation_target(net, train_env.pool.box, train_env.view_box))
             buckets.append(rank_bucket(info["baseline_rank"], len(train_env.pool.candidates)))
             with torch.no_grad():
                 out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
