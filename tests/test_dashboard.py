@@ -23,6 +23,15 @@ def test_decision_state_names_a_collapse(rates, state):
     assert decision_state(history(rates), window=3) == state
 
 
+def test_a_collapse_under_forced_balancing_is_a_collapse():
+    # r-GRPO forces one FULL into each group of 16: a policy that always crops samples 15/16.
+    forced = [dict(row, balance_forced=1.0) for row in history([0.9375] * 4)]
+    assert decision_state(forced, window=3) == "crops everything"
+    assert decision_state([dict(row, balance_forced=1.0) for row in history([0.0625] * 4)], window=3) == "never crops"
+    # Confident per query but not the same everywhere: many forced groups, a middling rate.
+    assert decision_state([dict(row, balance_forced=0.95) for row in history([0.8] * 4)], window=3) == "selective"
+
+
 def test_smooth_skips_iterations_without_that_bucket():
     values = smooth(np.array([np.nan, 1.0, np.nan, 0.0]), window=2)
     assert np.isnan(values[0]) and values[1:].tolist() == [1.0, 1.0, 0.0]
