@@ -26,16 +26,17 @@ DASHBOARD_KEYS = (*CROP_KEYS, "reward")
 COLLAPSE_LOW, COLLAPSE_HIGH = 0.05, 0.95
 """A final crop rate below / above these is a collapse to "never" / "always" crop."""
 FORCED_COLLAPSE = 0.9
-"""r-GRPO forces a group's missing decision, so a collapsed policy's sampled rate sits at
-1/n or (n-1)/n, not 0 or 1: a rate beyond 1 - FORCED_COLLAPSE (or under it) while more
-than this share of groups needed a forced decision is a collapse too."""
+"""r-GRPO balances each group (a resampled or forced member of the missing decision), so a
+collapsed policy's sampled rate sits at 1/n or (n-1)/n, not 0 or 1: a rate beyond
+1 - FORCED_COLLAPSE (or under it) while more than this share of groups needed balancing
+is a collapse too."""
 
 
 def decision_state(history: list[dict], window: int = 20) -> str:
     """``"never crops"``, ``"crops everything"`` or ``"selective"``, from the sampled crop
-    rate and the share of groups with a forced decision over the last ``window`` iterations."""
+    rate and the share of groups that needed balancing over the last ``window`` iterations."""
     rate = float(np.mean([h["rc_rate"] for h in history[-window:]]))
-    forced = float(np.mean([h.get("balance_forced", 0.0) for h in history[-window:]]))
+    forced = float(np.mean([1.0 - h.get("balance_balanced", 1.0) for h in history[-window:]]))
     if rate > COLLAPSE_HIGH or (forced > FORCED_COLLAPSE and rate > FORCED_COLLAPSE):
         return "crops everything"
     if rate < COLLAPSE_LOW or (forced > FORCED_COLLAPSE and rate < 1 - FORCED_COLLAPSE):

@@ -25,11 +25,12 @@ def test_decision_state_names_a_collapse(rates, state):
 
 def test_a_collapse_under_forced_balancing_is_a_collapse():
     # r-GRPO forces one FULL into each group of 16: a policy that always crops samples 15/16.
-    forced = [dict(row, balance_forced=1.0) for row in history([0.9375] * 4)]
+    # Resampled (found in extra draws) or forced, the group needed balancing either way.
+    forced = [dict(row, balance_balanced=0.0) for row in history([0.9375] * 4)]
     assert decision_state(forced, window=3) == "crops everything"
-    assert decision_state([dict(row, balance_forced=1.0) for row in history([0.0625] * 4)], window=3) == "never crops"
-    # Confident per query but not the same everywhere: many forced groups, a middling rate.
-    assert decision_state([dict(row, balance_forced=0.95) for row in history([0.8] * 4)], window=3) == "selective"
+    assert decision_state([dict(row, balance_balanced=0.02) for row in history([0.0625] * 4)], window=3) == "never crops"
+    # Confident per query but not the same everywhere: many balanced-up groups, a middling rate.
+    assert decision_state([dict(row, balance_balanced=0.05) for row in history([0.8] * 4)], window=3) == "selective"
 
 
 def test_smooth_skips_iterations_without_that_bucket():
