@@ -372,7 +372,8 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
         images, questions, rows, targets, buckets = [], [], [], [], []
         for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
             obs, info = train_env.reset(options={"query_index": int(q)})
-            targets.append(annotation_target(net, train_env.pool.box, train_env.view_box))
+            if config.grounding_coef:
+                targets.append(annotation_target(net, train_env.pool.box, train_env.view_box))
             buckets.append(rank_bucket(info["baseline_rank"], len(train_env.pool.candidates)))
             with torch.no_grad():
                 out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
