@@ -70,3 +70,12 @@ def test_paired_differences_resolve_only_what_the_seeds_support():
     assert "| b (n=5) | **+0.050 ±" in table and "| c (n=5) | -0.006 ± 0.041 |" in table and "**" not in table.splitlines()[-1]
     with pytest.raises(ValueError, match="reference variant 'z'"):
         paired_differences(runs, "z")
+
+
+def test_compare_recipe_balances_only_rgrpo_and_adds_no_std_variants(load_recipe):
+    recipe = load_recipe("compare_algorithms")
+    base = LocalTrainConfig()
+    assert recipe.algorithm(base, "rgrpo").balance_groups and not recipe.algorithm(base, "grpo").balance_groups
+    no_std = recipe.algorithm(base, "rgrpo", norm_adv_by_std=False)
+    assert no_std.estimator == "rgrpo" and no_std.norm_adv_by_std is False and base.norm_adv_by_std is True
+    assert recipe.Args().seeds == (0, 1, 2, 3, 4)  # 5 paired seeds by default
