@@ -286,9 +286,9 @@ def initial_policy(config: LocalTrainConfig) -> CropPolicyNet:
     return CropPolicyNet(replace(config.policy, search=config.env.search, max_regions=min(config.env.max_regions, 2)))
 
 
-def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfig) -> float:
+def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfig) -> None:
     """``config.warm_start_steps`` Adam steps of :func:`grounding_loss` on the annotated
-    training queries; returns the last batch's loss."""
+    training queries (in place)."""
     rng = np.random.default_rng([config.seed, WARM_START_STREAM])
     examples = []
     for index in tqdm(range(len(env.pools)), desc="warm start: observations", disable=not config.progress, leave=False):
@@ -300,7 +300,6 @@ def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfi
     images = torch.from_numpy(np.stack([e[0] for e in examples]))
     targets = torch.tensor([e[2] for e in examples])
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    loss = torch.zeros(())
     for _ in tqdm(range(config.warm_start_steps), desc="warm start", disable=not config.progress, leave=False):
         batch = rng.choice(len(examples), size=min(config.warm_start_batch, len(examples)), replace=False)
         out = net(images[batch], [examples[i][1] for i in batch])
@@ -308,7 +307,6 @@ def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfi
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(loss.detach())
 
 
 def load_weights(net: CropPolicyNet, checkpoint: Path) -> None:
