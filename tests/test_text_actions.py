@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import numpy as np
 import pytest
@@ -461,13 +460,15 @@ def test_never_raises_on_random_text(frame):
         "NO_CROP_NEEDED " * 20000,
     ],
 )
-def test_long_pathological_text_parses_quickly(text):
-    start = time.perf_counter()
+@pytest.mark.timeout(60)  # a hang guard against catastrophic backtracking, not a speed check
+def test_long_pathological_text_parses(text):
     _check_result(parse_norm(text), text)
-    assert time.perf_counter() - start < 2.0
 
 
 # --- the parse cost is bounded --------------------------------------------------------------
+# Speed itself is measured side by side by recipes/bench_text_actions.py (linear in the
+# text's length, the cap rejected unread); these tests assert what is parsed, and the
+# timeouts only guard against a match that would never finish.
 
 
 def test_text_over_the_cap_is_malformed_unread():
@@ -477,9 +478,8 @@ def test_text_over_the_cap_is_malformed_unread():
     result = parse_norm(text)
     assert isinstance(result, MalformedAction) and f"more than the {MAX_TEXT_CHARS}" in result.reason
     assert_full(parse_action_text(text, "norm", max_chars=len(text)), "full_marker")
-    start = time.perf_counter()
-    parse_norm("<tool_call>" * 200_000)  # 2.2 MB
-    assert time.perf_counter() - start < 0.01
+    huge = "<tool_call>" * 200_000  # 2.2 MB
+    assert isinstance(parse_norm(huge), MalformedAction) and "more than the" in parse_norm(huge).reason
 
 
 @pytest.mark.parametrize(
@@ -487,13 +487,12 @@ def test_text_over_the_cap_is_malformed_unread():
     ["<tool_call>", "<box>", "1,", '"bbox_2d": [', "<think>", "</think>", "NO_CROP_NEEDED ", "{", "[", "x"],
 )
 @pytest.mark.parametrize("rules", ["project", "region_r1_public"])
-def test_worst_case_under_the_cap_parses_in_bounded_time(piece, rules):
+@pytest.mark.timeout(60)  # a hang guard, not a speed check (see above)
+def test_worst_case_under_the_cap_parses(piece, rules):
     from envs.text_actions import MAX_TEXT_CHARS
 
     text = (piece * (MAX_TEXT_CHARS // len(piece) + 1))[:MAX_TEXT_CHARS]
-    start = time.perf_counter()
     _check_result(parse_action_text(text, "norm", rules=rules), text)
-    assert time.perf_counter() - start < 1.0
 
 
 # --- the public code's rules ----------------------------------------------------------------
