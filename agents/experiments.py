@@ -93,7 +93,7 @@ def run_variants(
 
 def warm_start_key(config: LocalTrainConfig) -> str:
     """What a warm start depends on: two configs with the same key warm start identically."""
-    fields = ("seed", "warm_start_steps", "warm_start_batch", "lr", "policy", "data", "scorer")
+    fields = ("seed", "warm_start_steps", "warm_start_batch", "warm_start_mirror", "lr", "policy", "data", "scorer")
     env = {k: getattr(config.env, k) for k in ("obs_size", "policy_max_side", "search", "max_regions")}
     return json.dumps({**{k: getattr(config, k) for k in fields}, "env": env}, default=str, sort_keys=True)
 

@@ -61,8 +61,9 @@ class PolicyConfig:
     """hash buckets of the bag-of-words question encoder"""
     hidden: int = 128
     """width of the question embedding and the heads"""
-    grid: int = 4
-    """box centres: cells of a grid x grid partition of the view"""
+    grid: int = 8
+    """box centres: cells of a grid x grid partition of the view (8: the nearest box to an
+    annotation overlaps it by IoU 0.48 on average, 4: 0.37)"""
     box_scales: tuple[float, ...] = (0.3, 0.5)
     """box sides, as fractions of the view's sides (few options: RL explores them faster)"""
     max_regions: int = 1

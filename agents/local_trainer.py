@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -57,7 +58,7 @@ from agents.local_policy import (
 from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
 from envs.actions import REGION
 from rewards.evaluation import RANK_BUCKETS, rank_bucket
-from envs.boxes import image_box_to_view
+from envs.boxes import image_box_to_view, mirror_norm_box
 from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
 from envs.scorer import Scorer
@@ -84,8 +85,10 @@ class LocalTrainConfig:
     """make every group hold both decisions (r-GRPO); off for plain GRPO-style sampling"""
     lr: float = 1e-3
     """Adam learning rate"""
-    entropy_coef: float = 0.05
-    """weight of the entropy bonus on both tokens"""
+    entropy_coef: float = 0.01
+    """weight of the entropy bonus on both tokens. A larger bonus (0.05) keeps the sampled
+    boxes spread, so in training a crop earns less than the greedy box it is evaluated
+    with, and the decision learns to keep FULL where cropping would have paid"""
     norm_adv_by_std: bool = True
     """divide group-relative advantages by the group std (verl's norm_adv_by_std_in_grpo,
     whose default this keeps). Without it every seed collapsed to cropping every query in
@@ -94,12 +97,17 @@ class LocalTrainConfig:
     """weight of the grounding loss: cross-entropy of the box token toward the policy's box
     that best overlaps the query's annotated box (a supervised signal, as LFPC's second
     stage; queries without a box add nothing); 0 trains on the reward alone"""
-    warm_start_steps: int = 200
+    warm_start_steps: int = 500
     """supervised steps of the grounding loss alone (batches of warm_start_batch annotated
     training queries) before RL, so RL starts from a policy that knows where questions
     point; 0: RL from the random init"""
     warm_start_batch: int = 64
     """annotated queries per warm-start step"""
+    warm_start_mirror: bool = True
+    """show each warm-start example in a random mirror image (left-right and/or top-bottom,
+    the question's left/right, upper/lower, top/bottom swapped with it): four times the
+    examples, which the small grounder needs not to memorize the training scenes. Turn it
+    off for data a mirror changes the answer of (text in images, "the second from left")"""
     init_policy: Path | None = None
     """start RL from this checkpoint (``save_policy``; same architecture) instead of the
     seed's initial weights and the warm start: e.g. one warm start shared by the variants
@@ -286,24 +294,62 @@ def initial_policy(config: LocalTrainConfig) -> CropPolicyNet:
     return CropPolicyNet(replace(config.policy, search=config.env.search, max_regions=min(config.env.max_regions, 2)))
 
 
+MIRRORED_WORDS: dict[str, dict[str, str]] = {
+    "horizontal": {"left": "right", "right": "left"},
+    "vertical": {"upper": "lower", "lower": "upper", "top": "bottom", "bottom": "top"},
+}
+"""Position words a mirror image swaps in a question (every position phrase of the
+embedded benchmark is made of them)."""
+MIRRORS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
+"""(horizontal, vertical) flips of a warm-start example: itself and its three mirror images."""
+
+
+def mirror_question(question: str, horizontal: bool, vertical: bool) -> str:
+    """``question`` about the mirror image: its position words swapped (case kept)."""
+    swaps = {**(MIRRORED_WORDS["horizontal"] if horizontal else {}), **(MIRRORED_WORDS["vertical"] if vertical else {})}
+    if not swaps:
+        return question
+
+    def swap(match: re.Match) -> str:
+        found = match.group(0)
+        word = swaps[found.lower()]
+        return word.upper() if found.isupper() else word.capitalize() if found[0].isupper() else word
+
+    return re.sub(r"\b(" + "|".join(swaps) + r")\b", swap, question, flags=re.IGNORECASE)
+
+
+def mirror_image(image: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
+    """An ``(H, W, 3)`` observation mirrored left-right and/or top-bottom."""
+    dims = [d for d, flip in ((1, horizontal), (0, vertical)) if flip]
+    return image.flip(dims) if dims else image
+
+
 def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfig) -> None:
     """``config.warm_start_steps`` Adam steps of :func:`grounding_loss` on the annotated
-    training queries (in place)."""
+    training queries (in place), each example in a random one of its :data:`MIRRORS` when
+    ``config.warm_start_mirror`` is on."""
     rng = np.random.default_rng([config.seed, WARM_START_STREAM])
-    examples = []
+    images, questions, view_boxes = [], [], []
     for index in tqdm(range(len(env.pools)), desc="warm start: observations", disable=not config.progress, leave=False):
         if env.pools[index].box is not None:
             obs, view_box = env.first_observation(index)
-            examples.append((obs["image"], obs["question"], annotation_target(net, env.pools[index].box, view_box)))
-    if not examples:
+            images.append(obs["image"])
+            questions.append(obs["question"])
+            view_boxes.append(image_box_to_view(env.pools[index].box, view_box))
+    if not images:
         raise ValueError("warm_start_steps > 0 needs training queries with an annotated box; none has one")
-    images = torch.from_numpy(np.stack([e[0] for e in examples]))
-    targets = torch.tensor([e[2] for e in examples])
+    pixels = torch.from_numpy(np.stack(images))
+    mirrors = MIRRORS if config.warm_start_mirror else MIRRORS[:1]
+    # targets[m, i]: the box token of example i in mirror m (the annotation mirrored with it)
+    targets = torch.tensor([[nearest_box(net.boxes, mirror_norm_box(box, *m)) for box in view_boxes] for m in mirrors])
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     for _ in tqdm(range(config.warm_start_steps), desc="warm start", disable=not config.progress, leave=False):
-        batch = rng.choice(len(examples), size=min(config.warm_start_batch, len(examples)), replace=False)
-        out = net(images[batch], [examples[i][1] for i in batch])
-        loss = grounding_loss(out.box_logits, targets[batch])
+        batch = rng.choice(len(images), size=min(config.warm_start_batch, len(images)), replace=False)
+        which = rng.integers(len(mirrors), size=len(batch)) if len(mirrors) > 1 else np.zeros(len(batch), int)
+        batch_images = torch.stack([mirror_image(pixels[i], *mirrors[m]) for i, m in zip(batch, which)])
+        batch_questions = [mirror_question(questions[i], *mirrors[m]) for i, m in zip(batch, which)]
+        out = net(batch_images, batch_questions)
+        loss = grounding_loss(out.box_logits, targets[which, batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -146,6 +146,16 @@ def image_box_to_view(image_box, view: tuple[float, float, float, float]) -> np.
     return np.array([(b[0] - x1) / w, (b[1] - y1) / h, (b[2] - x1) / w, (b[3] - y1) / h])
 
 
+def mirror_norm_box(norm_box, horizontal: bool, vertical: bool) -> np.ndarray:
+    """A 0-1 box of a view, in the same view mirrored left-right and/or top-bottom."""
+    x1, y1, x2, y2 = np.asarray(norm_box, np.float64)
+    if horizontal:
+        x1, x2 = 1.0 - x2, 1.0 - x1
+    if vertical:
+        y1, y2 = 1.0 - y2, 1.0 - y1
+    return np.array([x1, y1, x2, y2])
+
+
 PIXEL_TOLERANCE = 1e-3
 """Box edges this close to a pixel boundary snap to it: float32 actions carry ~1e-5 px of
 noise that must not grow a crop by a whole pixel."""

@@ -12,11 +12,22 @@ from agents.experiments import (
     plot_learning_curves,
     run_variants,
     variants_table,
+    warm_start_key,
 )
 from agents.local_policy import PolicyConfig
 from agents.local_trainer import LocalTrainConfig
 from envs.settings import EnvSettings, ScorerSettings
 from rewards import RewardConfig
+
+
+def test_variants_share_a_warm_start_only_when_nothing_it_depends_on_differs():
+    base = LocalTrainConfig()
+    after = [dataclasses.replace(base, estimator="grpo"), dataclasses.replace(base, iterations=60),
+             dataclasses.replace(base, env=dataclasses.replace(base.env, reward=RewardConfig(w_iou=0.3)))]
+    assert {warm_start_key(c) for c in after} == {warm_start_key(base)}
+    before = [dataclasses.replace(base, seed=1), dataclasses.replace(base, warm_start_mirror=False),
+              dataclasses.replace(base, warm_start_steps=10), dataclasses.replace(base, policy=PolicyConfig(grid=4))]
+    assert len({warm_start_key(c) for c in [base, *before]}) == 5
 
 
 def test_ablation_rewards_switch_terms_on_in_order():

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from agents.local_policy import CropPolicyNet, PolicyConfig, load_policy, nearest_box, question_features, save_policy
 from agents.local_trainer import (
@@ -15,6 +16,8 @@ from agents.local_trainer import (
     bucket_rc_rates,
     compute_advantages,
     grounding_loss,
+    mirror_image,
+    mirror_question,
     train,
 )
 from envs.region_rerank import RegionRerankEnv
@@ -255,7 +258,28 @@ def test_nearest_box_and_grounding_loss_aim_the_box_token_at_the_annotation():
     assert float(grounding_loss(logits, torch.tensor([-1, -1]))) == 0.0
 
 
-@pytest.mark.parametrize("grounding", [{"grounding_coef": 1.0}, {"warm_start_steps": 30, "warm_start_batch": 16}])
+def test_a_mirrored_question_swaps_its_position_words_only():
+    assert mirror_question("What is the star in the lower right?", True, False) == "What is the star in the lower left?"
+    assert mirror_question("What is the star in the lower right?", False, True) == "What is the star in the upper right?"
+    assert mirror_question("Top left: the striped object on the RIGHT", True, True) == "Bottom right: the striped object on the LEFT"
+    assert mirror_question("What is the bright object, upright?", True, True) == "What is the bright object, upright?"
+    assert mirror_question("at the top", False, False) == "at the top"
+
+
+def test_a_mirrored_observation_is_the_observation_of_the_mirrored_image():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 12, 3), dtype=np.uint8))
+    pixels = torch.from_numpy(np.asarray(image).copy())
+    both = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    np.testing.assert_array_equal(mirror_image(pixels, True, False), np.asarray(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    np.testing.assert_array_equal(mirror_image(pixels, True, True), np.asarray(both))
+    assert mirror_image(pixels, False, False) is pixels
+
+
+@pytest.mark.parametrize("grounding", [
+    {"grounding_coef": 1.0},
+    {"warm_start_steps": 30, "warm_start_batch": 16},
+    {"warm_start_steps": 30, "warm_start_batch": 16, "warm_start_mirror": False},
+])
 def test_the_grounding_signals_teach_where_the_annotation_is(benchmark_file, tmp_path, grounding):
     base = LocalTrainConfig(data=benchmark_file, val_data=benchmark_file, iterations=15, queries_per_batch=8,
                             eval_every=0, out=tmp_path / "reward", progress=False, warm_start_steps=0,

@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 from PIL import Image
 
 import envs  # noqa: F401  (registers RegionRerank-v0)
-from envs.boxes import crop, expand_box, from_norm, qwen_resized_size, view_box_to_image
+from envs.boxes import crop, expand_box, from_norm, mirror_norm_box, qwen_resized_size, view_box_to_image
 from envs.data import Candidate, QueryPool
 from envs.actions import FULL, REGION
 from envs.region_rerank import RegionRerankEnv
@@ -251,6 +251,23 @@ def test_expand_box_adds_context_and_stays_in_the_image():
     # margin x the longer side (40 px) on every side, clamped to the 100 x 100 image
     assert expand_box((10, 20, 30, 60), 0.25, 100, 100).tolist() == [0.0, 10.0, 40.0, 70.0]
     assert expand_box((80, 80, 100, 100), 0.5, 100, 100).tolist() == [70.0, 70.0, 100.0, 100.0]
+
+
+@pytest.mark.parametrize("horizontal, vertical", [(True, False), (False, True), (True, True)])
+def test_a_mirrored_box_crops_the_mirror_image_of_the_crop(horizontal, vertical):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    mirrored = image
+    for flip, transpose in ((horizontal, Image.Transpose.FLIP_LEFT_RIGHT), (vertical, Image.Transpose.FLIP_TOP_BOTTOM)):
+        mirrored = mirrored.transpose(transpose) if flip else mirrored
+    box = np.array([0.1, 0.25, 0.6, 0.5])
+    view = (0.0, 0.0, 80.0, 60.0)
+    expected = crop(image, view_box_to_image(box, view))
+    for flip, transpose in ((horizontal, Image.Transpose.FLIP_LEFT_RIGHT), (vertical, Image.Transpose.FLIP_TOP_BOTTOM)):
+        expected = expected.transpose(transpose) if flip else expected
+    got = crop(mirrored, view_box_to_image(mirror_norm_box(box, horizontal, vertical), view))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    np.testing.assert_allclose(mirror_norm_box(mirror_norm_box(box, horizontal, vertical), horizontal, vertical), box)
 
 
 # --- wrapper stacks are Gymnasium citizens -------------------------------------------------
