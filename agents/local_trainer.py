@@ -21,9 +21,10 @@ clipping would be the identity; the loss is verl's ``agg_loss`` of ``-A * log pi
 Grounding from the annotated boxes of the training split (as LFPC's supervised stage): by
 default RL starts from a **warm start**, ``warm_start_steps`` supervised steps of the
 cross-entropy of the box token toward the grid box nearest the annotation
-(:func:`grounding_loss`); ``grounding_coef`` adds the same loss to every RL step, and the
-reward's ``w_iou`` term pays the IoU instead. Every iteration logs the sampled crop rate
-per baseline-rank bucket (``rc_rate[1]``, ...) for the decision-collapse dashboard
+(:func:`grounding_loss`), each example shown in a random mirror image with its
+question's position words swapped (:func:`mirror_question`); ``grounding_coef`` adds the
+same loss to every RL step, and the reward's ``w_iou`` term pays the IoU instead. Every
+iteration logs the sampled crop rate per baseline-rank bucket (``rc_rate[1]``, ...) for the decision-collapse dashboard
 (:mod:`agents.dashboard`).
 """
 
