@@ -24,8 +24,8 @@ cross-entropy of the box token toward the grid box nearest the annotation
 (:func:`grounding_loss`), each example shown in a random mirror image with its
 question's position words swapped (:func:`mirror_question`); ``grounding_coef`` adds the
 same loss to every RL step, and the reward's ``w_iou`` term pays the IoU instead. Every
-iteration logs the sampled crop rate per baseline-rank bucket (``rc_rate[1]``, ...) for the decision-collapse dashboard
-(:mod:`agents.dashboard`).
+iteration logs the sampled crop rate per baseline-rank bucket (``rc_rate[1]``, ...) for
+the decision-collapse dashboard (:mod:`agents.dashboard`).
 """
 
 from __future__ import annotations
@@ -346,6 +346,7 @@ def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfi
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     for _ in tqdm(range(config.warm_start_steps), desc="warm start", disable=not config.progress, leave=False):
         batch = rng.choice(len(images), size=min(config.warm_start_batch, len(images)), replace=False)
+        # No draw without mirrors: the unmirrored warm start keeps the batches it always had.
         which = rng.integers(len(mirrors), size=len(batch)) if len(mirrors) > 1 else np.zeros(len(batch), int)
         batch_images = torch.stack([mirror_image(pixels[i], *mirrors[m]) for i, m in zip(batch, which)])
         batch_questions = [mirror_question(questions[i], *mirrors[m]) for i, m in zip(batch, which)]
