@@ -29,6 +29,7 @@ from envs.data import load_image
 from envs.actions import REGION
 from envs.region_rerank import RegionRerankEnv
 from rewards.evaluation import EpisodeRecord
+from rewards.metrics import reciprocal_of_rank
 
 GAIN, LOSS, KEPT_FULL, RANDOM = "gain", "loss", "kept FULL", "random"
 CATEGORIES = (GAIN, LOSS, KEPT_FULL, RANDOM)
@@ -99,15 +100,10 @@ class Panel:
 
 
 # --------------------------------------------------------------------------- selection
-def reciprocal_rank(rank: int, pool_size: int) -> float:
-    """1/rank, or 0 when the positive is not in the pool (rank beyond it)."""
-    return 1.0 / rank if rank <= pool_size else 0.0
-
-
 def rank_gain(record: EpisodeRecord) -> float:
     """Change in reciprocal rank FULL -> policy: what the episode adds to MRR, so a 2 -> 1
     gain outweighs 40 -> 10, as it does for the metric."""
-    return reciprocal_rank(record.final_rank, record.pool_size) - reciprocal_rank(record.baseline_rank, record.pool_size)
+    return float(reciprocal_of_rank(record.final_rank, record.pool_size) - reciprocal_of_rank(record.baseline_rank, record.pool_size))
 
 
 def kept_full(record: EpisodeRecord) -> bool:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rewards.metrics import reciprocal_of_rank
+
 RANK_BUCKETS: tuple[tuple[str, int, int], ...] = (("1", 1, 1), ("2-5", 2, 5), ("6-10", 6, 10), ("11-K", 11, 10**9))
 
 
@@ -59,7 +61,7 @@ def summarize_episodes(records: list[EpisodeRecord]) -> dict:
     final = np.array([r.final_rank for r in records])
     present = np.array([r.has_positive for r in records])
     found = np.array([r.final_rank <= r.pool_size for r in records])
-    rr = np.where(found, 1.0 / final, 0.0)
+    rr = np.array([reciprocal_of_rank(r.final_rank, r.pool_size) for r in records])
     cropped = np.array([r.cropped for r in records])
     summary = {
         "queries": len(records),

@@ -74,9 +74,13 @@ def best_positive_rank(scores, positives, tie_break: TieBreak = "against_positiv
 
 def reciprocal_rank(scores, positives, tie_break: TieBreak = "against_positives") -> np.ndarray:
     """``1 / rank`` of the best positive; 0 when the pool has none."""
-    rank = best_positive_rank(scores, positives, tie_break)
-    k = np.shape(scores)[-1]
-    return np.where(rank <= k, 1.0 / rank, 0.0)
+    return reciprocal_of_rank(best_positive_rank(scores, positives, tie_break), np.shape(scores)[-1])
+
+
+def reciprocal_of_rank(rank, pool_size: int) -> np.ndarray:
+    """``1 / rank`` of a best-positive rank; 0 for a rank beyond ``pool_size`` (no positive in the pool)."""
+    rank = np.asarray(rank, dtype=np.float64)
+    return np.where(rank <= pool_size, 1.0 / np.maximum(rank, 1.0), 0.0)
 
 
 def recall_at_k(scores, positives, k: int, tie_break: TieBreak = "against_positives") -> np.ndarray:
