@@ -22,7 +22,7 @@ Grounding from the annotated boxes of the training split (as LFPC's supervised s
 default RL starts from a **warm start**, ``warm_start_steps`` supervised steps of the
 cross-entropy of the box token toward the grid box nearest the annotation
 (:func:`grounding_loss`), each example shown in a random mirror image with its
-question's position words swapped (:func:`mirror_question`); ``grounding_coef`` adds the
+question's position words swapped (:func:`envs.synthetic.scenes.mirror_question`); ``grounding_coef`` adds the
 same loss to every RL step, and the reward's ``w_iou`` term pays the IoU instead. Every
 iteration logs the sampled crop rate per baseline-rank bucket (``rc_rate[1]``, ...) for
 the decision-collapse dashboard (:mod:`agents.dashboard`).
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -60,6 +59,7 @@ from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
 from envs.actions import REGION
 from rewards.evaluation import RANK_BUCKETS, rank_bucket
 from envs.boxes import image_box_to_view, mirror_norm_box
+from envs.synthetic.scenes import mirror_question
 from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
 from envs.scorer import Scorer
@@ -295,28 +295,8 @@ def initial_policy(config: LocalTrainConfig) -> CropPolicyNet:
     return CropPolicyNet(replace(config.policy, search=config.env.search, max_regions=min(config.env.max_regions, 2)))
 
 
-MIRRORED_WORDS: dict[str, dict[str, str]] = {
-    "horizontal": {"left": "right", "right": "left"},
-    "vertical": {"upper": "lower", "lower": "upper", "top": "bottom", "bottom": "top"},
-}
-"""Position words a mirror image swaps in a question (every position phrase of the
-embedded benchmark is made of them)."""
 MIRRORS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
 """(horizontal, vertical) flips of a warm-start example: itself and its three mirror images."""
-
-
-def mirror_question(question: str, horizontal: bool, vertical: bool) -> str:
-    """``question`` about the mirror image: its position words swapped (case kept)."""
-    swaps = {**(MIRRORED_WORDS["horizontal"] if horizontal else {}), **(MIRRORED_WORDS["vertical"] if vertical else {})}
-    if not swaps:
-        return question
-
-    def swap(match: re.Match) -> str:
-        found = match.group(0)
-        word = swaps[found.lower()]
-        return word.upper() if found.isupper() else word.capitalize() if found[0].isupper() else word
-
-    return re.sub(r"\b(" + "|".join(swaps) + r")\b", swap, question, flags=re.IGNORECASE)
 
 
 def mirror_image(image: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:

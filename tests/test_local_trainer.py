@@ -17,7 +17,6 @@ from agents.local_trainer import (
     compute_advantages,
     grounding_loss,
     mirror_image,
-    mirror_question,
     train,
 )
 from envs.region_rerank import RegionRerankEnv
@@ -256,14 +255,6 @@ def test_nearest_box_and_grounding_loss_aim_the_box_token_at_the_annotation():
     assert float(loss) == pytest.approx(np.log(len(net.boxes)))
     assert logits.grad[0, target] < 0 and not logits.grad[1].any()
     assert float(grounding_loss(logits, torch.tensor([-1, -1]))) == 0.0
-
-
-def test_a_mirrored_question_swaps_its_position_words_only():
-    assert mirror_question("What is the star in the lower right?", True, False) == "What is the star in the lower left?"
-    assert mirror_question("What is the star in the lower right?", False, True) == "What is the star in the upper right?"
-    assert mirror_question("Top left: the striped object on the RIGHT", True, True) == "Bottom right: the striped object on the LEFT"
-    assert mirror_question("What is the bright object, upright?", True, True) == "What is the bright object, upright?"
-    assert mirror_question("at the top", False, False) == "at the top"
 
 
 def test_a_mirrored_observation_is_the_observation_of_the_mirrored_image():

@@ -20,6 +20,8 @@ from envs.synthetic import (
     SceneConfig,
     mine_pools,
     cell_of,
+    fresh_scene,
+    mirror_question,
     reference_image,
     render_scene,
     scene_spec,
@@ -168,3 +170,19 @@ def test_bad_config_names_the_field(make, field):
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         scene_spec(CONFIG, "dev", 0)
+
+
+def test_a_mirrored_question_swaps_its_position_words_only():
+    assert mirror_question("What is the star in the lower right?", True, False) == "What is the star in the lower left?"
+    assert mirror_question("What is the star in the lower right?", False, True) == "What is the star in the upper right?"
+    assert mirror_question("Top left: the striped object on the RIGHT", True, True) == "Bottom right: the striped object on the LEFT"
+    assert mirror_question("What is the bright object, upright?", True, True) == "What is the bright object, upright?"
+    assert mirror_question("at the top", False, False) == "at the top"
+
+
+def test_fresh_scenes_are_seeded_and_never_a_split_scene():
+    fresh = [fresh_scene(CONFIG, seed=0, index=i) for i in range(20)]
+    assert [s.question for s in fresh] == [fresh_scene(CONFIG, 0, i).question for i in range(20)]
+    assert [s.objects for s in fresh] != [fresh_scene(CONFIG, 1, i).objects for i in range(20)]
+    split = {s.objects for name in ("train", "val", "test") for s in split_specs(CONFIG, name)}
+    assert not split & {s.objects for s in fresh}

@@ -30,8 +30,8 @@ similarities with a scorer and writing the files is :mod:`envs.default`.
 
 from envs.synthetic.entities import SHAPES, COLOURS, PATTERNS, Entity, ENTITIES
 from envs.synthetic.config import CELLS, SPLITS, STREAMS, SceneConfig, BenchmarkConfig, check_split
-from envs.synthetic.scenes import SceneObject, Clue, SceneSpec, cell_of, unique_clues, question_for, sample_scene, scene_spec, split_specs
+from envs.synthetic.scenes import SceneObject, Clue, SceneSpec, cell_of, fresh_scene, mirror_question, unique_clues, question_for, sample_scene, scene_spec, split_specs
 from envs.synthetic.drawing import RenderedScene, render_entity, render_scene, render_reference, reference_image
 from envs.synthetic.pools import PoolSpec, missing_positive_mask, mine_pool, mine_pools
 
-__all__ = ["SHAPES", "COLOURS", "PATTERNS", "Entity", "ENTITIES", "CELLS", "SPLITS", "STREAMS", "SceneConfig", "BenchmarkConfig", "check_split", "SceneObject", "Clue", "SceneSpec", "cell_of", "unique_clues", "question_for", "sample_scene", "scene_spec", "split_specs", "RenderedScene", "render_entity", "render_scene", "render_reference", "reference_image", "PoolSpec", "missing_positive_mask", "mine_pool", "mine_pools"]
+__all__ = ["SHAPES", "COLOURS", "PATTERNS", "Entity", "ENTITIES", "CELLS", "SPLITS", "STREAMS", "SceneConfig", "BenchmarkConfig", "check_split", "SceneObject", "Clue", "SceneSpec", "cell_of", "unique_clues", "question_for", "sample_scene", "scene_spec", "split_specs", "fresh_scene", "mirror_question", "RenderedScene", "render_entity", "render_scene", "render_reference", "reference_image", "PoolSpec", "missing_positive_mask", "mine_pool", "mine_pools"]

@@ -22,7 +22,8 @@ CELLS: dict[tuple[int, int], str] = {
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # Random streams: every draw is keyed by (seed, stream, ...), so no two uses share one.
-STREAMS = {"train": 0, "val": 1, "test": 2, "kb": 3, "pools": 4}
+STREAMS = {"train": 0, "val": 1, "test": 2, "kb": 3, "pools": 4, "fresh": 5}
+"""``fresh``: scenes drawn outside the splits, as many as a supervised warm start asks for (:func:`~envs.synthetic.scenes.fresh_scene`)."""
 @dataclass(frozen=True)
 class SceneConfig:
     """How query scenes look. Sizes are fractions of the image side."""

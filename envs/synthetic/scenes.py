@@ -6,6 +6,7 @@ A :class:`SceneSpec` is a pure function of ``(seed, split, index)``; drawing it 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,7 +16,7 @@ from envs.synthetic.config import CELLS, STREAMS, BenchmarkConfig, SceneConfig, 
 from envs.synthetic.entities import ENTITIES, Entity
 
 
-_QUESTION_TEMPLATES = (
+QUESTION_TEMPLATES = (
     "What is the {what}{where}?",
     "Which entry of the knowledge base describes the {what}{where}?",
     "Tell me about the {what}{where}.",
@@ -163,7 +164,7 @@ def question_for(clue: Clue, rng: np.random.Generator) -> str:
     else:
         what = "object"
     where = "" if clue.cell is None else " " + CELLS[clue.cell]
-    template = _QUESTION_TEMPLATES[int(rng.integers(len(_QUESTION_TEMPLATES)))]
+    template = QUESTION_TEMPLATES[int(rng.integers(len(QUESTION_TEMPLATES)))]
     return template.format(what=what, where=where)
 
 
@@ -204,6 +205,35 @@ def scene_spec(config: BenchmarkConfig, split: str, index: int) -> SceneSpec:
     """Scene ``index`` of ``split``; depends only on ``(config.seed, split, index)``."""
     rng = np.random.default_rng([config.seed, STREAMS[check_split(split)], index])
     return sample_scene(config.scene, rng, query_id=f"{split}-{index:05d}")
+
+
+def fresh_scene(config: BenchmarkConfig, seed: int, index: int) -> SceneSpec:
+    """Scene ``index`` of the ``fresh`` stream of ``seed``: drawn like the splits' scenes but
+    from a stream of its own, so no split holds it and a training set can grow without end."""
+    rng = np.random.default_rng([config.seed, STREAMS["fresh"], seed, index])
+    return sample_scene(config.scene, rng, query_id=f"fresh-{seed}-{index:07d}")
+
+
+MIRRORED_WORDS: dict[str, dict[str, str]] = {
+    "horizontal": {"left": "right", "right": "left"},
+    "vertical": {"upper": "lower", "lower": "upper", "top": "bottom", "bottom": "top"},
+}
+"""Position words a mirror image swaps in a question (every position phrase of :data:`CELLS` is made of them)."""
+
+
+def mirror_question(question: str, horizontal: bool, vertical: bool) -> str:
+    """``question`` about the image mirrored left-right and/or top-bottom: its position words
+    swapped (case kept)."""
+    swaps = {**(MIRRORED_WORDS["horizontal"] if horizontal else {}), **(MIRRORED_WORDS["vertical"] if vertical else {})}
+    if not swaps:
+        return question
+
+    def swap(match: re.Match) -> str:
+        found = match.group(0)
+        word = swaps[found.lower()]
+        return word.upper() if found.isupper() else word.capitalize() if found[0].isupper() else word
+
+    return re.sub(r"\b(" + "|".join(swaps) + r")\b", swap, question, flags=re.IGNORECASE)
 
 
 def split_specs(config: BenchmarkConfig, split: str, count: int | None = None) -> list[SceneSpec]:
