@@ -21,8 +21,9 @@ What it registers (extension points of verl 0.9.1):
   are registered for ``cuda``/``npu`` only (``workers/engine/fsdp/transformer_impl.py``).
 - The ``transformers`` rollout: :class:`TransformersReplica` in
   ``RolloutReplicaRegistry`` (``workers/rollout/replica.py``), a Ray actor
-  :class:`TransformersServer` that generates with ``transformers`` and answers verl's
-  token-in/token-out ``generate`` calls, and :class:`TransformersServerAdapter`, the
+  :class:`TransformersServer` that answers verl's token-in/token-out ``generate`` calls
+  with batched, per-request-seeded ``transformers`` generation
+  (:mod:`agents.verl.generation`), and :class:`TransformersServerAdapter`, the
   rollout object verl builds in each actor worker, whose ``update_weights`` sends the
   actor's weights to the server after every step (verl's ``naive`` checkpoint engine).
 
@@ -43,15 +44,15 @@ verl internals it relies on, none of which has a public extension point:
   as ``0``, so both forms name the CPU.
 
 The settings the trainer needs besides these (FSDP2, sdpa attention, no padding removal
-or torch.compile, one TransferQueue storage unit, logical Ray GPUs, float32) are Hydra
-overrides composed in :mod:`agents.verl.config`. :data:`SUPPORTED_VERL` is the only
+or torch.compile, one TransferQueue storage unit, logical Ray GPUs, float32, the
+quick-polling replay buffer of :mod:`agents.verl.sampler`) are Hydra overrides composed
+in :mod:`agents.verl.config`. :data:`SUPPORTED_VERL` is the only
 verl version this module was written against; :func:`check_verl_version` refuses
 others before a run starts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -275,36 +276,32 @@ def patch_forward_only_offload() -> None:
 
 
 # --------------------------------------------------------------------------- the rollout
-def _log_probs_of(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float) -> list[float]:
-    """Log-probabilities of ``token_ids`` under ``softmax(logits / temperature)``, the
-    distribution verl's actor scores them with."""
-    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
-    return torch.log_softmax(scaled, dim=-1).gather(-1, token_ids[:, None]).squeeze(-1).tolist()
-
-
 @ray.remote
 class TransformersServer:
-    """One rollout server: a transformers model generating verl's token-in/token-out requests.
+    """One rollout server: a transformers model answering verl's token-in/token-out requests.
 
     The model loads through ``AutoModelForImageTextToText``, so any family of
     :mod:`agents.model_family` is served as it is (Qwen2.5-VL and Qwen3-VL are run end to
     end: ``tests/test_verl_cpu.py``); the image features are its own processor's.
 
-    Requests are served one at a time (a tiny model on a CPU gains nothing from batching
-    that outweighs its padding); the model's weights are replaced by the actor's after each
-    training step through :meth:`update_weights`.
+    Concurrent requests are generated together, one ``generate`` per batch with the KV
+    cache, and sampled with vLLM's per-request ``seed`` semantics
+    (:class:`agents.verl.generation.BatchedGenerator`); the model's weights are replaced
+    by the actor's after each training step through :meth:`update_weights`, never while a
+    batch is being generated.
     """
 
     def __init__(self, config: Any, model_config: Any, replica_rank: int):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from agents.verl.generation import BatchedGenerator
         from verl.utils.config import omega_conf_to_dataclass
         from verl.workers.config import HFModelConfig, RolloutConfig
 
         def as_dataclass(value: Any, cls: type) -> Any:
             return value if isinstance(value, cls) else omega_conf_to_dataclass(value, dataclass_type=cls)
 
-        # One thread: the server shares 2 cores with the actor, and a tiny model gains nothing from more.
+        # The server shares the 2 cores with the actor; VERL_CPU_ROLLOUT_THREADS sets its share.
         torch.set_num_threads(int(os.getenv("VERL_CPU_ROLLOUT_THREADS", "1")))
         self.config = as_dataclass(config, RolloutConfig)
         model_config = as_dataclass(model_config, HFModelConfig)
@@ -312,43 +309,16 @@ class TransformersServer:
         dtype = getattr(torch, str(self.config.dtype), torch.float32)
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").eval()
         self.processor = AutoProcessor.from_pretrained(path)
-        self.image_token_id = self.model.config.image_token_id
+        # max_num_seqs caps a batch as it caps vLLM's; 1 serves the requests one at a time
+        self.engine = BatchedGenerator(
+            self.model, self.processor, self.config.response_length, seed=int(self.config.seed),
+            max_batch=max(1, int(self.config.max_num_seqs)),
+        )
         self.replica_rank = replica_rank
         self.global_steps: int | None = None
-        self._lock = asyncio.Lock()
 
     def get_server_address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address().strip("[]"), 0
-
-    def _generate(self, prompt_ids: list[int], sampling_params: dict, image_data: list | None) -> tuple[list[int], list[float]]:
-        input_ids = torch.tensor([prompt_ids])
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        if image_data:
-            features = self.processor.image_processor(images=image_data, return_tensors="pt")
-            inputs.update(
-                pixel_values=features["pixel_values"].to(self.model.dtype),
-                image_grid_thw=features["image_grid_thw"],
-                mm_token_type_ids=(input_ids == self.image_token_id).long(),
-            )
-        temperature = float(sampling_params.get("temperature", 1.0))
-        top_k = int(sampling_params.get("top_k", -1))
-        max_tokens = int(sampling_params.get("max_tokens", self.config.response_length))
-        max_tokens = max(1, min(max_tokens, self.config.response_length))
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=max_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=float(sampling_params.get("top_p", 1.0)) if temperature > 0 else None,
-                top_k=(top_k if top_k > 0 else 0) if temperature > 0 else None,
-                repetition_penalty=float(sampling_params.get("repetition_penalty", 1.0)),
-                return_dict_in_generate=True,
-                output_logits=True,
-            )
-        new_ids = output.sequences[0, len(prompt_ids):]
-        logits = torch.stack([step[0] for step in output.logits])[: len(new_ids)]
-        return new_ids.tolist(), _log_probs_of(logits, new_ids, temperature)
 
     async def generate(
         self,
@@ -361,12 +331,13 @@ class TransformersServer:
         mm_processor_kwargs: Optional[dict[str, Any]] = None,
         **kwargs: Any,
     ):
+        from agents.verl.generation import Request
         from verl.workers.rollout.replica import TokenOutput
 
         if video_data or audio_data:
             raise NotImplementedError("the transformers CPU rollout takes text and images only")
-        async with self._lock:
-            token_ids, log_probs = await asyncio.to_thread(self._generate, list(prompt_ids), dict(sampling_params), image_data)
+        request = Request(list(prompt_ids), dict(sampling_params), list(image_data or []))
+        token_ids, log_probs = await self.engine.serve(request)
         want_log_probs = bool(sampling_params.get("logprobs", False))
         return TokenOutput(
             token_ids=token_ids,
@@ -375,9 +346,13 @@ class TransformersServer:
             extra_fields={"global_steps": self.global_steps},
         )
 
+    def batching(self) -> dict[str, int]:
+        """How many batches and requests the server generated (for tests and benchmarks)."""
+        return {"batches": self.engine.batches, "requests": self.engine.requests}
+
     async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
         """Load the actor's weights (names as in the HF checkpoint); returns how many tensors."""
-        async with self._lock:
+        async with self.engine.lock:
             own = self.model.state_dict()
             unknown = sorted(set(state_dict) - set(own))
             if unknown:
