@@ -68,6 +68,7 @@ import torch
 from agents.rgrpo import compute_rgrpo_outcome_advantage, validate_decisions
 from agents.verl.settings import METRIC_PREFIX, loop_settings_from_file
 from envs.actions import FULL, REGION
+from rewards.evaluation import RANK_BUCKETS
 from verl.trainer.ppo import core_algos
 
 ESTIMATOR_NAME = "rgrpo"
@@ -212,6 +213,17 @@ class DecisionHandoffMixin:
     :func:`decisions_in_scope` (failed episodes excluded from their groups).
     """
 
+    @property
+    def trainer_mode(self) -> str:
+        """verl's mode this trainer runs in: ``rgrpo_sync`` is ``sync``. verl's base trainer
+        branches on ``trainer_mode == "sync"`` (replay buffer, refill, checkpointed queue
+        state), so the registered name must read as its base mode there."""
+        return self._base_trainer_mode
+
+    @trainer_mode.setter
+    def trainer_mode(self, name: str) -> None:
+        self._base_trainer_mode = name.removeprefix(f"{ESTIMATOR_NAME}_")
+
     def _compute_advantage(self, batch: Any, metrics: dict) -> Any:
         import transfer_queue as tq
 
@@ -264,7 +276,8 @@ def decisions_complete(decisions: Sequence[Any]) -> bool:
 
 def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Per-step figures over a batch's samples, from the agent loop's ``extra_fields``: the
-    rates of valid (parsed) answers, of crops and of each balancing path, the seconds
+    rates of valid (parsed) answers, of crops (overall and by the FULL rank of the
+    positive, ``crop_rate[1]`` ... ``crop_rate[11-K]``) and of each balancing path, the seconds
     spent in the env (reset, crop, scoring), and how many episodes the scoring service
     failed (``scoring_failed``, a count) and how many service requests a rollout made."""
     if not extras:
@@ -276,6 +289,11 @@ def rollout_metrics(extras: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         "valid_answer_rate": sum(d in (FULL, REGION) for d in decisions) / n,
         "crop_rate": sum(d == REGION for d in decisions) / n,
     }
+    # The crop rate by the FULL rank of the positive: does the policy crop less where FULL works?
+    for name, _, _ in RANK_BUCKETS:
+        held = [d for d, extra in zip(decisions, extras) if extra.get("rank_bucket") == name]
+        if held:
+            rates[f"crop_rate[{name}]"] = sum(d == REGION for d in held) / len(held)
     for path in ("balanced", "resampled", "forced", "few_valid", "off"):
         rates[f"balance/{path}"] = sum(p == path for p in paths) / n
     # Summed over episodes (waits for the env lock or the scoring service's batch included),
