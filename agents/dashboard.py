@@ -131,3 +131,38 @@ def write_tensorboard_means(runs: list[dict], logdir: Path) -> Path:
                     if np.isfinite(value):
                         writer.add_scalar(f"decisions/{key}" if key != "reward" else "reward", float(value), iteration)
     return logdir
+
+
+def plot_validation_curves(runs: dict[str, dict], path: Path) -> Path:
+    """``path`` (PNG): the greedy validation MRR of each run and its crop rate by the FULL
+    rank of the positive over training steps. ``runs`` maps a label (``rgrpo seed 0``) to a
+    verl run summary (:func:`agents.verl.launch.summarize`); runs whose labels share the
+    text before `` seed`` share a colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = [name for name, _, _ in RANK_BUCKETS]
+    fig, axes = plt.subplots(1, 1 + len(buckets), figsize=(3.2 * (1 + len(buckets)), 3.0), sharex=True)
+    groups = list(dict.fromkeys(label.split(" seed")[0] for label in runs))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for label, summary in runs.items():
+        points = [p for p in summary["validation"] if "mrr" in p]
+        if not points:
+            continue
+        color = palette[groups.index(label.split(" seed")[0]) % len(palette)]
+        steps = [p["step"] for p in points]
+        axes[0].plot(steps, [p["mrr"] for p in points], color=color, marker=".", alpha=0.8, label=label)
+        for ax, bucket in zip(axes[1:], buckets):
+            rates = [np.nan if p["rc"][bucket] is None else p["rc"][bucket] for p in points]
+            ax.plot(steps, rates, color=color, marker=".", alpha=0.8)
+    axes[0].set(title="validation MRR (greedy)", xlabel="step")
+    axes[0].legend(fontsize=6)
+    for ax, bucket in zip(axes[1:], buckets):
+        ax.set(title=f"crop rate, FULL rank {bucket}", xlabel="step", ylim=(-0.02, 1.02))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

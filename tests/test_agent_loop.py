@@ -32,6 +32,7 @@ from qwen_vl_utils import fetch_image
 
 import verl
 from agents.verl.agent_loop import FORCED_REGION_PREFIX, RegionRerankAgentLoop
+from agents.verl.episode import request_seed
 from agents.verl.settings import AGENT_NAME, LoopSettings, agent_loop_config
 from agents.baselines import grid_boxes, region_action
 from agents.model_family import get_family, patch_size, resize_factor
@@ -181,8 +182,9 @@ def reference_env(tiny_pool, tiny_scorer):
     return make
 
 
-def run_loop(config, server, processor, extra_info: dict, temperature: float = 0.0, **settings):
-    """Build the loop inside the event loop (as verl does) and run one episode."""
+def run_loop(config, server, processor, extra_info: dict, temperature: float = 0.0, sample: dict | None = None, **settings):
+    """Build the loop inside the event loop (as verl does) and run one episode (``sample``:
+    further keyword arguments verl passes with the row, e.g. ``global_steps``, ``session_id``)."""
 
     async def episode():
         loop = RegionRerankAgentLoop(
@@ -195,7 +197,7 @@ def run_loop(config, server, processor, extra_info: dict, temperature: float = 0
             hf_model_type=server.model.config.model_type,
             **settings,
         )
-        return await loop.run({"temperature": temperature, "top_p": 1.0}, extra_info=extra_info, raw_prompt=[])
+        return await loop.run({"temperature": temperature, "top_p": 1.0}, extra_info=extra_info, raw_prompt=[], **(sample or {}))
 
     return asyncio.run(episode())
 
@@ -228,6 +230,24 @@ def image_token_count(processor, images) -> int:
 
 
 # --------------------------------------------------------------------------- episodes
+def test_a_seeded_run_gives_each_request_the_seed_of_its_step_query_member_and_draw(
+    trainer_config, server, qwen, pool_file, settings, tiny_pool
+):
+    extra = {"pool_file": str(pool_file), "query_id": tiny_pool.query_id}
+
+    def seeds(seed, step, member) -> list:
+        server.calls.clear()
+        run_loop(trainer_config, server, qwen[1], extra, 1.0, {"global_steps": step, "session_id": member},
+                 **with_(settings, seed=seed))
+        return [call["params"].get("seed") for call in server.calls]
+
+    first = seeds(7, 3, 1)
+    assert first == [request_seed(7, 3, tiny_pool.query_id, 1, 0)]
+    assert seeds(7, 3, 1) == first  # a repeated run asks for the same samples
+    assert seeds(7, 3, 2) != first and seeds(7, 4, 1) != first and seeds(8, 3, 1) != first
+    assert seeds(None, 3, 1) == [None]  # unseeded: the server draws as it likes
+
+
 def test_random_model_writes_malformed_answers_and_pays_the_penalty(trainer_config, server, qwen, pool_file, settings, tiny_pool):
     processor = qwen[1]
     out = run_loop(

@@ -66,6 +66,7 @@ from omegaconf import DictConfig, OmegaConf
 from agents.model_family import family_of_model_type, resolve_family
 from agents.prompts import REGION_ANSWER_PREFIX, build_messages, followup_message
 from agents.qwen_vision import check_pixel_limits
+from agents.verl.episode import episode_fields, request_seed
 from agents.verl.groups import DecisionGroups, Group
 from agents.verl.scoring import EpisodeScorer, ScoringError, scoring_host
 from agents.verl.settings import AGENT_NAME, LoopSettings
@@ -171,6 +172,9 @@ class _Episode:
     assistant_turns: int = 0
     user_turns: int = 0
     truncated: bool = False
+    seed_keys: tuple | None = None
+    """(step, query, group member) of the episode's request seeds; ``None``: unseeded sampling"""
+    draws: int = 0
 
 
 def _decision_of(action: Any) -> int:
@@ -242,6 +246,9 @@ class RegionRerankAgentLoop(AgentLoopBase):
     ) -> tuple[list[int], list[float] | None]:
         """Tokens the policy writes after the runtime prompt (and a forced ``prefix``)."""
         params = dict(sampling_params)
+        if ep.seed_keys is not None:
+            params["seed"] = request_seed(self.settings.seed, *ep.seed_keys, ep.draws)
+        ep.draws += 1
         budget = self.response_length - len(ep.response_mask) - len(prefix)
         # At least one token, so a forced prefix at the very end of the budget still completes.
         params["max_tokens"] = max(1, min(int(params.get("max_tokens", budget)), budget))
@@ -376,7 +383,10 @@ class RegionRerankAgentLoop(AgentLoopBase):
         # Join before the first await, so the whole group has joined before anyone reports.
         group, ticket = _DECISION_GROUPS.join(str(uid), self.settings.balance_budget) if balancing else (None, 0)
         try:
-            return await self._run_episode(sampling_params, extra_info, group, ticket)
+            seed_keys = None
+            if self.settings.seed is not None:
+                seed_keys = (_plain(kwargs.get("global_steps")), str(extra_info["query_id"]), _plain(kwargs.get("session_id")))
+            return await self._run_episode(sampling_params, extra_info, group, ticket, seed_keys)
         except ScoringError as error:
             # Loud, never a hang: the episode fails with the query named, its group goes on
             # without it, and the step counts it (rollout metric scoring_failed).
@@ -390,7 +400,9 @@ class RegionRerankAgentLoop(AgentLoopBase):
             if group is not None:
                 _DECISION_GROUPS.leave(str(uid), group, ticket)
 
-    async def _run_episode(self, sampling_params: dict, extra_info: dict, group: Group | None, ticket: int) -> AgentLoopOutput:
+    async def _run_episode(
+        self, sampling_params: dict, extra_info: dict, group: Group | None, ticket: int, seed_keys: tuple | None
+    ) -> AgentLoopOutput:
         s = self.settings
         metrics: dict[str, float] = {}
         pool = await self._env_call(metrics, query_pool, extra_info["pool_file"], str(extra_info["query_id"]))
@@ -410,6 +422,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         ep = _Episode(
             env=env,
             info=info, messages=messages, images=images, runtime_ids=list(prompt_ids), metrics=metrics,
+            seed_keys=seed_keys,
         )
         request_id = uuid4().hex
         baseline_rank = int(info["baseline_rank"])
@@ -454,15 +467,11 @@ class RegionRerankAgentLoop(AgentLoopBase):
         )
         images = [await self._shown_image(messages[1])]
         prompt_ids = await self.ct_build_initial_tokens(messages, images=images)
-        extra = {
-            "decision": MALFORMED, "decisions": [], "baseline_rank": -1, "final_rank": -1, "outcome": "scoring_failed",
-            "reward_terms": {}, "steps": 0, "truncated": False, "balance_path": "failed", "query_id": pool.query_id,
-            "env_seconds": 0.0, "scoring_failed": 1, "scoring_error": str(error),
-            "reward_extra_info": {
-                "cropped": 0.0, "malformed": 0.0, "rank_before": 0.0, "rank_after": 0.0, "rank_gain": 0.0,
-                "zoom_steps": 0.0, "balance_resampled": 0.0, "balance_forced": 0.0, "balance_extra_draws": 0.0,
-            },
-        }
+        extra = episode_fields(
+            query_id=pool.query_id, decisions=[], baseline_rank=-1, final_rank=-1, pool_size=len(pool.candidates),
+            outcome="scoring_failed", reward_terms={}, steps=0, truncated=False, balance_path="failed",
+            env_seconds=0.0, scoring_error=str(error),
+        )
         return AgentLoopOutput(
             prompt_ids=list(prompt_ids),
             response_ids=[self.tokenizer.eos_token_id],
@@ -486,39 +495,14 @@ class RegionRerankAgentLoop(AgentLoopBase):
             ep.response_logprobs = [0.0] * len(ep.response_mask)
         n_response = len(ep.response_mask)
         response_ids = ep.runtime_ids[len(ep.runtime_ids) - n_response :]
-        first = ep.decisions[0] if ep.decisions else MALFORMED
-        final_rank = int(ep.info["rank"])
-        terms = ep.info.get("reward_terms") or {}
         extra = dict(ep.server_extra)
-        extra.update(
-            {
-                "decision": first,
-                "decisions": list(ep.decisions),
-                "baseline_rank": baseline_rank,
-                "final_rank": final_rank,
-                "outcome": ep.outcome,
-                "reward_terms": {k: float(v) for k, v in terms.items()},
-                "steps": int(ep.env.steps_taken),
-                "truncated": ep.truncated,
-                "balance_path": path,
-                "query_id": ep.info["query_id"],
-                "env_seconds": float(ep.metrics.get("tool_calls", 0.0)),
-                "scoring_failed": 0,
-                "scoring_requests": int(getattr(ep.env.scorer, "requests", 0)),
-                # Names differ from the keys above: verl flattens both into one namespace.
-                "reward_extra_info": {
-                    "cropped": float(first == REGION),
-                    "malformed": float(first == MALFORMED),
-                    "rank_before": float(baseline_rank),
-                    "rank_after": float(final_rank),
-                    "rank_gain": float(baseline_rank - final_rank),
-                    "zoom_steps": float(ep.env.steps_taken),
-                    "balance_resampled": float(path == "resampled"),
-                    "balance_forced": float(path == "forced"),
-                    "balance_extra_draws": float(extra_draws),
-                },
-            }
-        )
+        extra.update(episode_fields(
+            query_id=ep.info["query_id"], decisions=ep.decisions, baseline_rank=baseline_rank,
+            final_rank=int(ep.info["rank"]), pool_size=len(ep.env.pool.candidates), outcome=ep.outcome,
+            reward_terms=ep.info.get("reward_terms") or {}, steps=int(ep.env.steps_taken), truncated=ep.truncated,
+            balance_path=path, env_seconds=float(ep.metrics.get("tool_calls", 0.0)),
+            scoring_requests=int(getattr(ep.env.scorer, "requests", 0)), extra_draws=extra_draws,
+        ))
         length = self.response_length
         return AgentLoopOutput(
             prompt_ids=list(ep.runtime_ids[: len(ep.runtime_ids) - n_response]),

@@ -23,14 +23,18 @@ from agents.verl.config import (
     check_prompt_fits,
     compose_verl_config,
     data_files,
+    learner_warm_start,
     loop_settings,
     missing_for_verl,
     write_agent_loop_file,
 )
+from agents.verl.episode import BUCKET_FIELDS
 from agents.verl.settings import METRIC_PREFIX, agent_loop_config
+from rewards.evaluation import RANK_BUCKETS
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"
 NO_DECISIONS_WARNING = "rgrpo got no per-sample decisions"
 
 # summary column -> verl metric keys, first present wins
@@ -49,8 +53,9 @@ STEP_FIELDS: dict[str, tuple[str, ...]] = {
     "scoring_failed": (f"{METRIC_PREFIX}/scoring_failed",),
     "scoring_requests_per_rollout": (f"{METRIC_PREFIX}/scoring_requests_per_rollout",),
 }
-VAL_REWARD = re.compile(r"^val-core/.*/reward/mean@1$")
-"""verl's validation reward metric (one per data source)."""
+VAL_MEAN = re.compile(r"^val-(?:core|aux)/(?P<source>.+)/(?P<name>[^/]+)/mean@1$")
+"""verl's validation means (one per data source and per value: ``reward`` and each
+``reward_extra_info`` key of the agent loop)."""
 PHASES: dict[str, tuple[str, ...]] = {
     "generation": ("timing_s/gen",),
     "env_scoring": (f"{METRIC_PREFIX}/env_seconds",),
@@ -87,6 +92,10 @@ def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, 
 
     if cpu:
         prepare_cpu_process()
+        if args.model_path is None and args.policy == "learner" and not dry_run:
+            from agents.warm_start import warm_started_policy
+
+            warm_started_policy(learner_warm_start(args))  # built into the cache on first use
     config = compose_verl_config(args, overrides, cpu=cpu)
     check_estimator(config.algorithm.adv_estimator, cpu=cpu)
     if dry_run:
@@ -160,23 +169,46 @@ def _first(record: dict, keys: tuple[str, ...]) -> float | None:
     return None
 
 
-def validation_reward(record: dict[str, Any]) -> float | None:
-    """The mean validation reward of a record (over data sources), or ``None``."""
-    values = [v for k, v in record.items() if VAL_REWARD.match(k) and isinstance(v, (int, float))]
-    return float(sum(values) / len(values)) if values else None
+def validation_means(record: dict[str, Any]) -> dict[str, float]:
+    """Each per-episode validation value of a record (``reward``, ``reciprocal_rank``,
+    ``cropped``, ...), averaged over the data sources."""
+    values: dict[str, list[float]] = {}
+    for key, value in record.items():
+        match = VAL_MEAN.match(key)
+        if match and isinstance(value, (int, float)) and math.isfinite(value):
+            values.setdefault(match["name"], []).append(float(value))
+    return {name: sum(v) / len(v) for name, v in values.items()}
+
+
+def validation_point(record: dict[str, Any]) -> dict[str, Any] | None:
+    """One point of the validation curves: mean reward, MRR, crop rate overall and by the
+    FULL rank of the positive (``None`` when the record holds no validation)."""
+    means = validation_means(record)
+    if "reward" not in means:
+        return None
+    point: dict[str, Any] = {"step": record["step"], "reward": means["reward"]}
+    if "reciprocal_rank" in means:
+        point["mrr"] = means["reciprocal_rank"]
+        point["crop_rate"] = means.get("cropped")
+        point["rc"] = {}
+        for (name, _, _), key in zip(RANK_BUCKETS, BUCKET_FIELDS):
+            share = means.get(f"in_rc_{key}", 0.0)
+            point["rc"][name] = means.get(f"cropped_rc_{key}", 0.0) / share if share > 0 else None
+    return point
 
 
 def summarize(records: list[dict[str, Any]], estimator: str) -> dict[str, Any]:
     """Per-step figures and the run's verdicts from verl's metric records."""
     steps, validation = [], []
     for record in records:
-        val = validation_reward(record)
-        if val is not None:
-            validation.append({"step": record["step"], "reward": val})
+        point = validation_point(record)
+        if point is not None:
+            validation.append(point)
         if not any(key.startswith("actor/") for key in record):
             continue  # a validation-only record (before training)
         row = {"step": record["step"]}
         row.update({name: _first(record, keys) for name, keys in STEP_FIELDS.items()})
+        row["rc"] = {name: _first(record, (f"{METRIC_PREFIX}/crop_rate[{name}]",)) for name, _, _ in RANK_BUCKETS}
         row["phase_s"] = {name: _first(record, keys) for name, keys in PHASES.items()}
         steps.append(row)
     reached = estimator == "rgrpo" and bool(steps) and all(row["decisions_reached_rgrpo"] == 1.0 for row in steps)
@@ -188,12 +220,28 @@ def summarize(records: list[dict[str, Any]], estimator: str) -> dict[str, Any]:
 
 
 def write_summary(out: Path, estimator: str) -> dict[str, Any]:
-    """Write ``OUT/summary.json`` from ``OUT/metrics.jsonl`` and print the per-step table."""
+    """Write ``OUT/summary.json`` from ``OUT/metrics.jsonl``, the learning curves
+    ``OUT/curves.png`` when the run validated, and print the per-step table."""
+    from agents.dashboard import plot_validation_curves
+
     summary = summarize(read_metrics(out / METRICS_FILE), estimator)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
+    if any("mrr" in point for point in summary["validation"]):
+        plot_validation_curves({out.name: summary}, out / CURVES_FILE)
+        print(f"learning curves: {out / CURVES_FILE}")
     print(f"summary: {out / SUMMARY_FILE}")
     return summary
+
+
+def final_checkpoint(out: Path) -> Path | None:
+    """The Hugging Face folder of the run's last checkpoint (verl writes it when the actor's
+    ``checkpoint.save_contents`` holds ``hf_model``), or ``None``."""
+    latest = out / "checkpoints" / "latest_checkpointed_iteration.txt"
+    if not latest.is_file():
+        return None
+    folder = out / "checkpoints" / f"global_step_{int(latest.read_text().strip())}" / "actor" / "huggingface"
+    return folder if (folder / "config.json").is_file() else None
 
 
 def _cell(value: float | None, digits: int = 3) -> str:
@@ -215,6 +263,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"| {row['step']} | " + " | ".join(cells) + " |")
     val = ", ".join(f"step {v['step']}: {v['reward']:.3f}" for v in summary["validation"]) or "none"
     lines.append(f"validation reward: {val}")
+    if any("mrr" in v for v in summary["validation"]):
+        lines.append("validation MRR (crop rate): " + ", ".join(
+            f"step {v['step']}: {v['mrr']:.3f} ({v['crop_rate']:.0%})" for v in summary["validation"] if "mrr" in v))
     lines.append(f"decisions_reached_rgrpo: {str(summary['decisions_reached_rgrpo']).lower()}")
     lines.append(f"episodes failed by the scoring service: {summary.get('scoring_failed_episodes', 0)}")
     return "\n".join(lines)

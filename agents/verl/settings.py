@@ -86,6 +86,10 @@ class LoopSettings:
     """longest wait for the rest of a group before going on unbalanced"""
     scoring: ScoringServiceSettings = field(default_factory=ScoringServiceSettings)
     """the batched scorer service shared by all rollouts of the run (agents/verl/scoring.py)"""
+    seed: int | None = None
+    """seed of the rollout sampling: each generation request carries a seed hashed from it, the
+    step, the query, the group member and the draw (vLLM's per-request ``seed``), so a run can be
+    repeated; ``None``: the server's own unseeded draws"""
 
     def __post_init__(self) -> None:
         if self.balance_budget < 0:
