@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from agents.model_family import patch_size, resize_factor, resolve_family
 from agents.prompts import build_messages
@@ -37,6 +37,9 @@ class QwenVLPolicy:
             the model family when it must override the checkpoint's config.
         greedy: greedy decoding (default); otherwise sample with ``temperature``.
         temperature: sampling temperature when not greedy.
+        answer_prefix: text every answer starts with, forced before the model writes
+            (e.g. :data:`agents.prompts.REGION_ANSWER_PREFIX`: the model always crops and
+            chooses only the box, an evaluation of its boxes alone).
 
     The model loads once; ``last_text`` holds the latest answer, for inspection.
     """
@@ -49,6 +52,7 @@ class QwenVLPolicy:
         images: ImageSettings = ImageSettings(),
         greedy: bool = True,
         temperature: float = 1.0,
+        answer_prefix: str = "",
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -65,6 +69,7 @@ class QwenVLPolicy:
         self.max_new_tokens = max_new_tokens
         self.images = images
         self.greedy, self.temperature = greedy, temperature
+        self.answer_prefix = answer_prefix
         self.name = f"{self.family.label.lower()}:{Path(model_path).name}"
         self.last_text = ""
 
@@ -82,14 +87,14 @@ class QwenVLPolicy:
         import torch
         from qwen_vl_utils import process_vision_info
 
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + self.answer_prefix
         images, _ = process_vision_info(messages, image_patch_size=patch_size(self.processor))
         inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
         sampling = {"do_sample": False} if self.greedy else {"do_sample": True, "temperature": self.temperature}
         with torch.no_grad():
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
         answer = output[:, inputs["input_ids"].shape[1] :]
-        return self.processor.batch_decode(answer, skip_special_tokens=True)[0]
+        return self.answer_prefix + self.processor.batch_decode(answer, skip_special_tokens=True)[0]
 
     def action_from_text(self, text: str, env) -> Any:
         """The env action for ``text``: a box in the family's frame of the image the model saw
@@ -103,3 +108,18 @@ class QwenVLPolicy:
     def __call__(self, obs: dict, info: dict, env) -> Any:
         self.last_text = self.generate(self.messages(obs, info, env))
         return self.action_from_text(self.last_text, env)
+
+
+def vlm_policies(specs: Sequence[str], images: ImageSettings = ImageSettings()) -> dict[str, QwenVLPolicy]:
+    """Greedy :class:`QwenVLPolicy` of each ``PATH`` or ``NAME=PATH`` in ``specs``, by name
+    (a bare path is named after its family and folder)."""
+    policies = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        if not Path(path).exists():
+            raise ValueError(f"no checkpoint folder at {path!r} (in {spec!r})")
+        policy = QwenVLPolicy(path, images=images)
+        policies[name.strip() or policy.name] = policy
+    return policies

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from agents.model_family import QWEN2_5_VL, QWEN3_VL, ModelFamily, get_family
@@ -60,49 +61,86 @@ QWEN2_VL_CHAT_TEMPLATE = (
 """The chat template Qwen2-VL and Qwen2.5-VL ship (one ``<|image_pad|>`` per image, which
 the processor expands to the image's token count)."""
 
-_TEXT_SIZES = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=8192,
-)
-# M-RoPE splits head_dim / 2 = 8 rotary frequencies over (time, height, width).
-_MROPE_SECTION = [2, 3, 3]
-_TOWER_SIZES = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, spatial_merge_size=2, temporal_patch_size=2)
-_VISION_SIZES = dict(_TOWER_SIZES, patch_size=14, window_size=112, fullatt_block_indexes=[1])
-_QWEN3_TEXT_SIZES = dict(_TEXT_SIZES, head_dim=16)
-_QWEN3_VISION_SIZES = dict(
-    _TOWER_SIZES,
-    patch_size=16,
-    num_position_embeddings=64,  # an 8 x 8 grid, interpolated to each image's
-    deepstack_visual_indexes=[0],
-)
+@dataclass(frozen=True)
+class TinyQwenSize:
+    """Widths and depths of a tiny Qwen-VL (the text model and the vision tower)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    mrope_section: tuple[int, int, int]
+    """rotary frequencies of (time, height, width); they sum to head_dim / 2"""
+    vision_depth: int
+    vision_hidden_size: int
+    vision_intermediate_size: int
+    vision_heads: int
+    rope_theta: float = 1_000_000.0
+    """base of the text model's rotary frequencies (M-RoPE gives the width the lowest ones)"""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+SIZES: dict[str, TinyQwenSize] = {
+    # Tests and the verl-cpu end-to-end check: every code path, forwards in milliseconds.
+    "toy": TinyQwenSize(64, 128, 2, 4, 2, (2, 3, 3), vision_depth=2, vision_hidden_size=32,
+                        vision_intermediate_size=64, vision_heads=2),
+    # The policy verl-cpu trains (see LEARNER_SIZE_NOTE).
+    "learner": TinyQwenSize(192, 384, 4, 6, 2, (4, 6, 6), vision_depth=4, vision_hidden_size=96,
+                            vision_intermediate_size=192, vision_heads=3),
+}
+"""The named sizes :func:`build_tiny_qwen` builds."""
+LEARNER_SIZE_NOTE = """\
+Why the learner is this size (measured on the 2-core build machine, one torch thread):
+a forward + backward + AdamW step on 16 warm-start examples of ~110 tokens (64 image
+tokens) takes ~0.35 s at 2.6 M parameters (text 192 x 4 layers, vision 96 x 4 blocks),
+~0.3 s at 1.4 M (text 128, vision 64) and ~0.7 s at 4.6 M (text 256, vision 128 x 6):
+the 2.6 M model learns to ground in the 20-minute warm-start budget where the 1.4 M one
+learns more slowly per step, and the 4.6 M one gets half the steps."""
+_QWEN3_VISION_EXTRA = dict(num_position_embeddings=64, deepstack_visual_indexes=[0])  # an 8 x 8 grid, interpolated
 QWEN3_MAX_PIXELS = 16384 * 32 * 32
 """Qwen3-VL's released ``longest_edge`` (16384 tokens of 32 x 32 px)."""
+COORDINATE_TOKENS = 1001
+"""The tokenizer has one token per integer 0 ... 1000: every coordinate of the Qwen2.5-VL
+(pixels of a shown image up to 1000 px wide) and Qwen3-VL (0-1000) frames."""
+NUMBER_SEPARATOR = ", "
+"""Between the four numbers of a box (one token)."""
+
+
+def _question_corpus() -> list[str]:
+    """Every question of the embedded benchmark's templates: its words become single tokens."""
+    from envs.synthetic.entities import COLOURS, PATTERNS, SHAPES
+    from envs.synthetic.scenes import CELLS, QUESTION_TEMPLATES
+
+    whats = [*SHAPES, *(f"{c} object" for c in COLOURS), *(f"{p} object" for p in PATTERNS), "object"]
+    wheres = ["", *(" " + cell for cell in CELLS.values())]
+    return [t.format(what=w, where=p) for t in QUESTION_TEMPLATES for w in whats for p in wheres]
 
 
 def _tokenizer_corpus(family: ModelFamily = QWEN2_5_VL) -> list[str]:
-    """Text the BPE is trained on: the family's prompt, answers and box numbers, so
-    questions and boxes tokenize compactly."""
+    """Text the BPE is trained on: the family's prompt and answers and the benchmark's questions."""
     from agents.prompts import prompt_texts
     from envs.text_actions import FULL_MARKER
 
     texts = prompt_texts(family)
-    numbers = ", ".join(str(n) for n in range(1000))
-    return [texts.system_prompt, texts.crop_example, FULL_MARKER, numbers, "system user assistant <think></think>"] * 2
+    return [texts.system_prompt, texts.crop_example, FULL_MARKER, "system user assistant <think></think>"] + _question_corpus() * 3
 
 
-def build_tokenizer(vocab_size: int = 1024, family: str | ModelFamily = QWEN2_5_VL):
-    """A ``Qwen2Tokenizer`` with a byte-level BPE trained on :func:`_tokenizer_corpus` of ``family``,
-    Qwen's special tokens (ids 0-7; ``<|im_end|>`` is EOS, ``<|endoftext|>`` pad) and one
-    added token for each of :func:`agents.prompts.fixed_prompt_texts` (the system prompt,
-    the decision request, the crop answer's fixed prefix and suffix, ``NO_CROP_NEEDED``).
+def build_tokenizer(vocab_size: int = 700, family: str | ModelFamily = QWEN2_5_VL):
+    """A ``Qwen2Tokenizer`` for a tiny policy: a byte-level BPE trained on
+    :func:`_tokenizer_corpus` of ``family`` (each word of the benchmark's questions one
+    token), Qwen's special tokens (ids 0-7; ``<|im_end|>`` is EOS, ``<|endoftext|>`` pad),
+    and added tokens for each of :func:`agents.prompts.fixed_prompt_texts` (system prompt,
+    decision request, the crop answer's fixed prefix and suffix, ``NO_CROP_NEEDED``), for
+    :data:`NUMBER_SEPARATOR` and for every integer below :data:`COORDINATE_TOKENS`.
 
-    With these, a prompt is ~100 tokens instead of ~630 and a crop answer ~15 instead of
-    ~54: a policy of a few hundred thousand parameters can learn to write the answer
-    format, and its forwards on a CPU cost what the image costs, not the prompt.
+    A prompt is then ~50 text tokens and a crop answer 10 (prefix, four numbers, three
+    separators, suffix, end of turn): each coordinate is one prediction over its values,
+    which is what lets a policy of a few million parameters learn *where*. The text the
+    agent loop and the parser see is exactly the one a real Qwen writes.
     """
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -131,30 +169,53 @@ def build_tokenizer(vocab_size: int = 1024, family: str | ModelFamily = QWEN2_5_
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
     # Plain (not special) tokens: decoding keeps them, so the parser reads the full answer.
-    tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in fixed_prompt_texts(family)])
+    # Added tokens match longest first, so "136" is one token, not "13" + "6".
+    plain = [*fixed_prompt_texts(family), NUMBER_SEPARATOR, *(str(n) for n in range(COORDINATE_TOKENS))]
+    tokenizer.add_tokens([AddedToken(text, normalized=False, special=False) for text in plain])
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
     return tokenizer
 
 
-def build_config(tokenizer, family: str | ModelFamily = QWEN2_5_VL):
-    """A ``Qwen2_5_VLConfig`` or ``Qwen3VLConfig`` (by ``family``) at toy sizes whose special
-    token ids are ``tokenizer``'s."""
+def build_config(tokenizer, family: str | ModelFamily = QWEN2_5_VL, size: str = "toy"):
+    """A ``Qwen2_5_VLConfig`` or ``Qwen3VLConfig`` (by ``family``) of the named ``size``
+    (:data:`SIZES`) whose special token ids are ``tokenizer``'s."""
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
     family = get_family(family)
+    dims = tiny_size(size)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _MROPE_SECTION}
+    rope = {"rope_type": "default", "rope_theta": dims.rope_theta, "mrope_section": list(dims.mrope_section)}
     if family is QWEN3_VL:
         rope["mrope_interleaved"] = True  # as the released Qwen3-VL configs
     text = dict(
-        _QWEN3_TEXT_SIZES if family is QWEN3_VL else _TEXT_SIZES,
+        hidden_size=dims.hidden_size,
+        intermediate_size=dims.intermediate_size,
+        num_hidden_layers=dims.num_hidden_layers,
+        num_attention_heads=dims.num_attention_heads,
+        num_key_value_heads=dims.num_key_value_heads,
+        max_position_embeddings=8192,
         vocab_size=len(tokenizer),
         rope_parameters=rope,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision = dict(_QWEN3_VISION_SIZES if family is QWEN3_VL else _VISION_SIZES, out_hidden_size=_TEXT_SIZES["hidden_size"])
+    vision = dict(
+        depth=dims.vision_depth,
+        hidden_size=dims.vision_hidden_size,
+        intermediate_size=dims.vision_intermediate_size,
+        num_heads=dims.vision_heads,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=dims.hidden_size,
+    )
+    if family is QWEN3_VL:
+        text["head_dim"] = dims.head_dim
+        vision.update(patch_size=16, **_QWEN3_VISION_EXTRA)
+    else:
+        # window attention in 8 x 8-patch windows, full attention in the middle and last blocks
+        full = sorted({dims.vision_depth // 2 - 1, dims.vision_depth - 1})
+        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=full)
     cls = Qwen3VLConfig if family is QWEN3_VL else Qwen2_5_VLConfig
     return cls(
         text_config=text,
@@ -165,6 +226,39 @@ def build_config(tokenizer, family: str | ModelFamily = QWEN2_5_VL):
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+
+
+def tiny_size(name: str) -> TinyQwenSize:
+    """The size named ``name`` (or ``NAME:key=value,...`` to change fields, for experiments);
+    raises ``ValueError`` listing the names."""
+    name, _, changes = name.partition(":")
+    if changes and name in SIZES:
+        import dataclasses
+
+        fields = {f.name: f.type for f in dataclasses.fields(TinyQwenSize)}
+        values = {}
+        for item in changes.split(","):
+            key, _, value = item.partition("=")
+            if key not in fields:
+                raise ValueError(f"TinyQwenSize has no field {key!r}")
+            values[key] = tuple(int(v) for v in value.split("/")) if key == "mrope_section" else type(getattr(SIZES[name], key))(value)
+        return dataclasses.replace(SIZES[name], **values)
+    if name not in SIZES:
+        raise ValueError(f"unknown tiny Qwen size {name!r}; choose from {sorted(SIZES)}")
+    return SIZES[name]
+
+
+def ordinal_coordinate_rows(tokenizer, width: int, like: "torch.Tensor") -> tuple[list[int], "torch.Tensor"]:
+    """Token ids of the coordinate values and a sinusoidal row per value (scaled to the
+    spread of ``like``): neighbouring values start with similar embeddings and output
+    rows, so a box coordinate is learnt as a quantity, not as 1001 unrelated classes."""
+    import torch
+
+    ids = [tokenizer.convert_tokens_to_ids(str(n)) for n in range(COORDINATE_TOKENS)]
+    values = torch.arange(COORDINATE_TOKENS, dtype=torch.float32)[:, None]
+    freqs = 0.2 * torch.exp(torch.linspace(0.0, -4.0, width // 2))[None, :]
+    rows = torch.cat([torch.sin(values * freqs), torch.cos(values * freqs)], dim=1)
+    return ids, rows * (like.std() / rows.std())
 
 
 def build_processor(
@@ -213,22 +307,28 @@ def build_processor(
     )
 
 
-def cached_tiny_qwen(root: str | os.PathLike, seed: int = 0, family: str | ModelFamily = QWEN2_5_VL) -> Path:
-    """``root/tiny-qwen-seed<seed>`` (Qwen2.5-VL) or ``root/tiny-qwen3-vl-seed<seed>``, built by
-    :func:`build_tiny_qwen` unless already there."""
+def cached_tiny_qwen(
+    root: str | os.PathLike, seed: int = 0, family: str | ModelFamily = QWEN2_5_VL, size: str = "toy"
+) -> Path:
+    """``root/tiny-qwen-seed<seed>`` (Qwen2.5-VL) or ``root/tiny-qwen3-vl-seed<seed>`` (with
+    ``-<size>`` for a size other than ``toy``), built by :func:`build_tiny_qwen` unless already there."""
     family = get_family(family)
     name = f"tiny-qwen-seed{seed}" if family is QWEN2_5_VL else f"tiny-{family.name.replace('_', '-')}-seed{seed}"
-    path = Path(root) / name
+    path = Path(root) / (name if size == "toy" else f"{name}-{size}")
     if not (path / "model.safetensors").is_file():
-        build_tiny_qwen(path, seed, family=family)
+        build_tiny_qwen(path, seed, family=family, size=size)
     return path
 
 
-def build_tiny_qwen(path: str | os.PathLike, seed: int = 0, family: str | ModelFamily = QWEN2_5_VL) -> Path:
-    """Write a tiny random model of ``family`` (weights, config, tokenizer, processor) to ``path``.
+def build_tiny_qwen(
+    path: str | os.PathLike, seed: int = 0, family: str | ModelFamily = QWEN2_5_VL, size: str = "toy"
+) -> Path:
+    """Write a tiny random model of ``family`` and ``size`` (weights, config, tokenizer,
+    processor) to ``path``.
 
     The folder loads with ``from_pretrained`` and with verl's ``hf_processor`` under
-    ``HF_HUB_OFFLINE=1``; the weights are a pure function of ``seed``. Returns the path.
+    ``HF_HUB_OFFLINE=1``; the weights are a pure function of ``seed`` (the coordinate
+    tokens' rows start ordinal: :func:`ordinal_coordinate_rows`). Returns the path.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
@@ -237,11 +337,15 @@ def build_tiny_qwen(path: str | os.PathLike, seed: int = 0, family: str | ModelF
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(family=family)
-    config = build_config(tokenizer, family)
+    config = build_config(tokenizer, family, size)
     model_cls = Qwen3VLForConditionalGeneration if family is QWEN3_VL else Qwen2_5_VLForConditionalGeneration
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = model_cls(config)
+    with torch.no_grad():
+        for weights in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            ids, rows = ordinal_coordinate_rows(tokenizer, weights.shape[1], weights)
+            weights[ids] = rows
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     tokenizer.save_pretrained(out)
@@ -251,9 +355,10 @@ def build_tiny_qwen(path: str | os.PathLike, seed: int = 0, family: str | ModelF
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        raise SystemExit("usage: python -m agents.tiny_qwen OUTPUT_FOLDER [qwen2_5_vl|qwen3_vl]")
-    print(build_tiny_qwen(sys.argv[1], family=sys.argv[2] if len(sys.argv) == 3 else QWEN2_5_VL))
+    if len(sys.argv) not in (2, 3, 4):
+        raise SystemExit("usage: python -m agents.tiny_qwen OUTPUT_FOLDER [qwen2_5_vl|qwen3_vl] [toy|learner]")
+    family_arg = sys.argv[2] if len(sys.argv) >= 3 else QWEN2_5_VL
+    print(build_tiny_qwen(sys.argv[1], family=family_arg, size=sys.argv[3] if len(sys.argv) == 4 else "toy"))
 
 
 SHIPPED_POLICY = Path(__file__).resolve().parent / "assets" / "tiny-qwen-rr"

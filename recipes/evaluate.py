@@ -7,8 +7,9 @@ search-full, search-annotated and oracle-search (best of the grid, each box with
 without search); with --env.max-regions 2 the multi-region oracle oracle-2box (best of
 FULL, every grid box and every pair of grid boxes). The table then adds pool coverage
 before/after, the search rate and the KB recall@K. Add a trained policy with ``--checkpoint`` (a policy
-saved by ``recipes/train_rgrpo.py``), any callable with ``--policy module:attr``, or the
-zero-shot Qwen2.5-VL baseline with ``--vlm /path/to/Qwen2.5-VL``.
+saved by ``recipes/train_rgrpo.py --backend local``), any callable with ``--policy module:attr``, or
+Qwen-VL checkpoints with ``--vlm [NAME=]PATH ...`` (a zero-shot Qwen2.5-VL, or a policy trained with
+verl: greedy, with the training prompt and parser).
 
 Writes ``results.md`` (the table), ``results.json`` (summaries and per-episode
 records), ``per_query.jsonl`` (one row per policy and query: decisions, boxes, ranks,
@@ -44,7 +45,7 @@ from agents.evaluation import evaluate_and_report
 from agents.gallery import GalleryConfig
 from envs.data import DataError
 from envs.factory import make_env, make_scorer
-from envs.settings import EnvSettings, ScorerSettings, upgrade_legacy_flags
+from envs.settings import EnvSettings, ImageSettings, ScorerSettings, upgrade_legacy_flags
 
 
 @dataclass
@@ -65,8 +66,11 @@ class Args:
     """a trained policy checkpoint (from recipes/train_rgrpo.py --backend local)"""
     policy: str | None = None
     """any policy callable as 'module:attribute' (called as policy(obs, info, env))"""
-    vlm: Path | None = None
-    """a Qwen2.5-VL model folder for the zero-shot VLM baseline"""
+    vlm: tuple[str, ...] = ()
+    """Qwen-VL checkpoints to evaluate greedy with the training prompt and parser, each
+    PATH or NAME=PATH (e.g. "warm start=runs/ws" "trained=runs/verl-cpu/checkpoints/.../huggingface")"""
+    images: ImageSettings = field(default_factory=ImageSettings)
+    """how the --vlm policies see an image (match the training run's --verl-cpu.images.*)"""
     max_queries: int | None = None
     """evaluate only the first N queries (quick checks)"""
     out: Path = Path("runs/eval")
@@ -97,10 +101,13 @@ def build_policies(args: Args) -> dict[str, object]:
         if not attribute:
             raise SystemExit(f"--policy {args.policy!r} must look like 'module:attribute'")
         policies[args.policy] = getattr(importlib.import_module(module), attribute)
-    if args.vlm is not None:
-        from agents.qwen_policy import QwenVLPolicy
+    if args.vlm:
+        from agents.qwen_policy import vlm_policies
 
-        policies["zero-shot VLM"] = QwenVLPolicy(args.vlm)
+        try:
+            policies.update(vlm_policies(args.vlm, args.images))
+        except ValueError as err:
+            raise SystemExit(f"--vlm: {err}") from None
     return policies
 
 

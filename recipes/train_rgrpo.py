@@ -35,8 +35,8 @@ from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
-from agents.verl.config import ESTIMATOR_KEY, VerlArgs
-from agents.verl.launch import launch
+from agents.verl.config import ESTIMATOR_KEY, VerlArgs, resolved_model_path
+from agents.verl.launch import final_checkpoint, launch
 from envs.data import DataError
 from envs.factory import make_env, make_scorer
 from envs.settings import upgrade_legacy_flags
@@ -61,12 +61,36 @@ class Args:
     test_data: Path | None = None
     """local backend: query pools for the final test table (default: the embedded test split)"""
     test_queries: int | None = None
-    """local backend: test queries in the final table (default: all; 0 skips the table)"""
+    """local and verl-cpu backends: test queries in the final table (default: all; 0 skips the table)"""
 
 
 # --------------------------------------------------------------------------- verl backends
 def run_verl(args: Args, cpu: bool) -> None:
-    launch(args.verl_cpu if cpu else args.verl, args.overrides, cpu=cpu, dry_run=args.dry_run)
+    verl_args = args.verl_cpu if cpu else args.verl
+    summary = launch(verl_args, args.overrides, cpu=cpu, dry_run=args.dry_run)
+    if summary is None or args.test_queries == 0 or not cpu or verl_args.train_files is not None:
+        return
+    trained = final_checkpoint(verl_args.out)
+    if trained is None:
+        print("no final checkpoint (--verl-cpu.save-freq -1), so no test table")
+        return
+    start = resolved_model_path(verl_args, cpu=True)
+    test_vlm_policies(verl_args, {"warm start": start, "trained": trained}, args.test_queries)
+
+
+def test_vlm_policies(verl_args: VerlArgs, checkpoints: dict[str, str | Path], test_queries: int | None) -> None:
+    """The test-split table of the baselines and ``checkpoints`` (greedy, with the training
+    prompt and parser, in the run's own episode), as ``recipes/evaluate.py --vlm`` makes it."""
+    from agents.qwen_policy import vlm_policies
+
+    env = make_env(None, make_scorer(verl_args.scorer), split="test", purpose="eval", settings=verl_args.env)
+    n = len(env.pools) if test_queries is None else min(test_queries, len(env.pools))
+    specs = [f"{name}={path}" for name, path in checkpoints.items()]
+    policies = {**baseline_policies(["full", "center", "random", "annotated", "oracle"]), **vlm_policies(specs, verl_args.images)}
+    command = ("python recipes/evaluate.py --vlm " + " ".join(f"'{spec}'" for spec in specs)
+               + f" --images.max-pixels {verl_args.images.max_pixels} --images.min-pixels {verl_args.images.min_pixels}")
+    note = f"warm start and trained: seed {verl_args.seed}, one run. The same table: {command}"
+    evaluate_and_report(env, policies, range(n), verl_args.out / "test", "embedded benchmark, test split", note=note)
 
 
 # --------------------------------------------------------------------------- local backend

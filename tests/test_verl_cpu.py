@@ -60,9 +60,11 @@ def test_other_verl_versions_are_refused_with_the_supported_one_named():
 
 
 def test_rollout_log_probs_are_those_of_the_tempered_distribution():
+    from agents.verl.generation import log_probs_of
+
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     tokens = torch.tensor([0, 2])
-    got = verl_cpu._log_probs_of(logits, tokens, temperature=0.5)
+    got = log_probs_of(logits, tokens, temperature=0.5)
     want = torch.log_softmax(logits / 0.5, dim=-1)[[0, 1], [0, 2]]
     assert got == pytest.approx(want.tolist(), abs=1e-6)
 
@@ -111,12 +113,43 @@ def test_summary_reads_verls_metric_records():
     assert "| 1 |" in format_summary(summary)
 
 
+def test_validation_means_are_the_learning_curves():
+    from agents.verl.episode import curve_fields
+    from agents.verl.launch import validation_point
+
+    # four validation episodes: FULL ranks 1, 3, 3, 15 of 20; the last two cropped, one to rank 1
+    episodes = [curve_fields(1, 1, 20, False), curve_fields(3, 3, 20, False), curve_fields(3, 1, 20, True),
+                curve_fields(15, 21, 20, True)]
+    source = "region_rerank/synthetic-val"
+    record = {"step": 10, f"val-core/{source}/reward/mean@1": 0.5}
+    for key in episodes[0]:
+        record[f"val-aux/{source}/{key}/mean@1"] = sum(e[key] for e in episodes) / len(episodes)
+    record[f"val-aux/{source}/cropped/mean@1"] = 0.5
+    point = validation_point(record)
+    assert point["mrr"] == pytest.approx((1 + 1 / 3 + 1 + 0) / 4)  # rank 21 of 20: the positive was lost
+    assert point["rc"] == {"1": 0.0, "2-5": 0.5, "6-10": None, "11-K": 1.0}
+    assert point["crop_rate"] == 0.5 and point["reward"] == 0.5
+    assert validation_point({"step": 3, "actor/grad_norm": 1.0}) is None
+
+
+def test_training_crop_rates_by_full_rank_come_from_the_episodes():
+    from agents.verl.plugin import rollout_metrics
+
+    extras = [{"decision": 1, "rank_bucket": "1"}, {"decision": 0, "rank_bucket": "1"},
+              {"decision": 1, "rank_bucket": "11-K"}, {"decision": -1, "rank_bucket": "11-K"}]
+    metrics = rollout_metrics(extras)
+    assert metrics["region_rerank/crop_rate[1]"] == 0.5 and metrics["region_rerank/crop_rate[11-K]"] == 0.5
+    assert "region_rerank/crop_rate[2-5]" not in metrics  # no episode in that bucket this step
+
+
 def run_verl_cpu(out, *flags: str, timeout: int) -> str:
     """Two training steps of ``recipes/train_rgrpo.py --backend verl-cpu`` in a subprocess; its log."""
     command = [
-        sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu", *flags,
+        sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu", "--verl-cpu.policy", "toy", *flags,
         "--verl-cpu.out", str(out), "--verl-cpu.total-training-steps", "2", "--verl-cpu.test-freq", "-1",
-        "--verl-cpu.max-queries", "8", "--verl-cpu.val-queries", "4",
+        "--verl-cpu.max-queries", "8", "--verl-cpu.val-queries", "4", "--verl-cpu.train-batch-size", "2",
+        "--verl-cpu.rollout-n", "4", "--verl-cpu.ppo-mini-batch-size", "2", "--verl-cpu.micro-batch-size-per-gpu", "8",
+        "--verl-cpu.log-prob-micro-batch-size-per-gpu", "8", "--test-queries", "4",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -143,6 +176,12 @@ def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
         assert step["scoring_requests_per_rollout"] >= 1, step
         assert math.isfinite(step["phase_s"]["env_scoring"]), step
     assert summary["validation"], "validation before training ran"
+    point = summary["validation"][0]
+    assert 0 <= point["mrr"] <= 1 and set(point["rc"]) == {"1", "2-5", "6-10", "11-K"}, point
+    # the final checkpoint as a Hugging Face folder, evaluated greedy next to the warm start
+    results = json.loads((out / "test" / "results.json").read_text())
+    assert {"full", "oracle", "warm start", "trained"} <= set(results["summaries"]), results["summaries"].keys()
+    assert results["summaries"]["trained"]["queries"] == 4
 
 
 @pytest.mark.slow  # ~5 min alone, ~12 min on a shared 2-core machine: run with -m slow

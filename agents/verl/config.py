@@ -49,7 +49,11 @@ class VerlArgs:
     model_path: str | None = None
     """Qwen2.5-VL or Qwen3-VL checkpoint (hub id or local folder; its config's model_type
     picks the family, --verl.images.family overrides it); default: Qwen2.5-VL-3B-Instruct on
-    GPUs, the shipped warm-started tiny Qwen2.5-VL on CPU"""
+    GPUs, the tiny Qwen2.5-VL named by --verl-cpu.policy on CPU"""
+    policy: Literal["learner", "toy"] = "learner"
+    """CPU, without --model-path: the tiny Qwen2.5-VL to train: learner (2.6 M parameters,
+    warm-started on fresh scenes with the run's seed on first use into the cache, see
+    agents/warm_start.py) or toy (0.37 M, shipped, for smoke tests)"""
     train_files: Path | None = None
     """training parquet from recipes/prepare_verl_data.py; default: the embedded benchmark, exported to OUT/data"""
     val_files: Path | None = None
@@ -95,7 +99,8 @@ class VerlArgs:
     save_freq: int = 50
     """checkpoint every N steps (-1: never)"""
     seed: int = 0
-    """data shuffling seed (verl's data.seed)"""
+    """seed of the run: data shuffling (verl's data.seed) and the rollout sampling (every generation
+    request carries a seed derived from it, see agents/verl/episode.py::request_seed)"""
     project_name: str = "region-rerank"
     """experiment tracker project"""
     experiment_name: str = "rgrpo"
@@ -117,25 +122,24 @@ class VerlArgs:
 
     @classmethod
     def for_cpu(cls) -> "VerlArgs":
-        """Defaults of ``--backend verl-cpu``: the warm-started tiny Qwen2.5-VL on the embedded
-        benchmark, sized to finish in minutes on 2 cores."""
+        """Defaults of ``--backend verl-cpu``: the warm-started learner tiny Qwen2.5-VL on the
+        embedded benchmark, sized for 2 cores."""
         return cls(
             out=Path("runs/verl-cpu"),
             rollout_engine="transformers",
-            rollout_n=4,
-            train_batch_size=2,
-            ppo_mini_batch_size=2,
-            micro_batch_size_per_gpu=8,
-            log_prob_micro_batch_size_per_gpu=8,
-            lr=2e-4,
+            rollout_n=8,
+            train_batch_size=8,
+            ppo_mini_batch_size=8,
+            micro_batch_size_per_gpu=16,
+            log_prob_micro_batch_size_per_gpu=32,
+            lr=5e-5,
             kl_loss_coef=0.001,
-            answer_tokens=48,
+            answer_tokens=32,
             prompt_text_tokens=96,
-            max_queries=64,
-            val_queries=64,
-            total_training_steps=30,
+            val_queries=100,
+            total_training_steps=150,
             test_freq=10,
-            save_freq=-1,
+            save_freq=50,
             agent_workers=1,
             images=ImageSettings(max_pixels=64 * IMAGE_TOKEN_PIXELS),
             experiment_name="rgrpo-cpu",
@@ -143,14 +147,26 @@ class VerlArgs:
 
 
 def resolved_model_path(args: VerlArgs, cpu: bool) -> str:
-    """``args.model_path``, or the backend's default model."""
+    """``args.model_path``, or the backend's default model (on CPU the learner's cache folder,
+    which :func:`agents.verl.launch.launch` fills on first use)."""
     if args.model_path is not None:
         return args.model_path
     if cpu:
-        from agents.tiny_qwen import shipped_policy_path
+        if args.policy == "toy":
+            from agents.tiny_qwen import shipped_policy_path
 
-        return str(shipped_policy_path())
+            return str(shipped_policy_path())
+        from agents.warm_start import cache_path
+
+        return str(cache_path(learner_warm_start(args)))
     return GPU_MODEL
+
+
+def learner_warm_start(args: VerlArgs):
+    """The warm start of the CPU run's learner policy: the default one, seeded with the run."""
+    from agents.warm_start import WarmStartConfig
+
+    return WarmStartConfig(seed=args.seed)
 
 
 def _local_checkpoint(args: VerlArgs, cpu: bool) -> Path | None:
@@ -270,6 +286,7 @@ def loop_settings(args: VerlArgs) -> LoopSettings:
     return LoopSettings(
         scorer=args.scorer, env=args.env, images=args.images,
         balance_groups=args.balance_groups, balance_budget=args.balance_budget, scoring=args.scoring,
+        seed=args.seed,
     )
 
 
@@ -327,6 +344,7 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
         f"actor_rollout_ref.rollout.name={args.rollout_engine}",
         f"actor_rollout_ref.rollout.n={args.rollout_n}",
         f"actor_rollout_ref.rollout.temperature={args.temperature}",
+        f"actor_rollout_ref.rollout.seed={args.seed}",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         f"actor_rollout_ref.rollout.gpu_memory_utilization={args.gpu_memory_utilization}",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={log_prob}",
@@ -384,16 +402,17 @@ def cpu_overrides(args: VerlArgs) -> list[str]:
         "actor_rollout_ref.rollout.dtype=float32",
         "actor_rollout_ref.rollout.calculate_log_probs=true",
         "actor_rollout_ref.rollout.free_cache_engine=false",
-        # validate the sampled policy: a warm-started tiny policy sits near 50/50 between FULL
-        # and REGION, so greedy decoding flips between all-FULL and cropping on small changes
-        "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
-        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+        # the final checkpoint also as a Hugging Face folder: the test table evaluates it
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]",
         # one TransferQueue storage unit; logical Ray CPUs and GPUs (worker slots, not devices)
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         "ray_kwargs.ray_init.num_cpus=8",
         "+ray_kwargs.ray_init.num_gpus=1",
         "data.dataloader_num_workers=0",
         "trainer.logger=[console,tensorboard,file]",
+        # verl's replay buffer polls for finished rollouts every 2 s, longer than a CPU step's generation
+        "trainer.v1.sampler.custom_sampler.path=pkg://agents.verl.sampler",
+        "trainer.v1.sampler.custom_sampler.name=QuickPollReplayBuffer",
     ]
 
 
