@@ -362,14 +362,16 @@ if __name__ == "__main__":
 
 
 SHIPPED_POLICY = Path(__file__).resolve().parent / "assets" / "tiny-qwen-rr"
-"""The warm-started tiny Qwen2.5-VL that ``--backend verl-cpu`` trains by default
-(written by ``recipes/warm_start_tiny_qwen.py``)."""
+"""The warm-started toy-size tiny Qwen2.5-VL shipped for smoke tests (``--verl-cpu.policy toy``),
+written by ``python recipes/warm_start_tiny_qwen.py --size toy --steps 600 --lr 3e-3 --out agents/assets/tiny-qwen-rr``
+(its ``warm_start.json`` holds the settings and the validation report)."""
 
 
 def shipped_policy_path() -> Path:
     """:data:`SHIPPED_POLICY`; raises ``FileNotFoundError`` naming the recipe that writes it."""
     if not (SHIPPED_POLICY / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"{SHIPPED_POLICY}: no warm-started tiny Qwen2.5-VL; run python recipes/warm_start_tiny_qwen.py"
+            f"{SHIPPED_POLICY}: no warm-started toy Qwen2.5-VL; run python recipes/warm_start_tiny_qwen.py "
+            f"--size toy --steps 600 --lr 3e-3 --out {SHIPPED_POLICY}"
         )
     return SHIPPED_POLICY

@@ -66,8 +66,9 @@ class WarmStartConfig:
     """model size (agents.tiny_qwen.SIZES: learner, toy)"""
     seed: int = 0
     """seed of the initial weights and of the fresh scenes (their draws, mirrors and answers)"""
-    steps: int = 2000
-    """optimizer steps (each on batch_size fresh examples)"""
+    steps: int = 600
+    """optimizer steps (each on batch_size fresh examples; more steps gave smaller, less often
+    correct boxes on the validation split: 600 steps IoU 0.225, 2000 steps 0.180)"""
     batch_size: int = 16
     """examples per step"""
     lr: float = 2e-3

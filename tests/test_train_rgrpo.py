@@ -93,7 +93,7 @@ def test_cpu_defaults_compose_into_a_valid_verl_config(tiny_qwen_dir, tmp_path):
 @pytest.mark.parametrize(
     "changes, named",
     [
-        (dict(ppo_mini_batch_size=3), "ppo_mini_batch_size=3 must divide train_batch_size=2"),
+        (dict(ppo_mini_batch_size=3), "ppo_mini_batch_size=3 must divide train_batch_size=8"),
         (dict(micro_batch_size_per_gpu=3), "micro_batch_size_per_gpu=3 must divide"),
         (dict(log_prob_micro_batch_size_per_gpu=5), "log_prob_micro_batch_size_per_gpu=5 must divide"),
         (dict(answer_tokens=4), "answer_tokens=4 is too small"),

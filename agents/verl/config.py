@@ -123,7 +123,10 @@ class VerlArgs:
     @classmethod
     def for_cpu(cls) -> "VerlArgs":
         """Defaults of ``--backend verl-cpu``: the warm-started learner tiny Qwen2.5-VL on the
-        embedded benchmark, sized for 2 cores."""
+        embedded benchmark, sized for 45 minutes on 2 cores. Rollouts are sampled at
+        temperature 0.5: at 1.0 the sampled boxes were much worse than the greedy ones
+        (always cropping, reward 1.13 against 1.68 on the validation split), so in training
+        a crop earned less than FULL and RL taught the policy to stop cropping."""
         return cls(
             out=Path("runs/verl-cpu"),
             rollout_engine="transformers",
@@ -132,14 +135,15 @@ class VerlArgs:
             ppo_mini_batch_size=8,
             micro_batch_size_per_gpu=16,
             log_prob_micro_batch_size_per_gpu=32,
-            lr=5e-5,
+            lr=1e-4,
             kl_loss_coef=0.001,
+            temperature=0.5,
             answer_tokens=32,
             prompt_text_tokens=96,
             val_queries=100,
-            total_training_steps=150,
+            total_training_steps=120,
             test_freq=10,
-            save_freq=50,
+            save_freq=40,
             agent_workers=1,
             images=ImageSettings(max_pixels=64 * IMAGE_TOKEN_PIXELS),
             experiment_name="rgrpo-cpu",
