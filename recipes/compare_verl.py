@@ -7,6 +7,11 @@ policy (greedy, the training prompt and parser). GRPO runs with plain on-policy 
 (decision-balanced groups are part of r-GRPO). The estimators share each seed's warm
 start, data order and rollout seeds, so the comparison is paired.
 
+A cell whose folder already holds a finished run of the same command is reused (its
+``cell.json`` records the command), so an interrupted comparison goes on where it
+stopped and ``--seeds`` / ``--estimators`` can add cells to an existing one; a cell whose
+command changed is trained again.
+
 Writes to ``--out``: ``results.md`` (mean ± std over seeds of the test metrics of the
 warm start and of each estimator, the paired differences trained - warm start and
 estimator - first estimator with 95% intervals), ``results.json``, ``curves.png`` (greedy
@@ -64,6 +69,18 @@ def run_command(args: Args, estimator: str, seed: int) -> list[str]:
     return command + [f"algorithm.adv_estimator={estimator}"]
 
 
+CELL_FILE = "cell.json"
+"""Written into a cell's folder when its run finished: the command that made it."""
+
+
+def finished(folder: Path, command: list[str]) -> bool:
+    """Whether ``folder`` holds a finished run of ``command`` (the interpreter path aside)."""
+    record = folder / CELL_FILE
+    if not record.is_file() or not (folder / "test" / "results.json").is_file():
+        return False
+    return json.loads(record.read_text()).get("command") == command[1:]
+
+
 def training_history(summary: dict) -> list[dict]:
     """A verl run's steps in the decision dashboard's keys (:mod:`agents.dashboard`)."""
     history = []
@@ -80,8 +97,13 @@ def main(args: Args) -> dict:
     cells = [(seed, estimator) for seed in args.seeds for estimator in args.estimators]
     for i, (seed, estimator) in enumerate(cells):
         folder = run_dir(args.out, estimator, seed)
-        print(f"[{i + 1}/{len(cells)}] {estimator}, seed {seed} -> {folder}", flush=True)
-        subprocess.run(run_command(args, estimator, seed), check=True)
+        command = run_command(args, estimator, seed)
+        if finished(folder, command):
+            print(f"[{i + 1}/{len(cells)}] {estimator}, seed {seed}: reusing the finished run in {folder}", flush=True)
+        else:
+            print(f"[{i + 1}/{len(cells)}] {estimator}, seed {seed} -> {folder}", flush=True)
+            subprocess.run(command, check=True)
+            (folder / CELL_FILE).write_text(json.dumps({"command": command[1:]}))
         test = json.loads((folder / "test" / "results.json").read_text())["summaries"]
         summary = json.loads((folder / "summary.json").read_text())
         if not any(r["variant"] == WARM_START and r["seed"] == seed for r in runs):
