@@ -34,6 +34,7 @@ from agents.gallery import (
     write_per_query,
 )
 from envs.region_rerank import RegionRerankEnv
+from envs.settings import settings_to_dict
 from rewards.evaluation import (
     RANK_BUCKETS,
     SEARCH_COLUMNS,
@@ -308,6 +309,7 @@ def evaluate_and_report(
     payload = {
         "source": source,
         "scorer": env.scorer.name,
+        "env": settings_to_dict(env.settings),
         "seconds": elapsed,
         "gallery_seconds": gallery_seconds,
         "summaries": summaries,

@@ -122,9 +122,8 @@ def run_local(args: Args) -> None:
     print(f"policy: {result.checkpoint} ({result.seconds:.0f} s of training)")
     if args.test_queries == 0:
         return
-    # The trained policy's action space: SEARCH and several regions when it was trained with them.
-    test_env = make_env(args.test_data, scorer, split="test", purpose="eval", obs_size=config.env.obs_size,
-                        search=config.env.search, max_regions=config.env.max_regions)
+    # The trained policy's own episode (information gap, zoom steps, reward, SEARCH, regions).
+    test_env = make_env(args.test_data, scorer, split="test", purpose="eval", settings=config.env)
     n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
     names = ["full", "center", "random", "annotated", "oracle"]
     names += ["search-full", "search-annotated", "oracle-search"] if config.env.search else []

@@ -4,6 +4,8 @@ the dry run, and the backends' entry points (no GPU needed)."""
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -184,7 +186,8 @@ def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
     local = LocalTrainConfig(
         data=scene_pool_files["train"], val_data=scene_pool_files["val"], scorer=ScorerSettings(tiny_model_name, str(tiny_checkpoint)),
         iterations=4, queries_per_batch=4, group_size=4, eval_every=2,
-        eval_queries=3, env=EnvSettings(obs_size=32), policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4),
+        eval_queries=3, env=EnvSettings(obs_size=32, policy_max_side=48),
+        policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4),
         out=tmp_path / "run", progress=False,
     )
     recipe.main(recipe.Args(backend="auto", local=local, test_data=scene_pool_files["val"]))
@@ -196,3 +199,5 @@ def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
     assert "trained: one seed (seed 0)" in table  # the table says what the trained row stands for
     assert load_policy(tmp_path / "run" / "policy.pt").net.config.grid == 4
     assert (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "metrics.csv").exists()
+    # evaluated in the episode it was trained in: the information gap too
+    assert json.loads((tmp_path / "run" / "test" / "results.json").read_text())["env"]["policy_max_side"] == 48
