@@ -16,7 +16,8 @@ Writes to ``--out``: ``results.md`` (mean ± std over seeds of the test metrics 
 warm start and of each estimator, the paired differences trained - warm start and
 estimator - first estimator with 95% intervals), ``results.json``, ``curves.png`` (greedy
 validation MRR and crop rate by FULL rank over steps, every run) and ``dashboard.png``
-(the sampled crop rates over training: does a policy stop calling the crop tool?).
+(the sampled crop rates over training); ``results.md`` also says where each run's greedy
+policy ends: cropping every query, none (tool use collapsed), or selectively.
 
     python recipes/compare_verl.py                                  # rgrpo and grpo, seeds 0 1 2
     python recipes/compare_verl.py --seeds 0 --estimators rgrpo     # one run
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import tyro
 
-from agents.dashboard import decision_state, plot_decision_dashboard, plot_validation_curves
+from agents.dashboard import plot_decision_dashboard, plot_validation_curves
 from agents.experiments import paired_differences, paired_table, variants_table
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
@@ -81,6 +82,21 @@ def finished(folder: Path, command: list[str]) -> bool:
     return json.loads(record.read_text()).get("command") == command[1:]
 
 
+def greedy_decisions(summary: dict) -> str:
+    """Where a run's greedy policy ends, from its last validation: crops every query, none,
+    or selectively (its crop rate where FULL ranks the positive first and 11th or worse)."""
+    points = [p for p in summary["validation"] if "mrr" in p]
+    if not points:
+        return "not validated"
+    last = points[-1]
+    if last["crop_rate"] >= 0.95:
+        return "crops every query"
+    if last["crop_rate"] <= 0.05:
+        return "never crops"
+    rc = last["rc"]
+    return f"selective (crop rate {rc['1']:.2f} at FULL rank 1, {rc['11-K']:.2f} at 11-K)"
+
+
 def training_history(summary: dict) -> list[dict]:
     """A verl run's steps in the decision dashboard's keys (:mod:`agents.dashboard`)."""
     history = []
@@ -120,8 +136,8 @@ def main(args: Args) -> dict:
     if len(args.estimators) > 1:
         table += "\n\n" + paired_table(paired_differences([r for r in runs if r["variant"] != WARM_START],
                                                            args.estimators[0], METRICS), args.estimators[0])
-    states = {f"{r['variant']} seed {r['seed']}": decision_state(r["history"]) for r in dashboard}
-    table += "\n\nwhere each run's sampled crop rate ends (last 20 steps): " + ", ".join(f"{k}: {v}" for k, v in states.items())
+    states = {label: greedy_decisions(summary) for label, summary in curves.items()}
+    table += "\n\nwhere each run's greedy policy ends (last validation): " + "; ".join(f"{k}: {v}" for k, v in states.items())
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps({"runs": runs, "summary": summary, "states": states}, indent=1))
     plot_validation_curves(curves, args.out / "curves.png")
