@@ -92,4 +92,8 @@ def test_a_short_warm_start_writes_a_checkpoint_whose_greedy_answers_parse(tmp_p
     assert val["valid_crops"] == 1.0  # with the crop prefix forced, every box parses and is valid
     assert 0.0 <= val["iou"] <= 1.0 and 0.0 <= val["mrr"] <= 1.0
     assert val["sampled"]["parse_rate"] >= 0.5
-    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    # The folder is a complete checkpoint: what verl and recipes/evaluate.py --vlm load from it.
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    assert AutoProcessor.from_pretrained(out).image_processor is not None
+    assert AutoModelForImageTextToText.from_pretrained(out).num_parameters() == record["parameters"]

@@ -123,7 +123,7 @@ class VerlArgs:
     @classmethod
     def for_cpu(cls) -> "VerlArgs":
         """Defaults of ``--backend verl-cpu``: the warm-started learner tiny Qwen2.5-VL on the
-        embedded benchmark, sized for 45 minutes on 2 cores. Rollouts are sampled at
+        embedded benchmark, sized for about 15 minutes of RL on 2 cores. Rollouts are sampled at
         temperature 0.5: at 1.0 the sampled boxes were much worse than the greedy ones
         (always cropping, reward 1.13 against 1.68 on the validation split), so in training
         a crop earned less than FULL and RL taught the policy to stop cropping."""
@@ -141,9 +141,9 @@ class VerlArgs:
             answer_tokens=32,
             prompt_text_tokens=96,
             val_queries=100,
-            total_training_steps=120,
+            total_training_steps=40,
             test_freq=10,
-            save_freq=40,
+            save_freq=20,
             agent_workers=1,
             images=ImageSettings(max_pixels=64 * IMAGE_TOKEN_PIXELS),
             experiment_name="rgrpo-cpu",
