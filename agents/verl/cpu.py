@@ -481,6 +481,9 @@ def _import_verl_holding_plugins_back() -> None:
 def register() -> None:
     """Register the CPU platform, the CPU FSDP engines, the transformers rollout and the
     two patches, then load the r-GRPO plug-in. Idempotent; run on import."""
+    from agents.verl import quiet
+
+    quiet.install()  # before verl's engines are imported and warn about the ones not installed
     _import_verl_holding_plugins_back()
     check_verl_version()
     from verl.plugin.platform.platform_manager import PlatformRegistry

@@ -90,6 +90,10 @@ def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, 
     import yaml
     from omegaconf import OmegaConf
 
+    from agents.verl import quiet
+
+    quiet.install()
+
     if cpu:
         prepare_cpu_process()
         if args.model_path is None and args.policy == "learner" and not dry_run:

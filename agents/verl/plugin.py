@@ -66,10 +66,13 @@ import numpy as np
 import torch
 
 from agents.rgrpo import compute_rgrpo_outcome_advantage, validate_decisions
+from agents.verl import quiet
 from agents.verl.settings import METRIC_PREFIX, loop_settings_from_file
 from envs.actions import FULL, REGION
 from rewards.evaluation import RANK_BUCKETS
 from verl.trainer.ppo import core_algos
+
+quiet.install()  # verl loads this module in each of its processes: the one place all of them pass
 
 ESTIMATOR_NAME = "rgrpo"
 """``algorithm.adv_estimator`` value that selects r-GRPO."""

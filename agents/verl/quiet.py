@@ -4,8 +4,10 @@ verl 0.9.1 warns in every process that imports its engines that engines this pro
 never uses are not installed (megatron, mindspeed, torchtitan, veomni, automodel), and
 its platform manager logs "No supported accelerator detected ... Falling back to
 'nvidia'" on every CPU-only process. Both are filtered by their exact text; every other
-warning of verl stays. :func:`install` runs when :mod:`agents` is imported, so it covers
-the recipes, the tests and (through :mod:`agents.verl.cpu`) verl's Ray workers.
+warning of verl stays. :func:`install` runs where verl runs: in the plug-in verl loads on
+``import verl`` (:mod:`agents.verl.plugin`, every verl process), in the CPU platform module
+(:mod:`agents.verl.cpu`, loaded before verl's engines) and in
+:func:`agents.verl.launch.launch`; importing :mod:`agents` alone installs nothing.
 """
 
 from __future__ import annotations
