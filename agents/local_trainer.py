@@ -250,14 +250,9 @@ def compute_advantages(estimator: str, token_rewards, mask, uids, decisions, gro
 
 def check_estimator(name: str) -> None:
     """Fail before training on a name verl does not know or this backend cannot run."""
-    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+    from agents.verl.plugin import check_estimator as check
 
-    if name in NOT_SUPPORTED:
-        raise ValueError(f"estimator {name!r} {NOT_SUPPORTED[name]}")
-    try:
-        get_adv_estimator_fn(name)
-    except ValueError as err:
-        raise ValueError(f"estimator {name!r} is not in verl's registry: {err}") from err
+    check(name, "local", NOT_SUPPORTED)
 
 
 def bucket_rc_rates(decisions, buckets) -> dict[str, float]:

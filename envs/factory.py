@@ -81,7 +81,7 @@ def make_scorer(settings: ScorerSettings | dict | str | os.PathLike | None = Non
     if backend == "default":
         return default_scorer(**common)
     if backend == "import":
-        factory = _import_attr(settings.model)
+        factory = import_object(settings.model)
         scorer = factory(**{**_accepted(factory, common), **settings.options})
         check_scorer_members(scorer)
         return scorer
@@ -106,8 +106,12 @@ def _accepted(factory: Any, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in parameters and parameters[k].kind in keyword}
 
 
-def _import_attr(spec: str) -> Any:
+def import_object(spec: str, what: str = "scorer") -> Any:
+    """The object a ``module:attr`` spec names (``attr`` may be dotted); a ``ValueError``
+    names the spec (as ``what``) and what failed. The one loader of user-named objects."""
     module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{what} {spec!r} must look like 'module:attribute'")
     try:
         try:
             module = importlib.import_module(module_name)
@@ -119,11 +123,11 @@ def _import_attr(spec: str) -> Any:
             sys.path.append(os.getcwd())
             module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"scorer {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+        raise ValueError(f"{what} {spec!r}: cannot import module {module_name!r}: {exc}") from exc
     try:
         return functools.reduce(getattr, attr.split("."), module)
     except AttributeError as exc:
-        raise ValueError(f"scorer {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
+        raise ValueError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}") from exc
 
 
 def resolve_dataset(dataset: Dataset, split: str = "test", purpose: Literal["train", "eval"] = "eval") -> Sequence[QueryPool]:

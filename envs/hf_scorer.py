@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from envs.scorer import CachedScorer, CandidateFeatures, Feature, ScorerStats, _chunks, file_digest, l2_normalize
+from envs.scorer import CachedScorer, Feature, ScorerStats, _chunks, file_digest, l2_normalize
+from envs.settings import CandidateFeatures
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "position_ids")
 """Tokenizer outputs passed to ``get_text_features`` (others, e.g. ``token_type_ids``, are not)."""

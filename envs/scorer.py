@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from envs.data import Candidate, DataError, QueryPool, load_image
+from envs.settings import CandidateFeatures
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
 """Custom open_clip model configs shipped with the project (registered at import)."""
@@ -44,7 +45,6 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
 if MODEL_CONFIG_DIR.is_dir():
     open_clip.add_model_config(MODEL_CONFIG_DIR)
 
-CandidateFeatures = Literal["auto", "image", "text", "image+text"]
 Feature = Literal["image", "text"]
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
 

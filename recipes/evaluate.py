@@ -32,7 +32,6 @@ the current directory) and calls it with ``--scorer.options`` as keywords; see t
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from agents.gallery import GalleryConfig
 from envs.data import DataError
-from envs.factory import make_env, make_scorer
+from envs.factory import import_object, make_env, make_scorer
 from envs.settings import EnvSettings, ImageSettings, ScorerSettings, upgrade_legacy_flags
 
 
@@ -97,10 +96,10 @@ def build_policies(args: Args) -> dict[str, object]:
 
         policies["trained"] = load_policy(args.checkpoint)
     if args.policy is not None:
-        module, _, attribute = args.policy.partition(":")
-        if not attribute:
-            raise SystemExit(f"--policy {args.policy!r} must look like 'module:attribute'")
-        policies[args.policy] = getattr(importlib.import_module(module), attribute)
+        try:
+            policies[args.policy] = import_object(args.policy, what="--policy")
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     if args.vlm:
         from agents.qwen_policy import vlm_policies
 

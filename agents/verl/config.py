@@ -440,19 +440,10 @@ def compose_verl_config(args: VerlArgs, overrides: Sequence[str] = (), cpu: bool
 
 
 def check_estimator(name: str, cpu: bool = False) -> None:
-    """Raise ``ValueError`` unless verl knows the advantage estimator ``name`` (registry or
-    hard-wired) and, on CPU, it can run there."""
-    import agents.verl.plugin  # noqa: F401  registers rgrpo even where the entry point is not installed
-    from verl.trainer.ppo.core_algos import AdvantageEstimator, get_adv_estimator_fn
+    """Raise ``ValueError`` unless verl knows the estimator ``name`` and, on CPU, it can run there."""
+    from agents.verl.plugin import check_estimator as check
 
-    if cpu and name in NOT_ON_CPU:
-        raise ValueError(f"{ESTIMATOR_KEY}={name} is not supported by --backend verl-cpu: {NOT_ON_CPU[name]}")
-    if name in {e.value for e in AdvantageEstimator}:
-        return
-    try:
-        get_adv_estimator_fn(name)
-    except ValueError as err:
-        raise ValueError(f"{ESTIMATOR_KEY}={name!r} is not a verl advantage estimator: {err}") from None
+    check(name, "verl-cpu" if cpu else "verl", NOT_ON_CPU if cpu else None)
 
 
 def missing_for_verl(rollout_engine: str, cpu: bool = False) -> list[str]:

@@ -74,6 +74,20 @@ from verl.trainer.ppo import core_algos
 
 quiet.install()  # verl loads this module in each of its processes: the one place all of them pass
 
+
+def check_estimator(name: str, backend: str, unsupported: Mapping[str, str] | None = None) -> None:
+    """Raise ``ValueError`` before training unless verl knows the advantage estimator
+    ``name`` (its registry, ``rgrpo`` included, or a hard-wired ``AdvantageEstimator``) and
+    ``backend`` can run it (``unsupported`` maps the names it cannot to the reason)."""
+    if name in (unsupported or {}):
+        raise ValueError(f"advantage estimator {name} is not supported by --backend {backend}: {unsupported[name]}")
+    if name in {e.value for e in core_algos.AdvantageEstimator}:
+        return
+    try:
+        core_algos.get_adv_estimator_fn(name)
+    except ValueError as err:
+        raise ValueError(f"advantage estimator {name!r} is not a verl advantage estimator: {err}") from None
+
 ESTIMATOR_NAME = "rgrpo"
 """``algorithm.adv_estimator`` value that selects r-GRPO."""
 DECISION_KEY = "decision"

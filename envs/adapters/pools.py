@@ -18,7 +18,9 @@ from envs.adapters.kb import KbEntry, KbImages, candidate_text, entity_key, scan
 from envs.adapters.retrieval import RetrievalResults, RetrievedEntity
 from envs.data import Candidate, DataError, Purpose, QueryPool, read_image_size
 
-CandidateFeatures = Literal["image", "text", "both", "image+text"]
+PoolFeatures = Literal["image", "text", "both", "image+text"]
+"""What a candidate of a built pool carries (the spelling of ``recipes/retrieve.py --features``;
+``both`` is ``image+text``); the scorer's choice among them is ``envs.settings.CandidateFeatures``."""
 MISSING_EXAMPLES = 5
 """How many missing query images the summary names."""
 
@@ -31,7 +33,7 @@ class PoolOptions:
 
     top_k: int = 20
     """Pool size: the first ``top_k`` distinct retrieved entities (the paper's K=20)."""
-    features: CandidateFeatures = "image"
+    features: PoolFeatures = "image"
     """``"image"``: the entity's first KB image (its text when it has no local image);
     ``"text"``: title + lead section; ``"image+text"`` (or ``"both"``): image and text
     (Region-R1 sums them; the spelling of ``recipes/retrieve.py --features``)."""
