@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import tyro
 
 from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
+from envs.threads import DEFAULT_THREADS, set_threads
 from envs.actions import read_flat_action
 from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
@@ -50,7 +50,7 @@ class Args:
     """entropy bonus"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
-    threads: int = 2
+    threads: int = DEFAULT_THREADS
     """torch intra-op threads"""
     out: Path = Path("runs/sb3_ppo")
     """output folder: ppo.zip, results.md, results.json and the plots"""
@@ -74,7 +74,7 @@ class SB3Policy:
 def main(args: Args) -> dict[str, dict]:
     from stable_baselines3 import PPO
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     scorer = make_scorer()
     train_env = FlatBoxAction(HashedQuestion(make_env(None, scorer, split="train", purpose="train", settings=args.env), dim=args.question_dim))
     train_env.reset(seed=args.seed)

@@ -174,7 +174,8 @@ def test_multi_step_ends_at_max_steps_and_incremental_mode(pools, tiny_scorer):
     assert r2 == pytest.approx(float(region_reward(stats[1], stats[2]).reward), abs=1e-6)
 
 
-def test_score_actions_is_one_batch_and_equals_step(env):
+def test_score_actions_is_one_batch_and_equals_step(pools, make_tiny_scorer):
+    env = RegionRerankEnv(pools, make_tiny_scorer(invariance="padded"))  # padded: the group is one forward
     env.reset(options={"query_index": 1})
     rng = np.random.default_rng(0)
     lo = rng.uniform(0, 0.5, size=(8, 2))
@@ -187,6 +188,22 @@ def test_score_actions_is_one_batch_and_equals_step(env):
         env.reset(options={"query_index": 1})
         _, reward, _, _, info = env.step(action)
         assert (reward, info["outcome"]) == (pytest.approx(outcome.reward, abs=1e-6), outcome.kind)
+
+
+def test_a_step_costs_one_image_and_scores_bitwise_like_score_actions(pools, make_tiny_scorer):
+    """CPU default: one-row forwards, so a step embeds one image (not a padded batch), and
+    what it pays is bitwise what the batched ``score_actions`` predicted."""
+    env = RegionRerankEnv(pools, make_tiny_scorer())
+    env.reset(options={"query_index": 2})
+    actions = [region([0.1 * i, 0.05, 0.4 + 0.1 * i, 0.7]) for i in range(5)]
+    group = env.score_actions(actions)
+    for action, outcome in zip(actions, group):
+        env.reset(options={"query_index": 2})
+        rows = env.scorer.stats.image_rows
+        _, reward, _, _, info = env.step(action)
+        assert env.scorer.stats.image_rows == rows + 1
+        np.testing.assert_array_equal(info["scores"], outcome.scores)
+        assert reward == outcome.reward
 
 
 def test_information_gap_downscales_only_what_the_policy_sees(pools, tiny_scorer):
