@@ -235,7 +235,7 @@ def test_constructor_rejects_bad_arguments(pools, tiny_scorer):
 
 
 def test_flat_box_wrapper(pools, tiny_scorer):
-    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer))
+    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer), encoding="corners")
     assert env.action_space.shape == (5,)
     env.reset(options={"query_index": 0})
     _, _, _, _, info = env.step(np.array([0.9, 0.0, 0.0, 0.5, 0.5], np.float32))
@@ -360,7 +360,7 @@ def test_zoom_views_are_the_whole_pixel_crops_the_policy_is_shown(pools, tiny_sc
 
 
 def test_fractional_boxes_become_whole_pixel_views(pools, tiny_scorer):
-    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer, max_steps=3, min_box_side=1))
+    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer, max_steps=3, min_box_side=1), encoding="corners")
     _, info = env.reset(options={"query_index": 0})
     for box in ([0.333, 0.271, 0.811, 0.933], [0.05, 0.41, 0.77, 0.99]):
         previous = info["view_box"]
