@@ -486,7 +486,9 @@ class RegionRerankEnv(gym.Env):
         """A REGION box's whole-pixel rectangle in the original image, or why it is invalid."""
         norm = clamp_norm_box(norm_box)
         if not is_valid_box(norm, self.view_size, self.min_box_side):
-            return f"box {np.round(norm_box, 4).tolist()} is empty or smaller than {self.min_box_side}px after clamping"
+            width, height = (round(v) for v in self.view_size)
+            return (f"box {np.round(norm_box, 4).tolist()} (0-1 of the current {width}x{height} px view) is empty "
+                    f"or smaller than {self.min_box_side}px after clamping")
         return pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
 
     def _extended_outcomes(self, actions: list[Any]) -> list[Outcome]:

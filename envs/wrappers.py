@@ -11,6 +11,7 @@ env unchanged as ``FlatBoxAction(HashedQuestion(env))``.
 from __future__ import annotations
 
 import re
+import string
 import zlib
 from typing import Any
 
@@ -128,7 +129,26 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
             raise ValueError(f"unknown frame {self.frame!r}; choose from {FRAMES}")
         if self.rules not in RULES:
             raise ValueError(f"unknown text rules {self.rules!r}; choose from {RULES}")
-        self.action_space = spaces.Text(max_length=max_length)
+        self.action_space = spaces.Text(max_length=max_length, min_length=0, charset=TEXT_CHARSET)
+
+    def step(self, action: Any):
+        observation, reward, terminated, truncated, info = super().step(action)
+        if info.get("outcome") == "invalid_box" and "reason" in info:
+            # The env knows the view; only this wrapper knows what frame the numbers were in.
+            info["reason"] = f"{info['reason']}; the answer's numbers were read in the {self.frame!r} frame ({self._frame_note()})"
+        return observation, reward, terminated, truncated, info
+
+    def _frame_note(self) -> str:
+        """What a box's numbers meant in :attr:`frame` for the current view."""
+        width, height = (round(v) for v in self.env.unwrapped.view_size)
+        if self.frame == "resized":
+            try:
+                shown = "x".join(map(str, self.resized_size()))
+            except ValueError:
+                shown = "none"
+            return f"pixels of the {shown} image the model was shown for the {width}x{height} px view"
+        return {"pixel": f"pixels of the {width}x{height} px view", "norm": f"0-1 of the {width}x{height} px view",
+                "norm1000": f"0-1000 of the {width}x{height} px view"}.get(self.frame, self.frame)
 
     def resized_size(self) -> tuple[int, int]:
         """Size of the image the VLM sees for the current view (the ``"resized"`` frame).
@@ -154,6 +174,13 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
             search=getattr(env, "search_enabled", False),
         )
 
+
+TEXT_CHARSET = frozenset(string.printable)
+"""Characters of :class:`TextAction`'s ``Text`` space: printable ASCII (letters, digits,
+punctuation, space, tab, newline), which covers every syntax the parser reads (tool-call
+JSON, ``<box>`` tags, ``NO_CROP_NEEDED``). The parser also accepts answers with other
+characters around the action (reasoning in any script); the env takes them, a finite
+``Text`` charset cannot list them."""
 
 _WORD = re.compile(r"\w+")
 

@@ -280,3 +280,31 @@ def test_flat_box_encoding_is_checked_and_recorded(scene_pools, tiny_scorer):
     with pytest.raises(ValueError, match="encoding='polar'"):
         FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer), encoding="polar")
     assert FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer), encoding="corners").action_space.low.min() == 0.0
+
+
+def test_text_action_space_contains_every_answer_syntax_the_parser_reads(scene_pools, tiny_scorer):
+    env = TextAction(RegionRerankEnv(scene_pools, tiny_scorer), frame="pixel")
+    answers = [
+        "NO_CROP_NEEDED",
+        "The whole image is fine.\nNO_CROP_NEEDED",
+        '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 20, 110, 90]}}\n</tool_call>',
+        "<box>10, 20, 110, 90</box>",
+        "Zoom on the left_side (x-axis 0.5):\t<box>10, 20, 110, 90</box>",
+    ]
+    for answer in answers:
+        assert env.action_space.contains(answer), answer
+        env.reset(options={"query_index": 0})
+        assert env.step(answer)[4]["outcome"] in ("full", "region"), answer
+    assert env.action_space.contains("") and set(env.action_space.sample()) <= set(env.action_space.character_set)
+
+
+def test_invalid_box_reasons_name_the_frame_and_the_view_size(scene_pools, tiny_scorer):
+    env = TextAction(RegionRerankEnv(scene_pools, tiny_scorer), frame="norm")
+    env.reset(options={"query_index": 0})
+    _, _, _, _, info = env.step("<box>100, 50, 300, 150</box>")  # pixels given where 0-1 was expected
+    assert info["outcome"] == "invalid_box"
+    assert "160x120 px view" in info["reason"] and "'norm' frame" in info["reason"], info["reason"]
+    native = RegionRerankEnv(scene_pools, tiny_scorer)
+    native.reset(options={"query_index": 0})
+    reason = native.step({"decision": REGION, "box": np.array([0.5, 0.5, 0.5, 0.9], np.float32)})[4]["reason"]
+    assert "0-1 of the current 160x120 px view" in reason
