@@ -115,6 +115,10 @@ class EnvSettings:
     max_regions: int = 1
     """boxes a REGION action may hold; their crops' embeddings are fused into one view
     (1: the paper's single crop, and today's action space)"""
+    strict: bool = False
+    """debugging: ``step`` raises :class:`envs.region_rerank.StrictActionError` (naming the
+    action and why) on a malformed action or an invalid box instead of paying its penalty
+    (``False``, the default: the penalty, and no action raises)"""
 
     def __post_init__(self) -> None:
         if self.search_budget < 1:

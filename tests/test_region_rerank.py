@@ -409,3 +409,19 @@ def test_first_observation_is_resets_without_scoring(env):
     assert np.array_equal(view_box, info["view_box"]) and obs["step"] == 0
     with pytest.raises(IndexError, match="query_index"):
         env.first_observation(len(env.pools))
+
+
+def test_strict_raises_on_malformed_actions_and_invalid_boxes_naming_them(pools, tiny_scorer):
+    from envs.region_rerank import StrictActionError
+
+    env = RegionRerankEnv(pools, tiny_scorer, strict=True)
+    for action, words in (({"decision": True, "box": [0, 0, 1, 1]}, "malformed action"),
+                          (region([0.6, 0.6, 0.2, 0.2]), "invalid box")):
+        env.reset(options={"query_index": 0})
+        with pytest.raises(StrictActionError, match=words):
+            env.step(action)
+    env.reset(options={"query_index": 0})
+    assert env.step(region([0.1, 0.1, 0.6, 0.6]))[4]["outcome"] == "region"  # valid actions step as before
+    lenient = RegionRerankEnv(pools, tiny_scorer)
+    lenient.reset(options={"query_index": 0})
+    assert lenient.step({"decision": True, "box": [0, 0, 1, 1]})[4]["outcome"] == "malformed"
