@@ -678,13 +678,13 @@ class OpenClipScorer(CachedScorer):
 
     # ------------------------------------------------------------ embeddings
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """``(n, d)`` float32 L2-normalized embeddings, one forward per ``batch_size`` images;
-        batch-invariant (see ``batch_invariant``)."""
+        """``(n, d)`` float32 L2-normalized embeddings in forwards of :attr:`forward_rows`
+        rows (one per image on CPU); batch-invariant (see ``batch_invariant``)."""
         return self._encode(images, self._image_batch, self.model.encode_image, "image")
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """``(n, d)`` float32 L2-normalized embeddings, one forward per ``batch_size`` texts;
-        batch-invariant (see ``batch_invariant``)."""
+        """``(n, d)`` float32 L2-normalized embeddings in forwards of :attr:`forward_rows`
+        rows (one per text on CPU); batch-invariant (see ``batch_invariant``)."""
         return self._encode(texts, self.tokenizer, self.model.encode_text, "text")
 
     def _image_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -28,8 +28,9 @@ import os
 import sys
 
 DEFAULT_THREADS = 1
-"""Intra-op threads every recipe uses unless told otherwise (``--threads``): on 2 shared
-cores one thread was faster for every workload measured (``recipes/bench_threads.py``)."""
+"""Intra-op threads every recipe uses unless told otherwise (``--threads``): on 2 cores
+shared with another job one thread was 7-120x faster than two for the env, evaluation
+and the CPU trainer (``recipes/bench_threads.py``, ``docs/threads.md``)."""
 
 
 def set_threads(threads: int) -> None:
