@@ -6,16 +6,13 @@ both sides alike:
 1. **Candidate cache vs naive.** A REGION step of the env (candidate embeddings cached
    per pool, the FULL baseline computed once at reset) against what the public
    Region-R1 reward function does per call: encode the full image, the crop and all K
-   candidates, then rank both.
+   candidates (in freely batched forwards: the baseline at its fastest), then rank both.
 2. **Env step vs a bare scorer forward** on the same crop: the env's own overhead
    (cropping, ranking, reward, observation). The bare forward is the model's unpadded
    1-row forward (``encode_image`` on one preprocessed crop, outside the scorer), so a step
    that paid a padded batch would show here; the padded ``batch_size``-row forward that
-   steps cost before one-row forwards is timed beside it. The bare forward is the model's unpadded
-   1-row forward (``encode_image`` on one preprocessed crop, outside the scorer), so a step
-   that paid a padded batch would show here; the padded ``batch_size``-row forward that
-   steps used to cost is timed beside it.
-3. **A group of n boxes scored batched** (``env.score_actions``: one forward, the pool
+   steps cost before one-row forwards is timed beside it.
+3. **A group of n boxes scored batched** (``env.score_actions``: one scorer call, the pool
    and the FULL baseline already at hand) against the same n boxes as n one-step
    episodes of that query (``reset`` + ``step`` each: what a GRPO group costs through
    the plain Gymnasium API), and, stricter, against n single-action ``score_actions``
