@@ -204,10 +204,38 @@ BASELINES: dict[str, Callable[[], Policy]] = {
 """Baseline name -> constructor with the evaluation's default settings."""
 
 
+NEEDS: dict[str, dict[str, int | bool]] = {
+    "search-full": {"search": True},
+    "search-annotated": {"search": True},
+    "oracle-search": {"search": True},
+    "oracle-2box": {"regions": 2},
+}
+"""What a baseline needs of the episode beyond the paper's (SEARCH, several boxes)."""
+
+
+def runnable_baselines(env: Any = None) -> tuple[str, ...]:
+    """Names of the baselines ``env`` can run: an env (wrapped or not) or its
+    :class:`envs.settings.EnvSettings`; ``None`` is the default episode (no SEARCH, one box)."""
+    settings = getattr(getattr(env, "unwrapped", env), "settings", env)
+    search = bool(getattr(settings, "search", False))
+    regions = int(getattr(settings, "max_regions", 1))
+    return tuple(
+        name for name in BASELINES
+        if (search or not NEEDS.get(name, {}).get("search")) and regions >= int(NEEDS.get(name, {}).get("regions", 1))
+    )
+
+
 def baseline_policies(
-    names=tuple(BASELINES), *, center_scale: float = 0.5, annotated_margin: float = 0.0, seed: int = 0
+    names=None, *, env: Any = None, center_scale: float = 0.5, annotated_margin: float = 0.0, seed: int = 0
 ) -> dict[str, Policy]:
-    """The named baselines, keyed by their display names (e.g. ``"center-0.5"``)."""
+    """The named baselines, keyed by their display names (e.g. ``"center-0.5"``).
+
+    ``names=None``: every baseline ``env`` (an env or its ``EnvSettings``; ``None``: the
+    default episode) can run (:func:`runnable_baselines`), so
+    ``evaluate_and_report(env, baseline_policies(env=env), ...)`` never asks for SEARCH on
+    an env without it.
+    """
+    names = runnable_baselines(env) if names is None else names
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")

@@ -35,9 +35,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import tyro
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -64,6 +65,7 @@ from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
 from envs.scorer import Scorer
 from envs.settings import EnvSettings, ScorerSettings
+from envs.threads import DEFAULT_THREADS
 
 NOT_SUPPORTED = {"gae": "needs a critic (values); use --backend verl", "remax": "needs a greedy-rollout baseline"}
 
@@ -131,8 +133,8 @@ class LocalTrainConfig:
     """the episode: reward and how it is paid, observation size (64 px for the small policy)"""
     out: Path = Path("runs/local")
     """output folder: policy.pt, metrics.csv, TensorBoard events, curves.png, dashboard.png"""
-    threads: int = 2
-    """torch intra-op threads (set by the recipes, once per process)"""
+    threads: Annotated[int, tyro.conf.arg(prefix_name=False)] = DEFAULT_THREADS
+    """torch intra-op threads (set by the recipes, once per process; spelled --threads in every recipe, see envs/threads.py)"""
     progress: bool = True
     """show progress bars"""
     policy: PolicyConfig = field(default_factory=PolicyConfig)

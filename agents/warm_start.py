@@ -48,6 +48,7 @@ from agents.model_family import get_family
 from agents.prompts import REGION_ANSWER_PREFIX, build_messages
 from envs.boxes import QWEN_MIN_PIXELS
 from envs.settings import ImageSettings
+from envs.threads import DEFAULT_THREADS
 from envs.text_actions import FULL_MARKER, MalformedAction, format_action_text, parse_action_text
 
 IGNORE = -100
@@ -89,7 +90,7 @@ class WarmStartConfig:
     """validation queries of the greedy report (IoU, MRR)"""
     sampled_answers: int = 200
     """answers sampled at temperature 1 on validation queries to measure the parse rate"""
-    threads: int = 1
+    threads: int = DEFAULT_THREADS
     """torch threads of the training process (the scene renderer runs beside it)"""
     render_workers: int = 1
     """processes drawing and tokenizing fresh scenes while the model trains (0: in the training process)"""

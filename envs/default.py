@@ -92,10 +92,12 @@ def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = D
 
     Writes ``kb/<entity>.png`` (the knowledge base), ``images/<query_id>.png`` and
     ``pools.jsonl``. Hard negatives are mined like a retriever would, by the FULL-image
-    similarity under ``scorer`` (default: :func:`default_scorer`).
+    similarity under ``scorer`` (default: :func:`default_scorer` with the padded forwards
+    the benchmark was first mined with, so every machine writes the same pools: one-row
+    forwards round differently by ~1e-7, which could reorder a near tie).
     """
     root = Path(root)
-    scorer = scorer if scorer is not None else default_scorer()
+    scorer = scorer if scorer is not None else default_scorer(invariance="padded")
     (root / "kb").mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(parents=True, exist_ok=True)
     kb = knowledge_base(root)
@@ -147,7 +149,7 @@ def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: B
         logger.info("materializing the %s split of the embedded benchmark into %s", split, folder)
         partial = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=folder.parent))
         try:
-            write_split(partial, split, config, default_scorer())
+            write_split(partial, split, config, default_scorer(invariance="padded"))
             os.rename(partial, folder)
         except OSError:
             if not (folder / POOLS_FILE).is_file():  # not a concurrent writer that finished first

@@ -78,8 +78,9 @@ def make_scorer(settings: ScorerSettings | dict | str | os.PathLike | None = Non
     settings = settings_from_dict(ScorerSettings, settings, "scorer settings")
     common = dict(device=settings.device, candidate_features=settings.candidate_features, cache_dir=settings.cache_dir)
     backend = scorer_backend(settings.model)
+    built_in = dict(invariance=settings.invariance)  # the built-in scorers' own option
     if backend == "default":
-        return default_scorer(**common)
+        return default_scorer(**common, **built_in)
     if backend == "import":
         factory = import_object(settings.model)
         scorer = factory(**{**_accepted(factory, common), **settings.options})
@@ -92,8 +93,8 @@ def make_scorer(settings: ScorerSettings | dict | str | os.PathLike | None = Non
             )
         from envs.hf_scorer import TransformersScorer  # transformers imports take seconds; only when used
 
-        return TransformersScorer(settings.model, **{**common, **settings.options})
-    return OpenClipScorer(settings.model, settings.pretrained, **common)
+        return TransformersScorer(settings.model, **{**common, **built_in, **settings.options})
+    return OpenClipScorer(settings.model, settings.pretrained, **common, **built_in)
 
 
 def _accepted(factory: Any, values: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,9 @@ its tokenizer and its image processor, e.g. ``openai/clip-vit-base-patch32`` or
 ``AutoTokenizer`` and ``AutoImageProcessor``, never from the hub. Any model with
 ``get_image_features`` and ``get_text_features`` works. It shares
 :class:`envs.scorer.OpenClipScorer`'s candidate caches (:class:`envs.scorer.CachedScorer`)
-and its batch invariance: every forward has exactly ``batch_size`` rows and every text is
-padded to the same length, so a view embeds the same alone and in a group.
+and its batch invariance: every forward has one fixed shape (one row on CPU, ``batch_size``
+rows elsewhere: :func:`envs.scorer.forward_rows`) and every text is padded to the same
+length, so a view embeds the same alone and in a group.
 
 ``make_scorer(ScorerSettings(model="/path/to/folder"))`` (``--scorer.model /path/to/folder``)
 builds it; ``--scorer.options batch_size 16`` passes its other arguments.
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from envs.scorer import CachedScorer, Feature, ScorerStats, _chunks, file_digest, l2_normalize
-from envs.settings import CandidateFeatures
+from envs.scorer import CachedScorer, Feature, ScorerStats, _chunks, file_digest, forward_rows, l2_normalize
+from envs.settings import CandidateFeatures, Invariance
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "position_ids")
 """Tokenizer outputs passed to ``get_text_features`` (others, e.g. ``token_type_ids``, are not)."""
@@ -41,10 +42,13 @@ class TransformersScorer(CachedScorer):
         candidate_features: as for :class:`envs.scorer.OpenClipScorer` (``"auto"``, ``"image"``,
             ``"text"``, ``"image+text"``).
         cache_dir: folder of the on-disk candidate cache (a per-:attr:`name` subfolder), or ``None``.
-        batch_size: rows of every forward pass (shorter chunks are padded, see ``batch_invariant``).
-        batch_invariant: pad every forward to ``batch_size`` rows (repeating the chunk's last
-            input; each row's result depends on that row only), so an embedding never depends
-            on what else was embedded with it. ``False`` batches freely.
+        batch_size: rows of every padded forward pass (and of free batches).
+        batch_invariant: keep every forward's shape fixed (padded rows repeat the chunk's
+            last input; each row's result depends on that row only), so an embedding never
+            depends on what else was embedded with it. ``False`` batches freely.
+        invariance: the fixed shape, as for :class:`envs.scorer.OpenClipScorer`: ``"rows"``
+            (one row per forward), ``"padded"`` (``batch_size`` rows) or ``"auto"`` (rows on
+            CPU, padded elsewhere).
         max_text_tokens: length every text is padded or truncated to; ``None``: the smaller of
             the tokenizer's ``model_max_length`` and the text tower's ``max_position_embeddings``.
 
@@ -62,6 +66,7 @@ class TransformersScorer(CachedScorer):
         batch_size: int = 8,
         batch_invariant: bool = True,
         max_text_tokens: int | None = None,
+        invariance: Invariance = "auto",
     ) -> None:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
@@ -69,6 +74,8 @@ class TransformersScorer(CachedScorer):
             raise ValueError(f"candidate_features={candidate_features!r}; expected one of {get_args(CandidateFeatures)}")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; expected >= 1")
+        if invariance not in get_args(Invariance):
+            raise ValueError(f"invariance={invariance!r}; expected one of {get_args(Invariance)}")
         folder = Path(path).expanduser()
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a transformers model folder (no config.json); write one with save_pretrained")
@@ -87,6 +94,9 @@ class TransformersScorer(CachedScorer):
         self.candidate_features: CandidateFeatures = candidate_features
         self.batch_size = batch_size
         self.batch_invariant = batch_invariant
+        self.invariance: Invariance = invariance
+        self.forward_rows = forward_rows(batch_size, batch_invariant, invariance, self.device)
+        """rows of every forward, ``None`` for free batching"""
         self.dim = int(self._features(self.model.get_image_features, {"pixel_values": self._pixels([Image.new("RGB", (8, 8))])}).shape[1])
         self.stats = ScorerStats()
         digest = hashlib.sha256()
@@ -128,11 +138,12 @@ class TransformersScorer(CachedScorer):
 
     def _encode(self, items: list, to_inputs: Callable, forward: Callable, kind: Feature) -> np.ndarray:
         out = [np.zeros((0, self.dim), dtype=np.float32)]
-        for batch in _chunks(items, self.batch_size):
+        rows = self.forward_rows
+        for batch in _chunks(items, rows or self.batch_size):
             inputs = to_inputs(batch)
-            if self.batch_invariant and len(batch) < self.batch_size:
-                extra = self.batch_size - len(batch)
+            if rows is not None and len(batch) < rows:
+                extra = rows - len(batch)
                 inputs = {key: torch.cat([value, value[-1:].expand(extra, *value.shape[1:])]) for key, value in inputs.items()}
             out.append(self._features(forward, inputs)[: len(batch)].cpu().numpy())
-            self.stats.count_forward(kind, len(batch))
+            self.stats.count_forward(kind, len(batch), max(len(batch), rows or 0))
         return l2_normalize(np.concatenate(out))

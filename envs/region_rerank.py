@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, read_action
+from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, describe, read_action
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
 from envs.data import DataError, ImageCache, QueryPool, load_image
 from envs.scorer import Scorer, check_embeddings, check_scorer_members, combine_features, shareable_spec
@@ -34,7 +34,12 @@ from rewards import (
 if TYPE_CHECKING:
     from envs.kb_index import KnowledgeBaseIndex
 
-__all__ = ["Outcome", "RegionRerankEnv"]
+__all__ = ["Outcome", "RegionRerankEnv", "StrictActionError"]
+
+
+class StrictActionError(ValueError):
+    """What ``step`` raises with ``strict=True`` for a malformed action or an invalid box;
+    the message names the action and the reason."""
 
 
 @dataclass
@@ -92,7 +97,9 @@ class RegionRerankEnv(gym.Env):
     ``min_box_side`` original pixels after clamping (inverted, outside the view) is an
     invalid box. Anything else (a NaN or overflowing box, ``decision=1.0``, ``"1"``, a
     non-dict, a :class:`MalformedAction` from a wrapper) is malformed. No action, of any
-    Python type, makes :meth:`step` or :meth:`score_actions` raise. A valid box is cut
+    Python type, makes :meth:`step` or :meth:`score_actions` raise, unless ``strict=True``
+    (for debugging an agent): then :meth:`step` raises :class:`StrictActionError` naming the
+    action and the reason instead of paying a malformed or invalid-box penalty. A valid box is cut
     as whole pixels (its :func:`envs.boxes.pixel_rect`, edges rounded outwards), and
     that rectangle becomes the next view, so the next step's box is relative to exactly
     the crop the policy is shown. Wrappers in :mod:`envs.wrappers` adapt a flat ``Box``,
@@ -188,6 +195,7 @@ class RegionRerankEnv(gym.Env):
       - ``search``, ``search_budget``, ``search_cost``: the SEARCH flag, searches per
         episode, reward per search (see Action Space and Rewards);
       - ``max_regions``: boxes per REGION (1: the paper's single crop).
+      - ``strict``: raise :class:`StrictActionError` on a malformed action or an invalid box (debugging).
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the query image with the view, the crop and the rank drawn on it).
     - ``image_cache``: an :class:`envs.data.ImageCache` shared with other envs, so envs of
       the same queries decode each image once (verl's agent loop builds one env per
@@ -319,6 +327,12 @@ class RegionRerankEnv(gym.Env):
         if self.pool is None:
             raise RuntimeError("call reset() before step()")
         outcome = self._outcomes([action])[0]
+        if self.settings.strict and outcome.kind in ("malformed", "invalid_box"):
+            raise StrictActionError(
+                f"strict=True: {'a malformed action' if outcome.kind == 'malformed' else 'an invalid box'} "
+                f"({describe(action)}): {outcome.reason or 'no reason given'}; strict=False pays "
+                f"{'malformed_penalty' if outcome.kind == 'malformed' else 'invalid_box_penalty'} instead"
+            )
         if outcome.kind == "region":
             self.view_box = outcome.image_box
             self._view_image = outcome.view
@@ -486,7 +500,9 @@ class RegionRerankEnv(gym.Env):
         """A REGION box's whole-pixel rectangle in the original image, or why it is invalid."""
         norm = clamp_norm_box(norm_box)
         if not is_valid_box(norm, self.view_size, self.min_box_side):
-            return f"box {np.round(norm_box, 4).tolist()} is empty or smaller than {self.min_box_side}px after clamping"
+            width, height = (round(v) for v in self.view_size)
+            return (f"box {np.round(norm_box, 4).tolist()} (0-1 of the current {width}x{height} px view) is empty "
+                    f"or smaller than {self.min_box_side}px after clamping")
         return pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
 
     def _extended_outcomes(self, actions: list[Any]) -> list[Outcome]:

@@ -18,6 +18,7 @@ not.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -37,7 +38,7 @@ import torch
 from PIL import Image
 
 from envs.data import Candidate, DataError, QueryPool, load_image
-from envs.settings import CandidateFeatures
+from envs.settings import CandidateFeatures, Invariance
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
 """Custom open_clip model configs shipped with the project (registered at import)."""
@@ -265,16 +266,20 @@ class ScorerStats:
     """Batched forward passes of the text tower."""
     images_encoded: int = 0
     texts_encoded: int = 0
+    image_rows: int = 0
+    """Rows the image tower computed, padding included (what the forwards cost)."""
     cache_hits: int = 0
     """Candidate features served from the in-memory cache."""
     disk_hits: int = 0
     """Candidate features loaded from the on-disk cache."""
 
-    def count_forward(self, kind: Feature, items: int) -> None:
-        """Record one batched forward of the ``kind`` tower over ``items`` real inputs."""
+    def count_forward(self, kind: Feature, items: int, rows: int | None = None) -> None:
+        """Record one batched forward of the ``kind`` tower over ``items`` real inputs in
+        ``rows`` rows (default ``items``: no padding)."""
         if kind == "image":
             self.image_forwards += 1
             self.images_encoded += items
+            self.image_rows += items if rows is None else rows
         else:
             self.text_forwards += 1
             self.texts_encoded += items
@@ -396,6 +401,19 @@ def _resolve_pretrained(model: str, pretrained: str | os.PathLike | None) -> tup
     )
 
 
+def forward_rows(batch_size: int, batch_invariant: bool, invariance: Invariance, device: torch.device | str) -> int | None:
+    """Rows of every forward of a batch-invariant scorer: 1 (``"rows"``, and ``"auto"`` on
+    CPU, where a forward costs about its rows, so padding a single view to ``batch_size``
+    multiplies its cost), ``batch_size`` (``"padded"``, and ``"auto"`` elsewhere: a GPU
+    encodes a padded batch in about the time of one row), or ``None`` (free batching,
+    ``batch_invariant=False``)."""
+    if not batch_invariant:
+        return None
+    if invariance == "auto":
+        invariance = "rows" if torch.device(device).type == "cpu" else "padded"
+    return 1 if invariance == "rows" else batch_size
+
+
 class CachedScorer:
     """What the built-in scorers share: candidate vectors assembled from per-feature
     embeddings (image, text or both, :func:`candidate_feature_kinds`), cached in memory and
@@ -476,13 +494,27 @@ class CachedScorer:
     def score_uncached(self, views: Sequence[Image.Image], pool: QueryPool) -> np.ndarray:
         """Like :meth:`score`, but re-encodes every candidate on every call.
 
-        Baseline for benchmarks only: this is what the public Region-R1 reward does.
-        It neither reads nor fills the caches.
+        Baseline for benchmarks only: this is what the public Region-R1 reward does, with
+        its forwards batched freely (``batch_size`` rows, no padding: the baseline at its
+        fastest). It neither reads nor fills the caches.
         """
-        plans = self._plans(pool.candidates, pool)
-        needed = {self._key(c, kind): (i, c) for i, (c, kinds) in enumerate(plans) for kind in kinds}
-        candidates = self._assemble(plans, self._encode_features(needed, pool))
-        return cosine_scores(self.embed_images(views), candidates)
+        with self._batched_freely():
+            plans = self._plans(pool.candidates, pool)
+            needed = {self._key(c, kind): (i, c) for i, (c, kinds) in enumerate(plans) for kind in kinds}
+            candidates = self._assemble(plans, self._encode_features(needed, pool))
+            return cosine_scores(self.embed_images(views), candidates)
+
+    @contextlib.contextmanager
+    def _batched_freely(self) -> Iterator[None]:
+        """Within: forwards of up to ``batch_size`` rows, unpadded (scorers with ``forward_rows``)."""
+        if not hasattr(self, "forward_rows"):
+            yield
+            return
+        rows, self.forward_rows = self.forward_rows, None
+        try:
+            yield
+        finally:
+            self.forward_rows = rows
 
     def _plans(self, candidates: Sequence[Candidate], pool: QueryPool | None) -> list[tuple[Candidate, tuple[Feature, ...]]]:
         query_id = None if pool is None else pool.query_id
@@ -551,18 +583,23 @@ class OpenClipScorer(CachedScorer):
             it has).
         cache_dir: folder for the on-disk candidate cache (one ``.npy`` per candidate
             feature in a per-:attr:`name` subfolder), or ``None`` for memory only.
-        batch_size: images or texts per forward pass. With ``batch_invariant`` every
-            forward has exactly this many rows, shorter chunks padded with blank
-            inputs. Larger is faster for big groups, slower for single images.
-        batch_invariant: pad every forward to ``batch_size`` rows. A float32 forward's
-            rounding depends on the batch shape (the kernels pick their blocking and
-            summation order by it), so without padding an image's embedding differs by
-            ~1e-7 with the number of images encoded with it, and a view would score
-            differently alone (``step``) than in a group (``score_actions``). With
-            padding the shape never changes, and an item's embedding is the same
-            whatever else is in the batch or was cached before (bound: 1e-6 per
-            component; measured: bitwise identical, and the scores too, which are
-            one float64 matrix-vector product per view). ``False`` batches freely.
+        batch_size: images or texts per forward pass (with ``invariance="padded"``:
+            exactly this many rows, shorter chunks padded with blank inputs).
+        batch_invariant: keep every forward's shape fixed. A float32 forward's rounding
+            depends on the batch shape (the kernels pick their blocking and summation
+            order by it), so with free batching an image's embedding differs by ~1e-7
+            with the number of images encoded with it, and a view would score
+            differently alone (``step``) than in a group (``score_actions``). With a
+            fixed shape an item's embedding is the same whatever else is in the batch
+            or was cached before (bound: 1e-6 per component; measured: bitwise
+            identical, and the scores too, which are one float64 matrix-vector product
+            per view). ``False`` batches freely (``batch_size`` rows per forward).
+        invariance: which fixed shape keeps ``batch_invariant``: ``"rows"`` forwards
+            every item alone (one row: nothing else can enter its arithmetic, and a
+            single view, an env step, costs one image, not ``batch_size``);
+            ``"padded"`` pads every forward to ``batch_size`` rows (a group costs one
+            forward, which pays where batching is nearly free: a GPU); ``"auto"`` is
+            ``"rows"`` on CPU and ``"padded"`` on any other device.
 
     Cached candidate features are keyed by candidate id together with the image path
     or text they came from, so two datasets reusing an id do not share a vector. The
@@ -579,7 +616,10 @@ class OpenClipScorer(CachedScorer):
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 8,
         batch_invariant: bool = True,
+        invariance: Invariance = "auto",
     ) -> None:
+        if invariance not in get_args(Invariance):
+            raise ValueError(f"invariance={invariance!r}; expected one of {get_args(Invariance)}")
         if candidate_features not in get_args(CandidateFeatures):
             raise ValueError(f"candidate_features={candidate_features!r}; expected one of {get_args(CandidateFeatures)}")
         if batch_size < 1:
@@ -611,6 +651,9 @@ class OpenClipScorer(CachedScorer):
         self.candidate_features: CandidateFeatures = candidate_features
         self.batch_size = batch_size
         self.batch_invariant = batch_invariant
+        self.invariance: Invariance = invariance
+        self.forward_rows = forward_rows(batch_size, batch_invariant, invariance, self.device)
+        """rows of every forward, ``None`` for free batching (:func:`forward_rows`)"""
         self.dim = int(model_config["embed_dim"])
         self.stats = ScorerStats()
 
@@ -634,29 +677,33 @@ class OpenClipScorer(CachedScorer):
 
     # ------------------------------------------------------------ embeddings
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """``(n, d)`` float32 L2-normalized embeddings, one forward per ``batch_size`` images;
-        batch-invariant (see ``batch_invariant``)."""
+        """``(n, d)`` float32 L2-normalized embeddings in forwards of :attr:`forward_rows`
+        rows (one per image on CPU); batch-invariant (see ``batch_invariant``)."""
         return self._encode(images, self._image_batch, self.model.encode_image, "image")
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """``(n, d)`` float32 L2-normalized embeddings, one forward per ``batch_size`` texts;
-        batch-invariant (see ``batch_invariant``)."""
+        """``(n, d)`` float32 L2-normalized embeddings in forwards of :attr:`forward_rows`
+        rows (one per text on CPU); batch-invariant (see ``batch_invariant``)."""
         return self._encode(texts, self.tokenizer, self.model.encode_text, "text")
 
     def _image_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.preprocess(image) for image in images])
 
-    def _encode(self, items: Sequence, to_tensor: Callable, encode: Callable, kind: Feature) -> np.ndarray:
+    def _encode(self, items: Sequence, to_tensor: Callable, encode: Callable, kind: Feature,
+                rows: int | None = ...) -> np.ndarray:
+        """Embeddings of ``items`` in forwards of ``rows`` rows (default :attr:`forward_rows`;
+        ``None``: free batches of ``batch_size``)."""
+        rows = self.forward_rows if rows is ... else rows
         out = [np.zeros((0, self.dim), dtype=np.float32)]
-        for batch in _chunks(list(items), self.batch_size):
+        for batch in _chunks(list(items), rows or self.batch_size):
             inputs = to_tensor(batch)
-            if self.batch_invariant and len(batch) < self.batch_size:
+            if rows is not None and len(batch) < rows:
                 # Blank rows keep the forward's shape fixed; each row's result depends
                 # only on that row, so the padding never reaches the real items.
-                padding = inputs.new_zeros((self.batch_size - len(batch), *inputs.shape[1:]))
+                padding = inputs.new_zeros((rows - len(batch), *inputs.shape[1:]))
                 inputs = torch.cat([inputs, padding])
             with torch.inference_mode():
                 features = encode(inputs.to(self.device), normalize=True)[: len(batch)]
             out.append(features.float().cpu().numpy())
-            self.stats.count_forward(kind, len(batch))
+            self.stats.count_forward(kind, len(batch), len(inputs))
         return l2_normalize(np.concatenate(out))

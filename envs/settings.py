@@ -34,6 +34,8 @@ from rewards import RewardConfig
 
 RewardMode = Literal["terminal", "incremental"]
 CandidateFeatures = Literal["auto", "image", "text", "image+text"]
+Invariance = Literal["auto", "rows", "padded"]
+"""How a built-in scorer keeps every forward one shape (:func:`envs.scorer.forward_rows`)."""
 
 S = TypeVar("S")
 
@@ -61,6 +63,10 @@ class ScorerSettings:
     Region-R1's image+text), or ``auto`` (both when it has both)"""
     cache_dir: str | None = None
     """folder of an on-disk candidate-embedding cache shared by processes; ``None``: memory only"""
+    invariance: Invariance = "auto"
+    """the built-in scorers' fixed forward shape: ``rows`` (one row per image: a single view
+    costs one image), ``padded`` (``batch_size`` rows: a group costs one forward) or ``auto``
+    (rows on CPU, padded elsewhere); both keep a view's scores bitwise the same alone and in a group"""
     options: dict[str, OptionValue] = field(default_factory=dict)
     """keyword arguments of a ``module:attr`` scorer factory or of the transformers scorer
     (``--scorer.options bins 8 name hist``: values read as int, float, bool, None, else str;
@@ -71,6 +77,8 @@ class ScorerSettings:
             raise ValueError(
                 f"candidate_features={self.candidate_features!r}; expected one of {get_args(CandidateFeatures)}"
             )
+        if self.invariance not in get_args(Invariance):
+            raise ValueError(f"invariance={self.invariance!r}; expected one of {get_args(Invariance)}")
         if self.model is None and self.pretrained is not None:
             raise ValueError("pretrained= needs a model name; model=None means the embedded default scorer")
 
@@ -107,6 +115,10 @@ class EnvSettings:
     max_regions: int = 1
     """boxes a REGION action may hold; their crops' embeddings are fused into one view
     (1: the paper's single crop, and today's action space)"""
+    strict: bool = False
+    """debugging: ``step`` raises :class:`envs.region_rerank.StrictActionError` (naming the
+    action and why) on a malformed action or an invalid box instead of paying its penalty
+    (``False``, the default: the penalty, and no action raises)"""
 
     def __post_init__(self) -> None:
         if self.search_budget < 1:

@@ -11,6 +11,7 @@ env unchanged as ``FlatBoxAction(HashedQuestion(env))``.
 from __future__ import annotations
 
 import re
+import string
 import zlib
 from typing import Any
 
@@ -18,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.actions import InvalidBoxAction, MalformedAction, read_flat_action
+from envs.actions import BOX_ENCODINGS, BoxEncoding, InvalidBoxAction, MalformedAction, read_flat_action
 from envs.boxes import FRAMES, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, QWEN_PATCH_FACTOR, Frame, qwen_resized_size
 from envs.text_actions import MAX_TEXT_CHARS, RULES, text_to_action
 
@@ -26,25 +27,42 @@ __all__ = ["FlatBoxAction", "HashedQuestion", "TextAction", "hashed_bag_of_words
 
 
 class FlatBoxAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
-    """``Box(0, 1, (5,))`` actions for libraries without ``Dict`` action spaces.
+    """A flat 5-number ``Box`` action for libraries without ``Dict`` action spaces.
 
-    ``a[0] >= 0.5`` means REGION, otherwise FULL; ``a[1:5]`` is the box
-    ``[x1, y1, x2, y2]`` normalized to the current view (ignored for FULL). The 5 values
-    must be finite numbers: a wrong shape, NaN, an overflowing integer, strings or a
-    ragged list are passed on as :class:`envs.actions.MalformedAction` (the malformed
-    penalty), never raised (see :func:`envs.actions.read_flat_action`).
+    ``encoding="center"`` (the default): ``Box(-1, 1, (5,))``, ``a = [d, cx, cy, w, h]``.
+    ``d >= 0`` means REGION, otherwise FULL; the box's centre ``cx, cy`` maps from
+    ``[-1, 1]`` onto the current view and its width and height ``w, h`` onto 10-100% of the
+    view's sides, shifted inside the view where it would reach past an edge
+    (:func:`envs.actions.center_box`). Every action is therefore a valid box (on views of
+    at least 40 px with the default ``min_box_side``), and a Gaussian policy centred at 0
+    starts from even decisions and mid-sized central crops.
+
+    ``encoding="corners"``: ``Box(0, 1, (5,))``, ``a = [d, x1, y1, x2, y2]``, the native
+    action's corners normalized to the current view, read as given (``x2 < x1`` is an
+    inverted, invalid box: ~87% of ``N(0, 1)`` draws are); ``d >= 0.5`` means REGION. The
+    encoding before ``"center"`` existed.
+
+    The box is ignored for FULL. The 5 values must be finite numbers: a wrong shape, NaN,
+    an overflowing integer, strings or a ragged list are passed on as
+    :class:`envs.actions.MalformedAction` (the malformed penalty), never raised (see
+    :func:`envs.actions.read_flat_action`).
 
     Args:
         env: a ``RegionRerank-v0`` env (or a wrapper of one with the native action space).
+        encoding: ``"center"`` or ``"corners"`` (above).
     """
 
-    def __init__(self, env: gym.Env):
-        gym.utils.RecordConstructorArgs.__init__(self)
+    def __init__(self, env: gym.Env, encoding: BoxEncoding = "center"):
+        if encoding not in BOX_ENCODINGS:
+            raise ValueError(f"FlatBoxAction: encoding={encoding!r}; choose from {BOX_ENCODINGS}")
+        gym.utils.RecordConstructorArgs.__init__(self, encoding=encoding)
         gym.ActionWrapper.__init__(self, env)
-        self.action_space = spaces.Box(0.0, 1.0, shape=(5,), dtype=np.float32)
+        self.encoding: BoxEncoding = encoding
+        low = -1.0 if encoding == "center" else 0.0
+        self.action_space = spaces.Box(low, 1.0, shape=(5,), dtype=np.float32)
 
     def action(self, action: Any) -> dict | MalformedAction:
-        return read_flat_action(action)
+        return read_flat_action(action, encoding=self.encoding)
 
 
 class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
@@ -111,7 +129,26 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
             raise ValueError(f"unknown frame {self.frame!r}; choose from {FRAMES}")
         if self.rules not in RULES:
             raise ValueError(f"unknown text rules {self.rules!r}; choose from {RULES}")
-        self.action_space = spaces.Text(max_length=max_length)
+        self.action_space = spaces.Text(max_length=max_length, min_length=0, charset=TEXT_CHARSET)
+
+    def step(self, action: Any):
+        observation, reward, terminated, truncated, info = super().step(action)
+        if info.get("outcome") == "invalid_box" and "reason" in info:
+            # The env knows the view; only this wrapper knows what frame the numbers were in.
+            info["reason"] = f"{info['reason']}; the answer's numbers were read in the {self.frame!r} frame ({self._frame_note()})"
+        return observation, reward, terminated, truncated, info
+
+    def _frame_note(self) -> str:
+        """What a box's numbers meant in :attr:`frame` for the current view."""
+        width, height = (round(v) for v in self.env.unwrapped.view_size)
+        if self.frame == "resized":
+            try:
+                shown = "x".join(map(str, self.resized_size()))
+            except ValueError:
+                shown = "none"
+            return f"pixels of the {shown} image the model was shown for the {width}x{height} px view"
+        return {"pixel": f"pixels of the {width}x{height} px view", "norm": f"0-1 of the {width}x{height} px view",
+                "norm1000": f"0-1000 of the {width}x{height} px view"}.get(self.frame, self.frame)
 
     def resized_size(self) -> tuple[int, int]:
         """Size of the image the VLM sees for the current view (the ``"resized"`` frame).
@@ -137,6 +174,13 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
             search=getattr(env, "search_enabled", False),
         )
 
+
+TEXT_CHARSET = frozenset(string.printable)
+"""Characters of :class:`TextAction`'s ``Text`` space: printable ASCII (letters, digits,
+punctuation, space, tab, newline), which covers every syntax the parser reads (tool-call
+JSON, ``<box>`` tags, ``NO_CROP_NEEDED``). The parser also accepts answers with other
+characters around the action (reasoning in any script); the env takes them, a finite
+``Text`` charset cannot list them."""
 
 _WORD = re.compile(r"\w+")
 

@@ -48,10 +48,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import torch
 import tyro
 
 from agents.verl.settings import LoopSettings, ScoringServiceSettings
+from envs.threads import DEFAULT_THREADS, set_threads
 from envs.actions import REGION
 from envs.settings import ImageSettings, ScorerSettings
 
@@ -78,7 +78,7 @@ class Args:
     """the service's settings (its path; the per-episode path ignores them)"""
     max_pixels: int = 64 * 28 * 28
     """pixel limit of the images shown to the (stand-in) policy: only prompt building uses them"""
-    threads: int = 1
+    threads: int = DEFAULT_THREADS
     """torch intra-op threads; with 1 a forward's CPU time is on the thread that ran it, which the
     CPU attribution needs (with more, torch's worker threads' share is not counted)"""
     seed: int = 0
@@ -198,7 +198,7 @@ def main(args: Args) -> None:
     from envs.data import write_query_pools
     from envs.factory import resolve_dataset
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     pools = list(resolve_dataset(None, split="train", purpose="train"))
     need = args.queries * (args.steps + 1)
     if len(pools) < need:

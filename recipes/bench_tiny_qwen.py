@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import tyro
 
+from envs.threads import DEFAULT_THREADS, set_threads
+
 
 @dataclass
 class Args:
@@ -41,7 +43,7 @@ class Args:
     """concurrent generation requests (a verl-cpu step: 8 queries x 8 rollouts)"""
     repeats: int = 5
     """timed repetitions (medians are printed)"""
-    threads: int = 1
+    threads: int = DEFAULT_THREADS
     """torch threads"""
 
 
@@ -110,7 +112,7 @@ def _shown_image(processor, example):
 
 
 def main(args: Args) -> list[dict]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
         rows = [measure(size, args, Path(root)) for size in args.sizes]
     base = rows[0]["train_s"]

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Sequence, Union
 
-import torch
 import tyro
 
+from envs.threads import DEFAULT_THREADS, set_threads
 from envs.adapters import knowledge_base_items
 from envs.adapters.cli import KbImageArgs
 from envs.data import DataError
@@ -48,7 +48,7 @@ class IndexArgs:
     """entities embedded together"""
     workers: int = 1
     """threads decoding images ahead of the model"""
-    threads: int = 1
+    threads: int = DEFAULT_THREADS
     """torch intra-op threads"""
     progress: bool = True
     """show a progress bar"""
@@ -106,7 +106,7 @@ def read_items(args: EmbeddedArgs | FileArgs | WikiArgs, features: str) -> tuple
 
 def build(args: EmbeddedArgs | FileArgs | WikiArgs) -> KnowledgeBaseIndex:
     """Build or read back the index ``args`` describe, and print what it holds."""
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     scorer = make_scorer(args.scorer)
     features = index_features(scorer) if args.features == "auto" else args.features
     items, source = read_items(args, features)

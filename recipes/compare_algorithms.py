@@ -20,9 +20,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import tyro
 
+from envs.threads import set_threads
 from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
 from agents.experiments import paired_differences, paired_table, plot_learning_curves, run_variants, variants_table
@@ -52,7 +52,7 @@ def algorithm(base: LocalTrainConfig, name: str, **changes) -> LocalTrainConfig:
 
 
 def main(args: Args) -> dict:
-    torch.set_num_threads(args.train.threads)
+    set_threads(args.train.threads)
     base = args.train
     variants = {name: algorithm(base, name) for name in args.algorithms}
     variants |= {f"{name}-no-std": algorithm(base, name, norm_adv_by_std=False) for name in args.without_std}
@@ -70,4 +70,4 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
     argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
-    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))
+    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))

@@ -36,12 +36,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import tyro
 
 from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from agents.gallery import GalleryConfig
+from envs.threads import DEFAULT_THREADS, set_threads
 from envs.data import DataError
 from envs.factory import import_object, make_env, make_scorer
 from envs.settings import EnvSettings, ImageSettings, ScorerSettings, upgrade_legacy_flags
@@ -76,7 +76,7 @@ class Args:
     """output folder for results.md, results.json and the plots"""
     seed: int = 0
     """seed of the random-crop baseline"""
-    threads: int = 2
+    threads: int = DEFAULT_THREADS
     """torch intra-op threads"""
     env: EnvSettings = field(default_factory=EnvSettings)
     """the episode: REGION steps (1 is the paper's setting), reward weights and penalties (the mean reward column uses them)"""
@@ -111,7 +111,7 @@ def build_policies(args: Args) -> dict[str, object]:
 
 
 def main(args: Args) -> dict[str, dict]:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     env = make_env(args.data, make_scorer(args.scorer), split=args.split, purpose="eval", settings=args.env)
     n = len(env.pools) if args.max_queries is None else min(args.max_queries, len(env.pools))
     source = str(args.data) if args.data else f"embedded benchmark, {args.split} split"

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Sequence, Union
 
-import torch
 import tyro
 
+from envs.threads import DEFAULT_THREADS, set_threads
 from envs.adapters import AdapterSummary, knowledge_base_items, read_evqa_queries, read_infoseek_queries
 from envs.adapters.cli import KbImageArgs, QueryImageArgs
 from envs.adapters.pools import AnnotatedQuery
@@ -59,7 +59,7 @@ class RetrieveArgs(QueryImageArgs, KbImageArgs):
 
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     """the embedding model (--scorer.model EVA02-L-14 --scorer.pretrained eva.pt, the paper's EVA-CLIP; or any scorer prepare_data's pools will be ranked with); default: the embedded rr-tiny scorer. --features, not --scorer.candidate-features, decides what a KB entity is embedded from"""
-    threads: int = 1
+    threads: int = DEFAULT_THREADS
     """torch intra-op threads (on 2 shared cores, 2 threads beside the decoding thread ran 15-20x slower than 1)"""
 
     top_k: int = 20
@@ -143,7 +143,7 @@ def _write_results(path: Path, rows: Sequence[tuple[str, list[str], list[float]]
 
 def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
     """Run the retrieval ``args`` describe; returns the summary written to ``<out>.meta.json``."""
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     queries, query_summary = read_queries(args)
     if not queries:
         raise DataError(f"{args.annotations}: no query with a readable image\n{query_summary.report()}")

@@ -17,9 +17,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import tyro
 
+from envs.threads import set_threads
 from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
 from agents.experiments import (
@@ -46,7 +46,7 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    torch.set_num_threads(args.train.threads)
+    set_threads(args.train.threads)
     base = args.train
     variants = {name: dataclasses.replace(base, env=dataclasses.replace(base.env, reward=reward)) for name, reward in ablation_rewards(base.env.reward).items()}
     results = run_variants(variants, args.seeds, args.out, test_queries=args.test_queries)
@@ -61,4 +61,4 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
     argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
-    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))
+    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))

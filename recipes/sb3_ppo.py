@@ -2,8 +2,10 @@
 
 The env is wrapped only by the project's own wrappers, ``FlatBoxAction(HashedQuestion(env))``
 (a ``Box(0, 1, (5,))`` action and the question as a hashed bag of words), and trained
-with SB3's ``MultiInputPolicy``. The trained policy is then evaluated greedily on the
-test split next to FULL; writes ``results.md``, ``results.json``, the plots and
+with SB3's ``MultiInputPolicy``. The box is the wrapper's default ``"center"`` encoding
+(centre and size in ``[-1, 1]``, valid by construction; ``--box-encoding corners`` is the
+old one). The trained policy is then evaluated greedily on the test split next to FULL
+and the question-blind crops (center-0.5, random); writes ``results.md``, ``results.json``, the plots and
 ``ppo.zip`` to ``--out``.
 
     python recipes/sb3_ppo.py
@@ -17,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import tyro
 
 from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
-from envs.actions import read_flat_action
+from envs.threads import DEFAULT_THREADS, set_threads
+from envs.actions import BoxEncoding, read_flat_action
 from envs.data import DataError
 from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
@@ -50,8 +52,10 @@ class Args:
     """entropy bonus"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
-    threads: int = 2
+    threads: int = DEFAULT_THREADS
     """torch intra-op threads"""
+    box_encoding: BoxEncoding = "center"
+    """FlatBoxAction's box: "center" (centre and size, valid by construction) or "corners" (x1, y1, x2, y2 as given)"""
     out: Path = Path("runs/sb3_ppo")
     """output folder: ppo.zip, results.md, results.json and the plots"""
     env: EnvSettings = field(default_factory=lambda: EnvSettings(obs_size=64))
@@ -61,22 +65,27 @@ class Args:
 class SB3Policy:
     """A trained SB3 model as a project policy ``policy(obs, info, env) -> action`` (greedy)."""
 
-    def __init__(self, model, question_dim: int):
+    def __init__(self, model, question_dim: int, encoding: BoxEncoding):
         self.model = model
         self.question_dim = question_dim
+        self.encoding = encoding
 
     def __call__(self, obs: dict, info: dict, env: RegionRerankEnv):
         numeric = {**obs, "question": hashed_bag_of_words(obs["question"], self.question_dim)}
         action, _ = self.model.predict(numeric, deterministic=True)
-        return read_flat_action(np.clip(action, 0.0, 1.0))
+        space = self.model.action_space  # SB3 clips to it when it steps, so the policy is read the same
+        return read_flat_action(np.clip(action, space.low, space.high), encoding=self.encoding)
 
 
 def main(args: Args) -> dict[str, dict]:
     from stable_baselines3 import PPO
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     scorer = make_scorer()
-    train_env = FlatBoxAction(HashedQuestion(make_env(None, scorer, split="train", purpose="train", settings=args.env), dim=args.question_dim))
+    train_env = FlatBoxAction(
+        HashedQuestion(make_env(None, scorer, split="train", purpose="train", settings=args.env), dim=args.question_dim),
+        encoding=args.box_encoding,
+    )
     train_env.reset(seed=args.seed)
     model = PPO(
         "MultiInputPolicy",
@@ -96,8 +105,8 @@ def main(args: Args) -> dict[str, dict]:
 
     test_env = make_env(None, scorer, split="test", purpose="eval", settings=args.env)
     n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
-    policies = {**baseline_policies(("full",)), "sb3-ppo": SB3Policy(model, args.question_dim)}
-    source = f"embedded benchmark, test split; SB3 PPO {args.timesteps} steps, seed {args.seed}"
+    policies = {**baseline_policies(("full", "center", "random")), "sb3-ppo": SB3Policy(model, args.question_dim, args.box_encoding)}
+    source = f"embedded benchmark, test split; SB3 PPO {args.timesteps} steps, seed {args.seed}, {args.box_encoding} boxes"
     return evaluate_and_report(test_env, policies, range(n), args.out, source)
 
 

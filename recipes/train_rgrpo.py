@@ -37,6 +37,7 @@ from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train
 from agents.verl.config import ESTIMATOR_KEY, VerlArgs, resolved_model_path
 from agents.verl.launch import final_checkpoint, launch
+from envs.threads import set_threads
 from envs.data import DataError
 from envs.factory import make_env, make_scorer
 from envs.settings import upgrade_legacy_flags
@@ -116,7 +117,7 @@ def run_local(args: Args) -> None:
     if args.dry_run:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return
-    torch.set_num_threads(config.threads)
+    set_threads(config.threads)
     scorer = make_scorer(config.scorer)
     result = train(config, scorer)
     print(f"policy: {result.checkpoint} ({result.seconds:.0f} s of training)")
@@ -152,6 +153,8 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:], ("verl", "verl-cpu", "local"))))
+        # --local.threads is now --threads, the flag every recipe that runs torch shares.
+        argv = upgrade_legacy_flags(sys.argv[1:], ("",), {"local.threads": "threads"})
+        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("verl", "verl-cpu", "local"))))
     except (DataError, ValueError) as err:  # bad input or settings: say which, no traceback
         raise SystemExit(f"error: {err}") from None

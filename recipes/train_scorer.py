@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
+from envs.threads import DEFAULT_THREADS, set_threads
 from envs.boxes import crop, expand_box
 from envs.synthetic import ENTITIES, BenchmarkConfig, reference_image, render_reference, render_scene, scene_spec
 
@@ -83,7 +84,7 @@ class Args:
     """final weight of the view-vs-candidate-image loss, ramped up linearly from 0 (the view-vs-text loss has weight 1)"""
     eval_scenes: int = 250
     """val-split scenes for the held-out retrieval accuracy"""
-    threads: int = 2
+    threads: int = DEFAULT_THREADS
     """torch CPU threads"""
 
 
@@ -187,7 +188,7 @@ def evaluate(
 def main(args: Args) -> None:
     print(asdict(args))
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     open_clip.add_model_config(args.model_configs)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model)
     tokenizer = open_clip.get_tokenizer(args.model)

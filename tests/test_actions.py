@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from envs.actions import FULL, MALFORMED, REGION, MalformedAction, read_action
+from envs.actions import FULL, MALFORMED, MIN_CENTER_SIDE, REGION, MalformedAction, read_action, read_flat_action
 from envs.region_rerank import RegionRerankEnv
 from envs.wrappers import FlatBoxAction, HashedQuestion, TextAction
 from rewards import RewardConfig
@@ -190,7 +190,7 @@ def test_flat_actions_that_are_not_five_finite_numbers_are_malformed(scene_pools
 
 
 def test_flat_actions_threshold_the_decision(scene_pools, tiny_scorer):
-    env = FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer))
+    env = FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer), encoding="corners")
     for action, kind in (([0.5, 0, 0, 0.5, 0.5], "region"), ((0.49, 0, 0, 0.5, 0.5), "full"), (np.array([1, 0, 0, 1, 1]), "region")):
         env.reset(options={"query_index": 0})
         assert env.step(action)[4]["outcome"] == kind
@@ -252,3 +252,59 @@ def test_the_extended_reader_never_raises_and_follows_the_rules(action):
     if read.decision == REGION:
         assert read.boxes.ndim == 2 and 1 <= len(read.boxes) <= 2 and np.isfinite(read.boxes).all()
         assert read.query is None or isinstance(read.query, str)
+
+
+def test_center_encoding_makes_every_flat_action_a_valid_box(scene_pools, tiny_scorer):
+    """The default encoding: any 5 finite numbers with d >= 0 crop a box inside the view,
+    of 10-100% of its sides; N(0, 1) draws are valid boxes, where ~87% of corners are not."""
+    env = FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer))
+    assert env.action_space.low.min() == -1.0 and env.action_space.high.max() == 1.0
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([rng.normal(size=(64, 5)), [[0, -1, -1, -1, -1], [0, 1, 1, 1, 1], [0, 5, -5, 9, -9]]])
+    draws[:, 0] = np.abs(draws[:, 0])  # REGION
+    for action in draws:
+        box = read_flat_action(action, encoding="center")["box"]
+        assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+        assert np.all(box[2:] - box[:2] >= MIN_CENTER_SIDE - 1e-12)
+    assert read_flat_action([0, 0, 0, 0, 0], encoding="center")["box"] == pytest.approx([0.225, 0.225, 0.775, 0.775])
+    assert read_flat_action([-0.01, 0, 0, 0, 0], encoding="center")["decision"] == FULL
+    for action in draws[:8]:
+        env.reset(options={"query_index": 0})
+        assert env.step(action.astype(np.float32))[4]["outcome"] == "region"
+    corners = [read_flat_action(np.clip(a, 0, 1)) for a in rng.normal(size=(2000, 5))]
+    valid = np.mean([(c["box"][2] > c["box"][0]) and (c["box"][3] > c["box"][1]) for c in corners])
+    assert valid < 0.2  # why "center" is the default
+
+
+def test_flat_box_encoding_is_checked_and_recorded(scene_pools, tiny_scorer):
+    with pytest.raises(ValueError, match="encoding='polar'"):
+        FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer), encoding="polar")
+    assert FlatBoxAction(RegionRerankEnv(scene_pools, tiny_scorer), encoding="corners").action_space.low.min() == 0.0
+
+
+def test_text_action_space_contains_every_answer_syntax_the_parser_reads(scene_pools, tiny_scorer):
+    env = TextAction(RegionRerankEnv(scene_pools, tiny_scorer), frame="pixel")
+    answers = [
+        "NO_CROP_NEEDED",
+        "The whole image is fine.\nNO_CROP_NEEDED",
+        '<tool_call>\n{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [10, 20, 110, 90]}}\n</tool_call>',
+        "<box>10, 20, 110, 90</box>",
+        "Zoom on the left_side (x-axis 0.5):\t<box>10, 20, 110, 90</box>",
+    ]
+    for answer in answers:
+        assert env.action_space.contains(answer), answer
+        env.reset(options={"query_index": 0})
+        assert env.step(answer)[4]["outcome"] in ("full", "region"), answer
+    assert env.action_space.contains("") and set(env.action_space.sample()) <= set(env.action_space.character_set)
+
+
+def test_invalid_box_reasons_name_the_frame_and_the_view_size(scene_pools, tiny_scorer):
+    env = TextAction(RegionRerankEnv(scene_pools, tiny_scorer), frame="norm")
+    env.reset(options={"query_index": 0})
+    _, _, _, _, info = env.step("<box>100, 50, 300, 150</box>")  # pixels given where 0-1 was expected
+    assert info["outcome"] == "invalid_box"
+    assert "160x120 px view" in info["reason"] and "'norm' frame" in info["reason"], info["reason"]
+    native = RegionRerankEnv(scene_pools, tiny_scorer)
+    native.reset(options={"query_index": 0})
+    reason = native.step({"decision": REGION, "box": np.array([0.5, 0.5, 0.5, 0.9], np.float32)})[4]["reason"]
+    assert "0-1 of the current 160x120 px view" in reason

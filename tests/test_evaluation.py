@@ -11,6 +11,7 @@ from agents.baselines import (
     FullPolicy,
     OraclePolicy,
     RandomCropPolicy,
+    baseline_policies,
     centered_box,
     grid_boxes,
 )
@@ -65,6 +66,19 @@ def test_baselines_do_what_they_say(scene_pools, tiny_scorer):
     np.testing.assert_allclose(AnnotatedBoxPolicy()(obs, info, env)["box"], [x1 / 160, y1 / 120, x2 / 160, y2 / 120], atol=1e-6)
     a, b = RandomCropPolicy(seed=3), RandomCropPolicy(seed=3)
     np.testing.assert_array_equal(a(obs, info, env)["box"], b(obs, info, env)["box"])
+
+
+def test_baseline_policies_without_names_are_those_the_env_can_run(scene_pools, tiny_scorer):
+    from envs.settings import EnvSettings
+
+    env = RegionRerankEnv(scene_pools, tiny_scorer)
+    names = ["full", "center-0.5", "random", "annotated", "oracle"]
+    assert list(baseline_policies(env=env)) == list(baseline_policies()) == names
+    assert list(baseline_policies(env=EnvSettings(max_regions=2))) == names + ["oracle-2box"]
+    assert list(baseline_policies(env=EnvSettings(search=True))) == names + ["search-full", "search-annotated", "oracle-search"]
+    for name, policy in baseline_policies(env=env).items():  # each runs on the env it was chosen for
+        obs, info = env.reset(options={"query_index": 0})
+        env.step(policy(obs, info, env))
 
 
 def test_oracle_is_an_upper_bound_of_every_baseline(scene_pools, tiny_scorer):

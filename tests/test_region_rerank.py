@@ -174,7 +174,8 @@ def test_multi_step_ends_at_max_steps_and_incremental_mode(pools, tiny_scorer):
     assert r2 == pytest.approx(float(region_reward(stats[1], stats[2]).reward), abs=1e-6)
 
 
-def test_score_actions_is_one_batch_and_equals_step(env):
+def test_score_actions_is_one_batch_and_equals_step(pools, make_tiny_scorer):
+    env = RegionRerankEnv(pools, make_tiny_scorer(invariance="padded"))  # padded: the group is one forward
     env.reset(options={"query_index": 1})
     rng = np.random.default_rng(0)
     lo = rng.uniform(0, 0.5, size=(8, 2))
@@ -187,6 +188,22 @@ def test_score_actions_is_one_batch_and_equals_step(env):
         env.reset(options={"query_index": 1})
         _, reward, _, _, info = env.step(action)
         assert (reward, info["outcome"]) == (pytest.approx(outcome.reward, abs=1e-6), outcome.kind)
+
+
+def test_a_step_costs_one_image_and_scores_bitwise_like_score_actions(pools, make_tiny_scorer):
+    """CPU default: one-row forwards, so a step embeds one image (not a padded batch), and
+    what it pays is bitwise what the batched ``score_actions`` predicted."""
+    env = RegionRerankEnv(pools, make_tiny_scorer())
+    env.reset(options={"query_index": 2})
+    actions = [region([0.1 * i, 0.05, 0.4 + 0.1 * i, 0.7]) for i in range(5)]
+    group = env.score_actions(actions)
+    for action, outcome in zip(actions, group):
+        env.reset(options={"query_index": 2})
+        rows = env.scorer.stats.image_rows
+        _, reward, _, _, info = env.step(action)
+        assert env.scorer.stats.image_rows == rows + 1
+        np.testing.assert_array_equal(info["scores"], outcome.scores)
+        assert reward == outcome.reward
 
 
 def test_information_gap_downscales_only_what_the_policy_sees(pools, tiny_scorer):
@@ -218,7 +235,7 @@ def test_constructor_rejects_bad_arguments(pools, tiny_scorer):
 
 
 def test_flat_box_wrapper(pools, tiny_scorer):
-    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer))
+    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer), encoding="corners")
     assert env.action_space.shape == (5,)
     env.reset(options={"query_index": 0})
     _, _, _, _, info = env.step(np.array([0.9, 0.0, 0.0, 0.5, 0.5], np.float32))
@@ -343,7 +360,7 @@ def test_zoom_views_are_the_whole_pixel_crops_the_policy_is_shown(pools, tiny_sc
 
 
 def test_fractional_boxes_become_whole_pixel_views(pools, tiny_scorer):
-    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer, max_steps=3, min_box_side=1))
+    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer, max_steps=3, min_box_side=1), encoding="corners")
     _, info = env.reset(options={"query_index": 0})
     for box in ([0.333, 0.271, 0.811, 0.933], [0.05, 0.41, 0.77, 0.99]):
         previous = info["view_box"]
@@ -392,3 +409,19 @@ def test_first_observation_is_resets_without_scoring(env):
     assert np.array_equal(view_box, info["view_box"]) and obs["step"] == 0
     with pytest.raises(IndexError, match="query_index"):
         env.first_observation(len(env.pools))
+
+
+def test_strict_raises_on_malformed_actions_and_invalid_boxes_naming_them(pools, tiny_scorer):
+    from envs.region_rerank import StrictActionError
+
+    env = RegionRerankEnv(pools, tiny_scorer, strict=True)
+    for action, words in (({"decision": True, "box": [0, 0, 1, 1]}, "malformed action"),
+                          (region([0.6, 0.6, 0.2, 0.2]), "invalid box")):
+        env.reset(options={"query_index": 0})
+        with pytest.raises(StrictActionError, match=words):
+            env.step(action)
+    env.reset(options={"query_index": 0})
+    assert env.step(region([0.1, 0.1, 0.6, 0.6]))[4]["outcome"] == "region"  # valid actions step as before
+    lenient = RegionRerankEnv(pools, tiny_scorer)
+    lenient.reset(options={"query_index": 0})
+    assert lenient.step({"decision": True, "box": [0, 0, 1, 1]})[4]["outcome"] == "malformed"

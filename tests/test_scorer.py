@@ -67,7 +67,7 @@ def test_score_is_cosine_of_views_and_candidates(tiny_scorer, tiny_pool, tiny_vi
 
 
 def test_batched_score_equals_single_view_scores_in_one_forward(make_tiny_scorer, tiny_pool, tiny_views):
-    scorer = make_tiny_scorer(batch_size=8)
+    scorer = make_tiny_scorer(batch_size=8, invariance="padded")
     scorer.candidate_embeddings(tiny_pool)
     before = scorer.stats.image_forwards
     batched = scorer.score(tiny_views, tiny_pool)
@@ -77,7 +77,7 @@ def test_batched_score_equals_single_view_scores_in_one_forward(make_tiny_scorer
 
 
 def test_views_beyond_batch_size_are_chunked(make_tiny_scorer, tiny_pool, tiny_views, tiny_scorer):
-    scorer = make_tiny_scorer(batch_size=2)
+    scorer = make_tiny_scorer(batch_size=2, invariance="padded")
     scorer.candidate_embeddings(tiny_pool)
     before = scorer.stats.image_forwards
     scores = scorer.score(tiny_views, tiny_pool)
@@ -85,8 +85,24 @@ def test_views_beyond_batch_size_are_chunked(make_tiny_scorer, tiny_pool, tiny_v
     np.testing.assert_allclose(scores, tiny_scorer.score(tiny_views, tiny_pool), atol=1e-5)
 
 
+def test_one_row_forwards_cost_one_image_per_view_and_score_bitwise_like_batches(make_tiny_scorer, tiny_pool, tiny_views):
+    """On CPU ("auto") every forward is one unpadded row: a single view costs one image, a
+    group one row per view, and a view's scores are bitwise the same alone and in any group."""
+    scorer = make_tiny_scorer(batch_size=8)
+    assert scorer.forward_rows == 1
+    scorer.candidate_embeddings(tiny_pool)
+    before = (scorer.stats.image_forwards, scorer.stats.images_encoded)
+    batched = scorer.score(tiny_views, tiny_pool)
+    assert (scorer.stats.image_forwards - before[0], scorer.stats.images_encoded - before[1]) == (5, 5)
+    for i, view in enumerate(tiny_views):
+        np.testing.assert_array_equal(scorer.score([view], tiny_pool)[0], batched[i])
+    np.testing.assert_array_equal(scorer.score(tiny_views[::-1], tiny_pool), batched[::-1])
+    assert make_tiny_scorer(batch_invariant=False).forward_rows is None
+    assert make_tiny_scorer(invariance="padded").forward_rows == 8
+
+
 def test_candidates_are_encoded_once(make_tiny_scorer, tiny_pool, tiny_views):
-    scorer = make_tiny_scorer()
+    scorer = make_tiny_scorer(invariance="padded")
     first = scorer.score(tiny_views[:1], tiny_pool)
     # 4 candidate images in one forward (+1 for the view), 4 candidate texts in one forward
     assert (scorer.stats.image_forwards, scorer.stats.images_encoded) == (2, 5)
@@ -112,7 +128,7 @@ def test_disk_cache_is_reused_only_by_the_same_weights(
     other = make_tiny_scorer(make_tiny_checkpoint(1), cache_dir=tmp_path)
     assert other.name != writer.name
     other_candidates = other.candidate_embeddings(tiny_pool)
-    assert other.stats.disk_hits == 0 and other.stats.text_forwards == 1
+    assert other.stats.disk_hits == 0 and other.stats.texts_encoded == 4
     assert not np.allclose(other_candidates, expected)
 
 
@@ -125,7 +141,7 @@ def test_cache_keys_include_the_candidate_source(make_tiny_scorer, tiny_pool):
 
 
 def test_uncached_baseline_matches_and_reencodes(make_tiny_scorer, tiny_pool, tiny_views):
-    scorer = make_tiny_scorer()
+    scorer = make_tiny_scorer(invariance="padded")  # counts padded batches
     for _ in range(2):
         np.testing.assert_allclose(scorer.score_uncached(tiny_views, tiny_pool), scorer.score(tiny_views, tiny_pool), atol=1e-5)
     # score() encoded the texts once; score_uncached() did so on each of its two calls
@@ -269,7 +285,7 @@ def test_a_scorer_without_its_members_is_refused_when_the_env_is_built(tiny_pool
 def test_a_good_scorer_is_checked_once_without_extra_calls(make_tiny_scorer, tiny_pool):
     from envs.region_rerank import RegionRerankEnv
 
-    scorer = make_tiny_scorer()
+    scorer = make_tiny_scorer(invariance="padded")  # counts padded batches
     env = RegionRerankEnv([tiny_pool], scorer)
     assert scorer.stats.image_forwards == 0  # building the env embeds nothing
     env.reset(seed=0)

@@ -97,7 +97,7 @@ def test_concurrent_episodes_equal_the_in_process_env_bitwise_and_share_the_full
 
 
 def test_batches_close_at_max_batch_and_after_max_wait(make_tiny_scorer, scene_pools):
-    scorer = make_tiny_scorer()
+    scorer = make_tiny_scorer(invariance="padded")  # the service's case: a batch is one forward (GPU)
     images = [Image.open(scene_pools[i % len(scene_pools)].image).convert("RGB") for i in range(20)]
 
     async def burst(max_batch, max_wait_s):

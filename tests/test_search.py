@@ -195,13 +195,13 @@ def test_bad_index_arguments_are_clear_errors(world, image_scorer, make_tiny_sco
 
 
 def test_several_regions_fuse_into_one_view_in_one_scorer_call(world, make_tiny_scorer):
-    scorer = make_tiny_scorer(candidate_features="image")
+    scorer = make_tiny_scorer(candidate_features="image", invariance="padded")  # one call = one forward
     env = RegionRerankEnv(world["pools"], scorer, max_regions=2, obs_size=32)
     env.reset(options={"query_index": 1})
     a, b = np.array([0.0, 0.0, 0.5, 0.6]), np.array([0.4, 0.3, 1.0, 1.0])
     forwards = scorer.stats.image_forwards
     both, same = env.score_actions([region([a, b]), region([a, a])])
-    assert scorer.stats.image_forwards == forwards + 1  # four crops, one forward
+    assert scorer.stats.image_forwards == forwards + 1  # four crops (two distinct), one scorer call
     crops = [load_image(env.pool.image).crop(tuple(int(v) for v in box)) for box in both.image_boxes]
     fused = combine_features(scorer.embed_images(crops))
     np.testing.assert_allclose(both.scores, env.candidate_embeddings @ fused.astype(np.float64), atol=1e-6)
