@@ -208,7 +208,7 @@ def read_action(action: Any, *, search: bool = False, max_regions: int = 1) -> R
     box = read_numbers(raw_box, 4)
     if box is None:
         return ReadAction(MALFORMED, reason=f"box {describe(raw_box)} is not 4 finite numbers")
-    return ReadAction(REGION, box)
+    return ReadAction(REGION, box, boxes=box[None, :])
 
 
 BoxEncoding = Literal["center", "corners"]

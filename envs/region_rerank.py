@@ -463,39 +463,6 @@ class RegionRerankEnv(gym.Env):
     def _stats(self, scores: np.ndarray, positives: np.ndarray | None = None) -> RankingStats:
         return self.reward_config.stats(scores, self.positives if positives is None else positives)
 
-    def _outcomes(self, actions: list[Any]) -> list[Outcome]:
-        if not (self.search_enabled or self.max_regions > 1):
-            return self._region_outcomes(actions)
-        return self._extended_outcomes(actions)
-
-    def _region_outcomes(self, actions: list[Any]) -> list[Outcome]:
-        """The paper's action space (no SEARCH, one box): exactly the original computation."""
-        outcomes: list[Outcome | None] = []
-        crops: list[tuple[int, np.ndarray]] = []
-        config = self.reward_config
-        for i, action in enumerate(actions):
-            read = read_action(action)
-            decision = FULL if read.decision == MALFORMED and config.malformed_as_full else read.decision
-            if read.invalid_box:
-                outcomes.append(Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=read.reason))
-            elif decision == MALFORMED:
-                outcomes.append(Outcome("malformed", config.malformed_penalty, True, reason=read.reason))
-            elif decision == FULL:
-                outcomes.append(self._stop_outcome())
-            else:
-                box_or_reason = self._image_box(read.box)
-                if isinstance(box_or_reason, str):
-                    outcomes.append(Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=box_or_reason))
-                else:
-                    outcomes.append(None)
-                    crops.append((i, box_or_reason))
-        if crops:
-            views = [crop(self.image, image_box) for _, image_box in crops]
-            embeddings = self._embed_views([self._scored_image(view) for view in views])
-            for (i, image_box), view, embedding, scores in zip(crops, views, embeddings, self._scores_of(embeddings)):
-                outcomes[i] = self._region_outcome(image_box, view, scores, embedding=embedding)
-        return outcomes
-
     def _image_box(self, norm_box: np.ndarray) -> np.ndarray | str:
         """A REGION box's whole-pixel rectangle in the original image, or why it is invalid."""
         norm = clamp_norm_box(norm_box)
@@ -505,8 +472,9 @@ class RegionRerankEnv(gym.Env):
                     f"or smaller than {self.min_box_side}px after clamping")
         return pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
 
-    def _extended_outcomes(self, actions: list[Any]) -> list[Outcome]:
-        """Outcomes with SEARCH and/or several boxes per REGION.
+    def _outcomes(self, actions: list[Any]) -> list[Outcome]:
+        """The outcome of each action from the current state (the one path: FULL, REGION with
+        one or several boxes, SEARCH, and every malformed or invalid action).
 
         Every crop of the group goes through ONE scorer call, every search through one
         index call (and every text rewrite through one text call), so a GRPO group still
