@@ -28,6 +28,7 @@ from agents.local_policy import load_policy
 from agents.local_trainer import LocalTrainConfig, train, warm_started_policy
 from envs.factory import make_env, make_scorer
 from rewards import RewardConfig
+from envs.atomic import atomic_write_json
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -85,7 +86,7 @@ def run_variants(
         }
         for name in variants
     }
-    (out / "results.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=1, default=str))
+    atomic_write_json(out / "results.json", {"runs": runs, "summary": summary}, indent=1, default=str)
     plot_decision_dashboard(runs, out / "dashboard.png")
     write_tensorboard_means(runs, out / "tb_mean")
     return {"runs": runs, "summary": summary}

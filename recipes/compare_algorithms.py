@@ -27,6 +27,7 @@ from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
 from agents.experiments import paired_differences, paired_table, plot_learning_curves, run_variants, variants_table
 from agents.local_trainer import LocalTrainConfig
+from envs.atomic import atomic_write_text
 
 
 @dataclass
@@ -60,7 +61,7 @@ def main(args: Args) -> dict:
     table = variants_table(results["summary"], len(args.seeds))
     if len(variants) > 1:
         table += "\n\n" + paired_table(paired_differences(results["runs"], next(iter(variants))), next(iter(variants)))
-    (args.out / "results.md").write_text(table + "\n")
+    atomic_write_text(args.out / "results.md", table + "\n")
     plot_learning_curves(results["runs"], args.out)
     plot_learning_curves(results["runs"], args.out, key="rc_rate", title="training RC rate")
     print(table)

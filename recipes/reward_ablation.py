@@ -31,6 +31,7 @@ from agents.experiments import (
     variants_table,
 )
 from agents.local_trainer import LocalTrainConfig
+from envs.atomic import atomic_write_text
 
 
 @dataclass
@@ -52,7 +53,7 @@ def main(args: Args) -> dict:
     results = run_variants(variants, args.seeds, args.out, test_queries=args.test_queries)
     table = variants_table(results["summary"], len(args.seeds))
     table += "\n\n" + paired_table(paired_differences(results["runs"], "full"), "full")
-    (args.out / "results.md").write_text(table + "\n")
+    atomic_write_text(args.out / "results.md", table + "\n")
     plot_learning_curves(results["runs"], args.out)
     print(table)
     return results

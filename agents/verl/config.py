@@ -24,6 +24,7 @@ import yaml
 
 from agents.verl.settings import AGENT_NAME, LoopSettings, ScoringServiceSettings, agent_loop_config
 from envs.settings import EnvSettings, ImageSettings, ScorerSettings
+from envs.atomic import atomic_write_text
 
 ESTIMATOR_KEY = "algorithm.adv_estimator"
 IMAGE_TOKEN_PIXELS = 28 * 28
@@ -298,7 +299,7 @@ def write_agent_loop_file(args: VerlArgs) -> Path:
     """Write verl's ``agent_loop_config_path`` file that registers the RegionRerank loop."""
     path = agent_loop_file(args)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(agent_loop_config(loop_settings(args)), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(agent_loop_config(loop_settings(args)), sort_keys=False))
     return path
 
 

@@ -31,6 +31,7 @@ from agents.verl.config import (
 from agents.verl.episode import BUCKET_FIELDS
 from agents.verl.settings import METRIC_PREFIX, agent_loop_config
 from rewards.evaluation import RANK_BUCKETS
+from envs.atomic import atomic_write_json
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -225,7 +226,7 @@ def write_summary(out: Path, estimator: str) -> dict[str, Any]:
     from agents.dashboard import plot_validation_curves
 
     summary = summarize(read_metrics(out / METRICS_FILE), estimator)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / SUMMARY_FILE, summary, indent=2)
     print(format_summary(summary))
     if any("mrr" in point for point in summary["validation"]):
         plot_validation_curves({out.name: summary}, out / CURVES_FILE)
