@@ -11,6 +11,10 @@ training (the decision-collapse dashboard, :mod:`agents.dashboard`).
     python recipes/compare_algorithms.py                       # 4 algorithms x 5 seeds
     python recipes/compare_algorithms.py --seeds 0 1 --train.iterations 100
     python recipes/compare_algorithms.py --without-std rgrpo  # also r-GRPO without std normalization
+
+Killed or stopped (Ctrl-C), the same command resumes: finished (algorithm, seed) cells are
+reused, the unfinished one continues from its last checkpoint, a cell whose config
+changed is retrained (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -71,4 +75,7 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
     argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
-    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))
+    try:
+        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))
+    except KeyboardInterrupt:  # the grid said what is kept and how to resume
+        raise SystemExit(130) from None

@@ -8,6 +8,10 @@ excludes 0); ``dashboard.png`` the crop rates by baseline rank over training.
 
     python recipes/reward_ablation.py
     python recipes/reward_ablation.py --seeds 0 --train.iterations 100
+
+Killed or stopped (Ctrl-C), the same command resumes: finished (reward, seed) cells are
+reused, the unfinished one continues from its last checkpoint, a cell whose config
+changed is retrained (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -62,4 +66,7 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
     argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
-    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))
+    try:
+        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations"})))
+    except KeyboardInterrupt:  # the grid said what is kept and how to resume
+        raise SystemExit(130) from None
