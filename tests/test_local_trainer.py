@@ -372,3 +372,18 @@ def test_an_unfinished_run_of_another_config_is_refused_naming_the_field(pool_fi
         train(dataclasses.replace(config, out=tmp_path / "empty", resume="require"))
     fresh = train(dataclasses.replace(config, group_size=4, resume="fresh"))  # on request, start over
     assert len(fresh.history) == 4
+
+
+def test_a_truncated_checkpoint_or_state_is_refused_naming_the_file(tmp_path):
+    """Files this project writes are renamed into place whole; one cut short by anything
+    else is refused with its name, never read as a policy or a state to resume."""
+    from agents.local_trainer import STATE_FILE, load_state
+
+    path = tmp_path / "policy.pt"
+    save_policy(CropPolicyNet(PolicyConfig(image_size=32, channels=8, hidden=16, grid=4)), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"policy checkpoint {path} is unreadable"):
+        load_policy(path)
+    (tmp_path / STATE_FILE).write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=f"{tmp_path / STATE_FILE} is not a readable training state"):
+        load_state(LocalTrainConfig(out=tmp_path))
