@@ -43,6 +43,7 @@ from rewards.evaluation import (
     summarize_episodes,
     summarize_search,
 )
+from envs.atomic import atomic_write_json, atomic_write_text
 
 COLUMNS = ("MRR", "R@1", "R@5", "NDCG", "CondR@1", "RC", "reward", "improved", "worsened")
 """Summary columns of the results table, in order (plus the RC rate per rank bucket)."""
@@ -296,7 +297,7 @@ def evaluate_and_report(
     table = markdown_table(summaries, SEARCH_COLUMNS if extended(env) else ())
     if note:
         table += f"\n\n{note}"
-    (out / "results.md").write_text(header + table + "\n")
+    atomic_write_text(out / "results.md", header + table + "\n")
     write_per_query(
         (per_query_row(name, r, t) for name in policies for r, t in zip(records[name], traces[name])),
         out / "per_query.jsonl",
@@ -315,7 +316,7 @@ def evaluate_and_report(
         "summaries": summaries,
         "records": {name: [asdict(r) for r in recs] for name, recs in records.items()},
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=1))
+    atomic_write_json(out / "results.json", payload, indent=1)
     if progress:
         print(header + table)
         files = ["results.md", "results.json", "per_query.jsonl", "rc_by_bucket.png", "rank_before_after.png"]

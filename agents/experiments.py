@@ -10,11 +10,18 @@ returns the mean and spread of the metrics plus every learning curve. Each run's
 output folder gets the decision-collapse dashboard of every variant
 (:mod:`agents.dashboard`: ``dashboard.png``, and TensorBoard means over seeds in ``tb_mean/``), and
 :func:`paired_differences` compares variants seed by seed.
+
+A grid resumes: each finished (variant, seed) cell stores its config, test settings and
+result in ``<run>/cell.json`` (:data:`CELL_FILE`); run again, the grid reuses every cell
+whose stored config is the current one, continues the unfinished cell from its last
+checkpoint (:mod:`agents.local_trainer`), and retrains a cell whose config changed,
+saying which field did, so old and new cells are never mixed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -25,11 +32,22 @@ from agents.baselines import OraclePolicy
 from agents.dashboard import plot_decision_dashboard, write_tensorboard_means
 from agents.evaluation import evaluate_and_report, trace_policy
 from agents.local_policy import load_policy
-from agents.local_trainer import LocalTrainConfig, train, warm_started_policy
+from agents.local_trainer import (
+    LocalTrainConfig,
+    config_differences,
+    resume_command,
+    train,
+    unfinished_differences,
+    warm_started_policy,
+)
 from envs.factory import make_env, make_scorer
 from rewards import RewardConfig
+from envs.atomic import atomic_write_json
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
+CELL_FILE = "cell.json"
+"""A finished cell's config, test settings and result, in its run folder."""
+
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
 """Student-t 0.975 quantiles for 1..20 degrees of freedom: the half-width of a two-sided 95%
@@ -59,24 +77,38 @@ def run_variants(
     # trained policy's evaluation, so playing it per run would dwarf the drawing.
     oracle = trace_policy(test_env, OraclePolicy(), indices, name="oracle", progress=first.progress)
     runs = []
-    warm_starts: dict[str, Path] = {}
+    test = {"split": test_split, "data": str(test_data) if test_data else None, "queries": len(indices)}
     for i, ((name, config), seed) in enumerate(itertools.product(variants.items(), seeds)):
         run_dir = out / f"{name.replace('+', '_')}-seed{seed}"
         if config.progress:
             print(f"[{i + 1}/{len(variants) * len(seeds)}] {name}, seed {seed} -> {run_dir}", flush=True)
         config = dataclasses.replace(config, seed=seed, out=run_dir)
         if config.warm_start_steps and config.init_policy is None:
-            # Variants that differ only after the warm start (estimator, reward, budget) share it.
+            # Variants that differ only after the warm start (estimator, reward, budget) share
+            # it; its file is named by what it depends on, so a resumed grid finds it again.
             key = warm_start_key(config)
-            if key not in warm_starts:
-                warm_starts[key] = warm_started_policy(config, scorer, out / "warm_starts" / f"seed{seed}-{len(warm_starts)}.pt")
-            config = dataclasses.replace(config, init_policy=warm_starts[key])
-        result = train(config, scorer)
-        policies = {name: load_policy(result.checkpoint)}
-        summary = evaluate_and_report(
-            test_env, policies, indices, run_dir / "test", source, oracle=oracle, progress=config.progress
-        )[name]
+            path = out / "warm_starts" / f"seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+            if not path.is_file():  # written atomically: a file there is whole
+                warm_started_policy(config, scorer, path)
+            config = dataclasses.replace(config, init_policy=path)
+        cell = {"config": config.to_dict(), "test": test}
+        finished = finished_cell(run_dir, cell)
+        if finished is not None:
+            print(f"reusing {run_dir}: finished with the same config", flush=True)
+            runs.append(finished)
+            continue
+        try:
+            result = train(dataclasses.replace(config, resume=cell_resume(run_dir, config)), scorer)
+            policies = {name: load_policy(result.checkpoint)}
+            summary = evaluate_and_report(
+                test_env, policies, indices, run_dir / "test", source, oracle=oracle, progress=config.progress
+            )[name]
+        except KeyboardInterrupt:
+            print(f"grid interrupted in {name}, seed {seed}: {len(runs)} cells finished; run the same command "
+                  f"again to reuse them and resume this one: {resume_command()}", flush=True)
+            raise
         runs.append({"variant": name, "seed": seed, "seconds": result.seconds, "test": summary, "history": result.history})
+        atomic_write_json(run_dir / CELL_FILE, {**cell, "run": runs[-1]}, default=str)
     summary = {
         name: {
             m: (float(np.mean(v)), float(np.std(v)))
@@ -85,10 +117,37 @@ def run_variants(
         }
         for name in variants
     }
-    (out / "results.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=1, default=str))
+    atomic_write_json(out / "results.json", {"runs": runs, "summary": summary}, indent=1, default=str)
     plot_decision_dashboard(runs, out / "dashboard.png")
     write_tensorboard_means(runs, out / "tb_mean")
     return {"runs": runs, "summary": summary}
+
+
+def finished_cell(run_dir: Path, cell: dict) -> dict | None:
+    """The stored run of ``run_dir`` when it finished with ``cell``'s config and test
+    settings, else None; a changed cell is removed (said, field by field) so that it is
+    retrained and never mixed with the new ones."""
+    path = run_dir / CELL_FILE
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    changed = config_differences(stored["config"], cell["config"])
+    changed += [f"test {k}: {stored['test'].get(k)!r} -> {v!r}" for k, v in cell["test"].items() if stored["test"].get(k) != v]
+    if not changed:
+        return stored["run"]
+    print(f"retraining {run_dir}: its finished run had another config ({'; '.join(changed)})", flush=True)
+    path.unlink()
+    return None
+
+
+def cell_resume(run_dir: Path, config: LocalTrainConfig) -> str:
+    """How a cell's training starts: it continues an unfinished run of the same config
+    ("auto") and starts over, saying why, when the unfinished run had another one."""
+    changed = unfinished_differences(config)
+    if changed:
+        print(f"restarting {run_dir}: its unfinished run had another config ({'; '.join(changed)})", flush=True)
+        return "fresh"
+    return "auto"
 
 
 def warm_start_key(config: LocalTrainConfig) -> str:

@@ -30,6 +30,7 @@ from envs.actions import REGION
 from envs.region_rerank import RegionRerankEnv
 from rewards.evaluation import EpisodeRecord
 from rewards.metrics import reciprocal_of_rank
+from envs.atomic import atomic_open
 
 GAIN, LOSS, KEPT_FULL, RANDOM = "gain", "loss", "kept FULL", "random"
 CATEGORIES = (GAIN, LOSS, KEPT_FULL, RANDOM)
@@ -378,7 +379,7 @@ def per_query_row(policy: str, record: EpisodeRecord, trace: EpisodeTrace) -> di
 
 
 def write_per_query(rows: Iterable[dict], path: Path) -> Path:
-    with path.open("w") as f:
+    with atomic_open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
     return path

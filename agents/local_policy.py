@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from envs.actions import FULL, REGION
+from envs.atomic import atomic_torch_save
 
 
 GROUPS = 8
@@ -263,7 +264,7 @@ def save_policy(net: CropPolicyNet, path: str | Path, **metadata) -> None:
     """Save weights, architecture and ``metadata`` (e.g. the training config) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": asdict(net.config), "state_dict": net.state_dict(), "metadata": metadata}, path)
+    atomic_torch_save({"config": asdict(net.config), "state_dict": net.state_dict(), "metadata": metadata}, path)
 
 
 def load_policy(path: str | Path, greedy: bool = True) -> LocalPolicy:
@@ -271,7 +272,10 @@ def load_policy(path: str | Path, greedy: bool = True) -> LocalPolicy:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"policy checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # truncated or not a torch file
+        raise ValueError(f"policy checkpoint {path} is unreadable ({err}); delete it and train again") from err
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a policy checkpoint from recipes/train_rgrpo.py (no 'config'/'state_dict')")
     config = dict(checkpoint["config"])

@@ -26,16 +26,26 @@ question's position words swapped (:func:`envs.synthetic.scenes.mirror_question`
 same loss to every RL step, and the reward's ``w_iou`` term pays the IoU instead. Every
 iteration logs the sampled crop rate per baseline-rank bucket (``rc_rate[1]``, ...) for
 the decision-collapse dashboard (:mod:`agents.dashboard`).
+
+A run survives being killed: every ``checkpoint_every`` iterations the whole training state
+(policy, optimizer, every RNG the loop draws from, the metrics so far) is written
+atomically to ``OUT/resume.pt`` (:data:`STATE_FILE`), and the same command started again
+continues from it, to the same final policy and ``metrics.csv`` as a run never stopped
+(on the same machine and thread count; the wall-clock ``seconds`` column aside). Ctrl-C
+writes the metrics so far and says how to resume.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import random
+import shlex
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import tyro
@@ -58,6 +68,7 @@ from agents.local_policy import (
 )
 from agents.rgrpo import BalanceResult, balance_group, balance_path_rates
 from envs.actions import REGION
+from envs.atomic import atomic_open, atomic_torch_save
 from rewards.evaluation import RANK_BUCKETS, rank_bucket
 from envs.boxes import image_box_to_view, mirror_norm_box
 from envs.synthetic.scenes import mirror_question
@@ -139,10 +150,121 @@ class LocalTrainConfig:
     """show progress bars"""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """policy architecture"""
+    checkpoint_every: int = 10
+    """write the training state (policy, optimizer, RNG states, metrics so far) to
+    OUT/resume.pt and the metrics to OUT/metrics.csv every N iterations, atomically (0: only
+    at the end); a killed or interrupted run started again with the same flags continues
+    from the last one"""
+    resume: Literal["auto", "require", "fresh"] = "auto"
+    """auto: continue the unfinished run in OUT when it has the same config (a different
+    config is refused, naming the field) and start anew otherwise; require: fail unless
+    there is one to continue; fresh: start over, replacing what OUT holds"""
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON types (paths as strings), for checkpoints and logs."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+STATE_FILE = "resume.pt"
+"""The training state a run resumes from, in its output folder."""
+
+RESUME_FREE = frozenset({"out", "progress", "threads", "time_budget_s", "checkpoint_every", "resume"})
+"""Fields a resumed run may change: where it writes, how it reports, how long it may take,
+how often it saves (none changes what is trained; ``threads`` may change float bits only)."""
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"field: saved -> current"`` for each (nested, dotted) field that differs between
+    two :meth:`LocalTrainConfig.to_dict` results, fields in :data:`RESUME_FREE` aside."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        if not prefix and key in RESUME_FREE:
+            continue
+        old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return out
+
+
+def unfinished_differences(config: LocalTrainConfig) -> list[str] | None:
+    """How the unfinished run in ``config.out`` differs from ``config`` (see
+    :func:`config_differences`; empty: it is ``config``'s), or None when there is none."""
+    path = config.out / STATE_FILE
+    if not path.is_file():
+        return None
+    state = _read_state(path)
+    return None if state["finished"] else config_differences(state["config"], config.to_dict())
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are not tensors
+    except Exception as err:  # truncated by something other than this module, or not a torch file
+        raise ValueError(f"{path} is not a readable training state ({err}); delete it or pass --local.resume fresh") from err
+    if not isinstance(state, dict) or not {"config", "iteration", "finished"} <= state.keys():
+        raise ValueError(f"{path} is not a training state of this trainer; delete it or pass --local.resume fresh")
+    return state
+
+
+def load_state(config: LocalTrainConfig) -> dict[str, Any] | None:
+    """The state of an unfinished run of ``config`` in ``config.out`` to resume, or None to
+    start anew (per ``config.resume``). Refuses an unfinished run of another config."""
+    path = config.out / STATE_FILE
+    if config.resume == "fresh" or not path.is_file():
+        if config.resume == "require":
+            raise ValueError(f"--resume: {path} does not exist, so there is no run to continue")
+        return None
+    state = _read_state(path)
+    if state["finished"]:
+        if config.resume == "require":
+            raise ValueError(f"--resume: the run in {config.out} already finished (iteration {state['iteration']})")
+        return None
+    differences = config_differences(state["config"], config.to_dict())
+    if differences:
+        raise ValueError(
+            f"{config.out} holds an unfinished run (iteration {state['iteration']} of {state['config']['iterations']}) "
+            f"with another config: {'; '.join(differences)}. Run with the same flags to resume it, "
+            "--local.resume fresh to start over, or choose another --local.out"
+        )
+    return state
+
+
+def _env_rng(env: RegionRerankEnv) -> np.random.Generator | None:
+    return getattr(env.unwrapped, "_np_random", None)  # None until the env is seeded or draws
+
+
+def save_state(config: LocalTrainConfig, iteration: int, finished: bool, net, optimizer, rng, generator,
+               envs: tuple[RegionRerankEnv, ...], history: list[dict[str, float]], seconds: float) -> Path:
+    """Write the whole training state after ``iteration`` to ``OUT/resume.pt`` atomically."""
+    state = {
+        "config": config.to_dict(), "iteration": iteration, "finished": finished, "seconds": seconds,
+        "net": net.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+        "numpy": rng.bit_generator.state, "sampler": generator.get_state(),
+        "torch": torch.get_rng_state(), "python": random.getstate(),
+        "envs": [None if _env_rng(env) is None else _env_rng(env).bit_generator.state for env in envs],
+    }
+    return atomic_torch_save(state, config.out / STATE_FILE)
+
+
+def restore_state(state: dict[str, Any], net, optimizer, rng, generator, envs: tuple[RegionRerankEnv, ...]) -> None:
+    """Put the network, optimizer and every RNG back where :func:`save_state` found them."""
+    net.load_state_dict(state["net"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["numpy"]
+    generator.set_state(state["sampler"])
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    for env, env_state in zip(envs, state["envs"]):
+        if env_state is not None:
+            env.unwrapped.np_random = np.random.default_rng()
+            env.unwrapped.np_random.bit_generator.state = env_state
+
+
+def resume_command() -> str:
+    """The command line that started this process: run again, it resumes."""
+    return "python " + shlex.join(sys.argv)
 
 
 @dataclass
@@ -371,6 +493,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     from verl.trainer.ppo.core_algos import agg_loss
 
     check_estimator(config.estimator)
+    state = load_state(config)
     train_env, val_env = make_envs(config, scorer if scorer is not None else make_scorer(config.scorer))
     # Seeded after the scorer is built (building one may draw from torch's global RNG), so
     # the policy's initial weights depend on the seed alone.
@@ -379,110 +502,147 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     generator = torch.Generator().manual_seed(config.seed)
     second_box, search = net.config.max_regions == 2, net.config.search
     start = time.perf_counter()  # the warm start counts towards the run's time
-    if config.init_policy is not None:
+    if state is not None:
+        pass  # the saved network already holds the warm start or init_policy
+    elif config.init_policy is not None:
         load_weights(net, config.init_policy)
     elif config.warm_start_steps:
         warm_start(net, train_env, config)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, generator)
     config.out.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(str(config.out / "tb"))
     history: list[dict[str, float]] = []
+    done = 0
+    if state is not None:
+        restore_state(state, net, optimizer, rng, generator, (train_env, val_env))
+        history, done = state["history"], state["iteration"]
+        start -= state["seconds"]
+        print(f"resuming {config.out} after iteration {done} (from {config.out / STATE_FILE})", flush=True)
+    # purge_step drops the events a killed run logged after its last saved state
+    writer = SummaryWriter(str(config.out / "tb"), purge_step=done + 1 if done else None)
     n_batch = min(config.queries_per_batch, len(train_env.pools))
 
-    bar = tqdm(range(1, config.iterations + 1), desc=f"train {config.estimator} seed {config.seed}", disable=not config.progress)
-    for iteration in bar:
-        images, questions, rows, targets, buckets = [], [], [], [], []
-        for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
-            obs, info = train_env.reset(options={"query_index": int(q)})
+    saved_at = done if state is not None else None
+
+    def checkpoint(iteration: int, finished: bool) -> None:
+        nonlocal saved_at
+        saved_at = iteration
+        save_state(config, iteration, finished, net, optimizer, rng, generator, (train_env, val_env), history,
+                   time.perf_counter() - start)
+        write_metrics(history, config.out)
+
+    bar = tqdm(range(done + 1, config.iterations + 1), initial=done, total=config.iterations,
+               desc=f"train {config.estimator} seed {config.seed}", disable=not config.progress)
+    try:
+        for iteration in bar:
+            images, questions, rows, targets, buckets = [], [], [], [], []
+            for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
+                obs, info = train_env.reset(options={"query_index": int(q)})
+                if config.grounding_coef:
+                    targets.append(annotation_target(net, train_env.pool.box, train_env.view_box))
+                buckets.append(rank_bucket(info["baseline_rank"], len(train_env.pool.candidates)))
+                with torch.no_grad():
+                    out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
+                heads = [h[0] for h in (out.box2_logits, out.search_logits) if h is not None]
+                decisions, box_ids, decision_mask, balance, *extra_ids = sampler.sample(
+                    out.decision_logits[0], out.box_logits[0], *heads)
+                if extra_ids:
+                    box2_ids = extra_ids[0] if second_box else [None] * len(decisions)
+                    search_ids = extra_ids[-1] if search else [None] * len(decisions)
+                    actions = [native_action(net, d, b, b2, sf) for d, b, b2, sf in zip(decisions, box_ids, box2_ids, search_ids)]
+                else:
+                    boxes = net.boxes[box_ids].numpy()
+                    actions = [{"decision": d, "box": b} for d, b in zip(decisions, boxes)]
+                outcomes = train_env.score_actions(actions)
+                images.append(obs["image"])
+                questions.append(obs["question"])
+                rows.append((int(q), decisions, box_ids, decision_mask, [o.reward for o in outcomes], balance, extra_ids))
+
+            group_of = [i for i, row in enumerate(rows) for _ in row[1]]
+            decisions = [d for row in rows for d in row[1]]
+            box_ids = torch.tensor([b for row in rows for b in row[2]])
+            decision_mask = [m for row in rows for m in row[3]]
+            rewards = [r for row in rows for r in row[4]]
+            uids = [f"{iteration}-{rows[g][0]}" for g in group_of]
+            extra_ids = [torch.tensor([i for row in rows for i in row[6][n]]) for n in range(len(rows[0][6]))]
+            token_rewards, mask = action_tokens(decisions, decision_mask, rewards, second_box=second_box, search=search)
+            advantages = compute_advantages(
+                config.estimator, token_rewards, mask, uids, decisions, config.group_size, config.norm_adv_by_std
+            )
+
+            out = net(torch.from_numpy(np.stack(images)), questions)
+            expand = torch.tensor(group_of)
+            per_action = out.select(expand)
+            log_probs = token_log_probs(per_action, torch.tensor(decisions), box_ids, *extra_ids)
+            entropy = token_entropy(per_action)
+            pg_loss = agg_loss(-advantages * log_probs, mask, loss_agg_mode="token-mean")
+            entropy_bonus = agg_loss(entropy, torch.ones_like(mask), loss_agg_mode="token-mean")
+            loss = pg_loss - config.entropy_coef * entropy_bonus
             if config.grounding_coef:
-                targets.append(annotation_target(net, train_env.pool.box, train_env.view_box))
-            buckets.append(rank_bucket(info["baseline_rank"], len(train_env.pool.candidates)))
-            with torch.no_grad():
-                out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
-            heads = [h[0] for h in (out.box2_logits, out.search_logits) if h is not None]
-            decisions, box_ids, decision_mask, balance, *extra_ids = sampler.sample(
-                out.decision_logits[0], out.box_logits[0], *heads)
-            if extra_ids:
-                box2_ids = extra_ids[0] if second_box else [None] * len(decisions)
-                search_ids = extra_ids[-1] if search else [None] * len(decisions)
-                actions = [native_action(net, d, b, b2, sf) for d, b, b2, sf in zip(decisions, box_ids, box2_ids, search_ids)]
-            else:
-                boxes = net.boxes[box_ids].numpy()
-                actions = [{"decision": d, "box": b} for d, b in zip(decisions, boxes)]
-            outcomes = train_env.score_actions(actions)
-            images.append(obs["image"])
-            questions.append(obs["question"])
-            rows.append((int(q), decisions, box_ids, decision_mask, [o.reward for o in outcomes], balance, extra_ids))
+                loss = loss + config.grounding_coef * grounding_loss(out.box_logits, torch.tensor(targets))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
-        group_of = [i for i, row in enumerate(rows) for _ in row[1]]
-        decisions = [d for row in rows for d in row[1]]
-        box_ids = torch.tensor([b for row in rows for b in row[2]])
-        decision_mask = [m for row in rows for m in row[3]]
-        rewards = [r for row in rows for r in row[4]]
-        uids = [f"{iteration}-{rows[g][0]}" for g in group_of]
-        extra_ids = [torch.tensor([i for row in rows for i in row[6][n]]) for n in range(len(rows[0][6]))]
-        token_rewards, mask = action_tokens(decisions, decision_mask, rewards, second_box=second_box, search=search)
-        advantages = compute_advantages(
-            config.estimator, token_rewards, mask, uids, decisions, config.group_size, config.norm_adv_by_std
-        )
+            paths = balance_path_rates(row[5] for row in rows)
+            metrics = {
+                "iteration": iteration,
+                "seconds": time.perf_counter() - start,
+                "reward": float(np.mean(rewards)),
+                "rc_rate": float(np.mean(np.asarray(decisions) == REGION)),
+                **bucket_rc_rates(decisions, [buckets[g] for g in group_of]),
+                **({"search_rate": float(extra_ids[-1].float().mean())} if search else {}),
+                "loss": float(loss.detach()),
+                "entropy_decision": float(entropy[:, 0].mean().detach()),
+                "entropy_box": float(entropy[:, 1].mean().detach()),
+                **{f"balance_{k}": v for k, v in paths.items()},
+            }
+            if config.eval_every and (iteration % config.eval_every == 0 or iteration == config.iterations):
+                val = evaluate_greedy(net, val_env, config.eval_queries)
+                metrics.update({"val_MRR": val["MRR"], "val_R@1": val["R@1"], "val_RC": val["RC"], "val_reward": val["reward"]})
+            history.append(metrics)
+            for key, value in metrics.items():
+                if key != "iteration":
+                    writer.add_scalar(key, value, iteration)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", rc=f"{metrics['rc_rate']:.2f}", **(
+                {"val_mrr": f"{metrics['val_MRR']:.3f}"} if "val_MRR" in metrics else {}
+            ))
+            if config.checkpoint_every and iteration % config.checkpoint_every == 0 and iteration < config.iterations:
+                checkpoint(iteration, finished=False)
+            if config.time_budget_s is not None and metrics["seconds"] > config.time_budget_s:
+                break
 
-        out = net(torch.from_numpy(np.stack(images)), questions)
-        expand = torch.tensor(group_of)
-        per_action = out.select(expand)
-        log_probs = token_log_probs(per_action, torch.tensor(decisions), box_ids, *extra_ids)
-        entropy = token_entropy(per_action)
-        pg_loss = agg_loss(-advantages * log_probs, mask, loss_agg_mode="token-mean")
-        entropy_bonus = agg_loss(entropy, torch.ones_like(mask), loss_agg_mode="token-mean")
-        loss = pg_loss - config.entropy_coef * entropy_bonus
-        if config.grounding_coef:
-            loss = loss + config.grounding_coef * grounding_loss(out.box_logits, torch.tensor(targets))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-        paths = balance_path_rates(row[5] for row in rows)
-        metrics = {
-            "iteration": iteration,
-            "seconds": time.perf_counter() - start,
-            "reward": float(np.mean(rewards)),
-            "rc_rate": float(np.mean(np.asarray(decisions) == REGION)),
-            **bucket_rc_rates(decisions, [buckets[g] for g in group_of]),
-            **({"search_rate": float(extra_ids[-1].float().mean())} if search else {}),
-            "loss": float(loss.detach()),
-            "entropy_decision": float(entropy[:, 0].mean().detach()),
-            "entropy_box": float(entropy[:, 1].mean().detach()),
-            **{f"balance_{k}": v for k, v in paths.items()},
-        }
-        if config.eval_every and (iteration % config.eval_every == 0 or iteration == config.iterations):
-            val = evaluate_greedy(net, val_env, config.eval_queries)
-            metrics.update({"val_MRR": val["MRR"], "val_R@1": val["R@1"], "val_RC": val["RC"], "val_reward": val["reward"]})
-        history.append(metrics)
-        for key, value in metrics.items():
-            if key != "iteration":
-                writer.add_scalar(key, value, iteration)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", rc=f"{metrics['rc_rate']:.2f}", **(
-            {"val_mrr": f"{metrics['val_MRR']:.3f}"} if "val_MRR" in metrics else {}
-        ))
-        if config.time_budget_s is not None and metrics["seconds"] > config.time_budget_s:
-            break
-
+    except KeyboardInterrupt:
+        # A stop, not a loss: the iterations done so far go to metrics.csv; the state to
+        # resume from is the last checkpoint (an iteration cut in the middle is redone).
+        writer.close()
+        write_metrics(history, config.out)
+        print(f"\ninterrupted after iteration {len(history)}: metrics so far in {config.out / 'metrics.csv'}; "
+              + (f"the last checkpoint ({config.out / STATE_FILE}) resumes after iteration {saved_at}"
+                 if saved_at is not None else "no checkpoint yet (--local.checkpoint-every)"), flush=True)
+        raise
     writer.close()
-    checkpoint = config.out / "policy.pt"
-    save_policy(net, checkpoint, train_config=config.to_dict())
+    policy_file = config.out / "policy.pt"
+    save_policy(net, policy_file, train_config=config.to_dict())
+    checkpoint(history[-1]["iteration"] if history else done, finished=True)
     write_history(history, config.out)
     plot_decision_dashboard([{"variant": config.estimator, "seed": config.seed, "history": history}],
                             config.out / "dashboard.png")
-    return TrainResult(checkpoint, history, time.perf_counter() - start)
+    return TrainResult(policy_file, history, time.perf_counter() - start)
+
+
+def write_metrics(history: list[dict[str, float]], out: Path) -> None:
+    """``metrics.csv``: one row per iteration (written atomically)."""
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "iteration", k))
+    with atomic_open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def write_history(history: list[dict[str, float]], out: Path) -> None:
     """``metrics.csv`` and ``curves.png`` (training reward, RC rate, validation MRR)."""
-    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "iteration", k))
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
+    write_metrics(history, out)
 
     import matplotlib
 

@@ -32,9 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +47,7 @@ from envs.boxes import QWEN_MIN_PIXELS
 from envs.settings import ImageSettings
 from envs.threads import DEFAULT_THREADS
 from envs.text_actions import FULL_MARKER, MalformedAction, format_action_text, parse_action_text
+from envs.atomic import atomic_dir, atomic_write_json
 
 IGNORE = -100
 """Label of tokens without loss (the prompt)."""
@@ -387,7 +385,7 @@ def warm_start(config: WarmStartConfig, out: Path, progress: bool = True) -> dic
         "loss_last_50": float(np.mean(losses[-50:])),
         "validation": report,
     }
-    (out / "warm_start.json").write_text(json.dumps(record, indent=2))
+    atomic_write_json(out / "warm_start.json", record, indent=2)
     return record
 
 
@@ -412,16 +410,8 @@ def warm_started_policy(config: WarmStartConfig = WarmStartConfig(), progress: b
     if progress:
         print(f"Warm-starting the tiny Qwen2.5-VL {config.size} policy on fresh scenes (first use; "
               f"{config.steps} steps, then a validation report) into {path}")
-    partial = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with atomic_dir(path) as partial:
         warm_start(config, partial, progress)
-        try:
-            os.rename(partial, path)
-        except OSError:
-            if not (path / "warm_start.json").is_file():  # not a concurrent builder that finished first
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return path
 
 

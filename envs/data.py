@@ -42,6 +42,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from envs.atomic import atomic_open
 
 Purpose = Literal["train", "eval"]
 
@@ -557,9 +558,7 @@ def write_query_pools(
     out = Path(path)
     base = Path(os.path.abspath(root if root is not None else out.parent))
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
+    with atomic_open(out, "w", encoding="utf-8") as handle:
         for pool in pools:
             handle.write(json.dumps(_pool_record(pool, base), ensure_ascii=False) + "\n")
-    os.replace(partial, out)
     return out

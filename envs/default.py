@@ -28,8 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import numpy as np
 from envs.data import Candidate, Purpose, QueryDataset, QueryPool, load_query_pools, write_query_pools
 from envs.scorer import OpenClipScorer, Scorer, cosine_scores, embed_candidates
 from envs.synthetic import ENTITIES, BenchmarkConfig, check_split, mine_pools, reference_image, render_scene, split_specs
+from envs.atomic import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -147,15 +146,10 @@ def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: B
     if not (folder / POOLS_FILE).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         logger.info("materializing the %s split of the embedded benchmark into %s", split, folder)
-        partial = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=folder.parent))
-        try:
+        # Built beside the final folder and renamed into place: a killed build leaves no
+        # folder a later run would trust, and of two concurrent builds one whole one stays.
+        with atomic_dir(folder) as partial:
             write_split(partial, split, config, default_scorer(invariance="padded"))
-            os.rename(partial, folder)
-        except OSError:
-            if not (folder / POOLS_FILE).is_file():  # not a concurrent writer that finished first
-                raise
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
     dataset = load_query_pools(folder / POOLS_FILE, purpose=purpose)
     kb_file, gold = write_search_files(folder, split, config)
     dataset.pools = [replace(pool, gold_ids=tuple(gold[pool.query_id]), kb=kb_file) for pool in dataset.pools]
@@ -175,8 +169,5 @@ def write_search_files(folder: Path, split: str, config: BenchmarkConfig = DEFAU
         gold = json.loads(gold_file.read_text(encoding="utf-8"))
     else:
         gold = {spec.query_id: [spec.target.entity.id] for spec in split_specs(config, split)}
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(gold, handle)
-        os.replace(tmp, gold_file)
+        atomic_write_json(gold_file, gold)
     return kb_file, gold

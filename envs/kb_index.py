@@ -53,7 +53,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +65,7 @@ from PIL import Image
 
 from envs.data import DataError, iter_jsonl, load_image
 from envs.scorer import Scorer, combine_features
+from envs.atomic import atomic_open, atomic_write_json
 
 IndexFeatures = Literal["image", "text", "image+text"]
 FEATURES: tuple[str, ...] = ("image", "text", "image+text")
@@ -175,10 +175,7 @@ def content_hash(items: Sequence[KbItem], features: str) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def _read_json(path: Path) -> Any:
@@ -664,8 +661,7 @@ def write_kb_file(items: Sequence[KbItem], path: str | os.PathLike) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     base = Path(os.path.abspath(out.parent))
-    partial = out.with_name(out.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
+    with atomic_open(out, "w", encoding="utf-8") as handle:
         for item in items:
             record: dict[str, Any] = {"id": item.id}
             if item.image is not None:
@@ -674,7 +670,6 @@ def write_kb_file(items: Sequence[KbItem], path: str | os.PathLike) -> Path:
             if item.text is not None:
                 record["text"] = item.text
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(partial, out)
     return out
 
 

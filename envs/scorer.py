@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch
 from PIL import Image
 
 from envs.data import Candidate, DataError, QueryPool, load_image
+from envs.atomic import atomic_open
 from envs.settings import CandidateFeatures, Invariance
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "assets" / "model_configs"
@@ -553,7 +553,10 @@ class CachedScorer:
         path = self._disk_path(key)
         if path is None or not path.is_file():
             return None
-        vector = np.load(path)
+        try:
+            vector = np.load(path)
+        except (OSError, ValueError, EOFError):
+            return None  # not a whole .npy (written outside this module): recompute and rewrite it
         return vector if vector.shape == (self.dim,) else None
 
     def _save_disk(self, key: tuple[Feature, str, str], vector: np.ndarray) -> None:
@@ -562,10 +565,8 @@ class CachedScorer:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         # write-then-rename so concurrent workers never read a half-written file
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.save(f, vector.astype(np.float32))
-        os.replace(tmp, path)
 
 
 class OpenClipScorer(CachedScorer):

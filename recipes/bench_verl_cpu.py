@@ -33,6 +33,7 @@ import psutil
 import tyro
 
 from agents.verl.launch import PHASES, SUMMARY_FILE
+from envs.atomic import atomic_write_json
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "sequential": (
@@ -112,7 +113,7 @@ def main(args: Args) -> dict:
     if all(r.get("medians") for r in results.values()) and {"sequential", "batched"} <= set(results):
         ratios = [results["sequential"]["medians"][p] / max(results["batched"]["medians"][p], 1e-9) for p in phases]
         print("| sequential / batched | | | | " + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
-    (args.out / "bench.json").write_text(json.dumps(results, indent=1))
+    atomic_write_json(args.out / "bench.json", results, indent=1)
     return results
 
 

@@ -11,6 +11,10 @@ training (the decision-collapse dashboard, :mod:`agents.dashboard`).
     python recipes/compare_algorithms.py                       # 4 algorithms x 5 seeds
     python recipes/compare_algorithms.py --seeds 0 1 --train.iterations 100
     python recipes/compare_algorithms.py --without-std rgrpo  # also r-GRPO without std normalization
+
+Killed or stopped (Ctrl-C), the same command resumes: finished (algorithm, seed) cells are
+reused, the unfinished one continues from its last checkpoint, a cell whose config
+changed is retrained (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
 from agents.experiments import paired_differences, paired_table, plot_learning_curves, run_variants, variants_table
 from agents.local_trainer import LocalTrainConfig
+from envs.atomic import atomic_write_text
 
 
 @dataclass
@@ -60,7 +65,7 @@ def main(args: Args) -> dict:
     table = variants_table(results["summary"], len(args.seeds))
     if len(variants) > 1:
         table += "\n\n" + paired_table(paired_differences(results["runs"], next(iter(variants))), next(iter(variants)))
-    (args.out / "results.md").write_text(table + "\n")
+    atomic_write_text(args.out / "results.md", table + "\n")
     plot_learning_curves(results["runs"], args.out)
     plot_learning_curves(results["runs"], args.out, key="rc_rate", title="training RC rate")
     print(table)
@@ -70,4 +75,7 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
     argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
-    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))
+    try:
+        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))
+    except KeyboardInterrupt:  # the grid said what is kept and how to resume
+        raise SystemExit(130) from None

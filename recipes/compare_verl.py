@@ -35,6 +35,7 @@ import tyro
 
 from agents.dashboard import plot_decision_dashboard, plot_validation_curves
 from agents.experiments import paired_differences, paired_table, variants_table
+from envs.atomic import atomic_write_json, atomic_write_text
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
 WARM_START = "warm start"
@@ -119,7 +120,7 @@ def main(args: Args) -> dict:
         else:
             print(f"[{i + 1}/{len(cells)}] {estimator}, seed {seed} -> {folder}", flush=True)
             subprocess.run(command, check=True)
-            (folder / CELL_FILE).write_text(json.dumps({"command": command[1:]}))
+            atomic_write_json(folder / CELL_FILE, {"command": command[1:]})
         test = json.loads((folder / "test" / "results.json").read_text())["summaries"]
         summary = json.loads((folder / "summary.json").read_text())
         if not any(r["variant"] == WARM_START and r["seed"] == seed for r in runs):
@@ -138,8 +139,8 @@ def main(args: Args) -> dict:
                                                            args.estimators[0], METRICS), args.estimators[0])
     states = {label: greedy_decisions(summary) for label, summary in curves.items()}
     table += "\n\nwhere each run's greedy policy ends (last validation): " + "; ".join(f"{k}: {v}" for k, v in states.items())
-    (args.out / "results.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps({"runs": runs, "summary": summary, "states": states}, indent=1))
+    atomic_write_text(args.out / "results.md", table + "\n")
+    atomic_write_json(args.out / "results.json", {"runs": runs, "summary": summary, "states": states}, indent=1)
     plot_validation_curves(curves, args.out / "curves.png")
     plot_decision_dashboard(dashboard, args.out / "dashboard.png")
     print(table)

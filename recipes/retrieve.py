@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from envs.default import cache_root
 from envs.factory import make_scorer
 from envs.kb_index import KbItem, KnowledgeBaseIndex, embed_items
 from envs.settings import ScorerSettings, upgrade_legacy_flags
+from envs.atomic import atomic_open, atomic_write_text
 
 
 @dataclass(kw_only=True)
@@ -129,16 +129,13 @@ def read_queries(args: EvqaArgs | InfoseekArgs) -> tuple[list[AnnotatedQuery], A
 
 def _write_results(path: Path, rows: Sequence[tuple[str, list[str], list[float]]]) -> None:
     """EchoSight's result layout, streamed to a temporary name and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write("{")
         for n, (query_id, urls, scores) in enumerate(rows):
             entry = {"retrieved_entries": urls, "retrieval_similarities": scores}
             handle.write(("," if n else "") + "\n" + json.dumps(query_id, ensure_ascii=False) + ": "
                          + json.dumps(entry, ensure_ascii=False))
         handle.write("\n}\n")
-    os.replace(partial, path)
 
 
 def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
@@ -201,7 +198,7 @@ def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
         "index_folder": str(index.folder) if index.folder else None,
     }
     meta_path = args.out.with_suffix(".meta.json")
-    meta_path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(meta_path, json.dumps(summary, indent=1) + "\n")
     print(query_summary.report())
     print(index.stats.report("KB entities"))
     print(query_vectors.stats.report("query images"))

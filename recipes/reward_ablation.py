@@ -8,6 +8,10 @@ excludes 0); ``dashboard.png`` the crop rates by baseline rank over training.
 
     python recipes/reward_ablation.py
     python recipes/reward_ablation.py --seeds 0 --train.iterations 100
+
+Killed or stopped (Ctrl-C), the same command resumes: finished (reward, seed) cells are
+reused, the unfinished one continues from its last checkpoint, a cell whose config
+changed is retrained (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from agents.experiments import (
     variants_table,
 )
 from agents.local_trainer import LocalTrainConfig
+from envs.atomic import atomic_write_text
 
 
 @dataclass
@@ -52,7 +57,7 @@ def main(args: Args) -> dict:
     results = run_variants(variants, args.seeds, args.out, test_queries=args.test_queries)
     table = variants_table(results["summary"], len(args.seeds))
     table += "\n\n" + paired_table(paired_differences(results["runs"], "full"), "full")
-    (args.out / "results.md").write_text(table + "\n")
+    atomic_write_text(args.out / "results.md", table + "\n")
     plot_learning_curves(results["runs"], args.out)
     print(table)
     return results
@@ -61,4 +66,7 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
     argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
-    main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))
+    try:
+        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))
+    except KeyboardInterrupt:  # the grid said what is kept and how to resume
+        raise SystemExit(130) from None

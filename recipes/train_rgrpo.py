@@ -18,6 +18,10 @@ default.
     python recipes/train_rgrpo.py --backend verl algorithm.adv_estimator=grpo trainer.total_epochs=2
     python recipes/train_rgrpo.py --backend verl --dry-run          # print the resolved config
     python recipes/train_rgrpo.py --backend local --local.iterations 100
+    python recipes/train_rgrpo.py --backend local --local.iterations 100 --resume   # after a kill or Ctrl-C
+
+The local backend saves its whole training state every ``--local.checkpoint-every``
+iterations; the same command started again continues an unfinished run (docs/resume.md).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import yaml
 from agents.baselines import baseline_policies
 from agents.evaluation import evaluate_and_report
 from agents.local_policy import load_policy
-from agents.local_trainer import LocalTrainConfig, train
+from agents.local_trainer import LocalTrainConfig, resume_command, train
 from agents.verl.config import ESTIMATOR_KEY, VerlArgs, resolved_model_path
 from agents.verl.launch import final_checkpoint, launch
 from envs.threads import set_threads
@@ -63,6 +67,10 @@ class Args:
     """local backend: query pools for the final test table (default: the embedded test split)"""
     test_queries: int | None = None
     """local and verl-cpu backends: test queries in the final table (default: all; 0 skips the table)"""
+    resume: bool = False
+    """local backend: continue the unfinished run in --local.out and fail if there is none
+    (without the flag an unfinished run of the same config is continued too, and a fresh
+    run starts when there is none)"""
 
 
 # --------------------------------------------------------------------------- verl backends
@@ -98,6 +106,8 @@ def test_vlm_policies(verl_args: VerlArgs, checkpoints: dict[str, str | Path], t
 def local_config(args: Args):
     """The local backend's config with the positional overrides it understands applied."""
     config = args.local
+    if args.resume:
+        config.resume = "require"
     for override in args.overrides:
         key, _, value = override.lstrip("+").partition("=")
         if key != ESTIMATOR_KEY:
@@ -158,3 +168,6 @@ if __name__ == "__main__":
         main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("verl", "verl-cpu", "local"))))
     except (DataError, ValueError) as err:  # bad input or settings: say which, no traceback
         raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:  # the trainer wrote what it had; a stop, not a crash
+        print(f"to resume: {resume_command()}", flush=True)
+        raise SystemExit(130) from None

@@ -29,6 +29,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from envs.atomic import atomic_torch_save
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the config is local; never ask the hub
 
@@ -240,7 +241,7 @@ def main(args: Args) -> None:
     print("held-out (val split, whole knowledge base of", len(ENTITIES), "entities):", {k: round(v, 3) for k, v in metrics.items()})
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, out)
+    atomic_torch_save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, out)
     print(f"training took {train_time:.0f}s ({time.perf_counter() - start:.0f}s with data); wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -135,3 +135,57 @@ def test_pools_name_the_knowledge_base_and_their_scene_target_as_gold(small_test
     # the retriever mined some pools without their positive: their gold entity is still known, not in the pool
     absent = [pool for pool in small_test if not pool.has_positive]
     assert absent and all(pool.gold[0] not in {c.id for c in pool.candidates} for pool in absent)
+
+
+# A process that materializes SMALL's test split into the cache $REGION_RERANK_CACHE names.
+BUILD_SMALL = """
+from envs.default import default_dataset
+from envs.synthetic import BenchmarkConfig
+print(len(default_dataset("test", config=BenchmarkConfig(seed=11, train_queries=10, val_queries=10, test_queries=40))))
+"""
+
+
+def _builder(root):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, CACHE_ENV: str(root), "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", BUILD_SMALL], cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow  # two builds of a split in subprocesses (~1 min)
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kill_when", ["kb images", "query images"])
+def test_a_killed_build_is_never_read_and_the_next_run_rebuilds_it(tmp_path, scorer, kill_when):
+    """SIGKILL the builder while it writes the knowledge base or the query images: the cache
+    holds no split folder afterwards, and the next call builds the whole split."""
+    import signal
+    import time
+
+    builder = _builder(tmp_path)
+    pattern = "*/.test.*/kb/*.png" if kill_when == "kb images" else "*/.test.*/images/*.png"
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob(pattern)):
+        assert builder.poll() is None and time.monotonic() < deadline, "the build ended before the kill point"
+        time.sleep(0.005)
+    builder.send_signal(signal.SIGKILL)
+    builder.wait(timeout=30)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path))
+        assert not (benchmark_dir(SMALL, scorer.name) / "test").exists()  # only the hidden partial copy
+        again = default_dataset("test", config=SMALL)
+    assert len(again) == 40 and all(pool.image.is_file() for pool in again)
+
+
+@pytest.mark.slow  # two concurrent builds in subprocesses (~1 min)
+@pytest.mark.timeout(240)
+def test_two_processes_building_the_same_split_leave_one_whole_copy(tmp_path, scorer, small_test):
+    builders = [_builder(tmp_path) for _ in range(2)]
+    assert [b.communicate(timeout=200)[0].strip() for b in builders] == ["40", "40"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path))
+        assert [p.name for p in benchmark_dir(SMALL, scorer.name).iterdir()] == ["test"]  # the loser's copy discarded
+        assert [p.question for p in default_dataset("test", config=SMALL)] == [p.question for p in small_test]

@@ -90,3 +90,66 @@ def test_compare_recipe_balances_only_rgrpo_and_adds_no_std_variants(load_recipe
     no_std = recipe.algorithm(base, "rgrpo", norm_adv_by_std=False)
     assert no_std.estimator == "rgrpo" and no_std.norm_adv_by_std is False and base.norm_adv_by_std is True
     assert recipe.Args().seeds == (0, 1, 2, 3, 4)  # 5 paired seeds by default
+
+
+def _sigint_when(path, timeout: float = 120.0):
+    """A thread that presses Ctrl-C (SIGINT to this process) once ``path`` exists."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(300)
+def test_an_interrupted_grid_reuses_finished_cells_resumes_the_open_one_and_retrains_changed_ones(
+    scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path, capsys
+):
+    import json
+    import time
+
+    from agents.experiments import CELL_FILE
+    from agents.local_trainer import STATE_FILE
+
+    base = LocalTrainConfig(
+        data=scene_pool_files["train"], val_data=scene_pool_files["val"], scorer=ScorerSettings(tiny_model_name, str(tiny_checkpoint)),
+        iterations=6, queries_per_batch=4, group_size=4, eval_every=0, checkpoint_every=2, warm_start_steps=2,
+        warm_start_batch=4, env=EnvSettings(obs_size=32), policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4),
+        progress=False,
+    )
+    variants = {"rgrpo": base, "grpo": dataclasses.replace(base, estimator="grpo", balance_groups=False)}
+    grid = dict(test_data=scene_pool_files["val"])
+    straight = run_variants(variants, (0,), tmp_path / "straight", **grid)
+
+    out = tmp_path / "grid"
+    watcher = _sigint_when(out / "grpo-seed0" / STATE_FILE)  # Ctrl-C once the second cell has a checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run_variants(variants, (0,), out, **grid)
+        time.sleep(60)  # the grid finished before the watcher fired: wait for it, the test fails below
+    watcher.join(timeout=5)
+    assert "grid interrupted in grpo, seed 0: 1 cells finished" in capsys.readouterr().out
+    assert (out / "rgrpo-seed0" / CELL_FILE).is_file() and not (out / "grpo-seed0" / CELL_FILE).exists()
+    finished_at = (out / "rgrpo-seed0" / "policy.pt").stat().st_mtime_ns
+
+    resumed = run_variants(variants, (0,), out, **grid)
+    printed = capsys.readouterr().out
+    assert f"reusing {out / 'rgrpo-seed0'}" in printed and f"resuming {out / 'grpo-seed0'}" in printed
+    assert (out / "rgrpo-seed0" / "policy.pt").stat().st_mtime_ns == finished_at  # not trained again
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN == NaN)
+    assert same(resumed["summary"], straight["summary"])  # the same results as a grid never stopped
+    assert same([r["test"] for r in resumed["runs"]], [r["test"] for r in straight["runs"]])
+
+    changed = {name: dataclasses.replace(config, lr=2e-3) for name, config in variants.items()}
+    run_variants(changed, (0,), out, **grid)
+    printed = capsys.readouterr().out
+    assert printed.count("retraining") == 2 and "lr: 0.001 -> 0.002" in printed and "reusing" not in printed
+    assert json.loads((out / "grpo-seed0" / CELL_FILE).read_text())["config"]["lr"] == 2e-3

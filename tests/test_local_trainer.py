@@ -316,3 +316,74 @@ def test_a_shared_warm_start_trains_exactly_as_the_inline_one(pool_files, tiny_m
     other = dataclasses.replace(config, policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4), init_policy=shared)
     with pytest.raises(ValueError, match="architecture"):
         train(other, scorer)
+
+
+class CtrlCAfter:
+    """A scorer that is ``scorer`` until its ``calls``-th ``embed_images``, which raises
+    KeyboardInterrupt (Ctrl-C pressed in the middle of an iteration)."""
+
+    def __init__(self, scorer, calls: int):
+        self.scorer, self.calls = scorer, calls
+        self.name = scorer.name
+
+    def embed_images(self, images):
+        self.calls -= 1
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        return self.scorer.embed_images(images)
+
+    def candidate_embeddings(self, pool):
+        return self.scorer.candidate_embeddings(pool)
+
+
+def test_ctrl_c_writes_the_metrics_and_the_same_command_resumes_to_the_uninterrupted_run(
+    pool_files, tiny_model_name, tiny_checkpoint, tmp_path, capsys
+):
+    import csv
+
+    from agents.local_trainer import STATE_FILE
+
+    config = small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, iterations=8, eval_every=3,
+                          checkpoint_every=3, warm_start_steps=2, warm_start_batch=4)
+    straight = train(dataclasses.replace(config, out=tmp_path / "straight"))
+    # Ctrl-C in iteration 5: an iteration embeds 12 times (6 queries' FULL views and their
+    # groups), the evaluation after iteration 3 another 12
+    with pytest.raises(KeyboardInterrupt):
+        train(config, CtrlCAfter(make_scorer(config.scorer), calls=5 * 12 + 7))
+    printed = capsys.readouterr().out
+    assert "interrupted after iteration 4" in printed and f"({config.out / STATE_FILE}) resumes after iteration 3" in printed
+    assert [row["iteration"] for row in csv.DictReader((config.out / "metrics.csv").open())] == ["1", "2", "3", "4"]
+    resumed = train(config)
+    assert "resuming" in capsys.readouterr().out
+    strip = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+    weights = [load_policy(r.checkpoint).net.state_dict() for r in (straight, resumed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_an_unfinished_run_of_another_config_is_refused_naming_the_field(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
+    config = small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, iterations=4, eval_every=0,
+                          checkpoint_every=2, warm_start_steps=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, CtrlCAfter(make_scorer(config.scorer), calls=2 * 12 + 7))  # in iteration 3
+    with pytest.raises(ValueError, match=r"unfinished run \(iteration 2 of 4\) with another config: group_size: 6 -> 4"):
+        train(dataclasses.replace(config, group_size=4))
+    with pytest.raises(ValueError, match="resume: .* already finished|no run to continue"):
+        train(dataclasses.replace(config, out=tmp_path / "empty", resume="require"))
+    fresh = train(dataclasses.replace(config, group_size=4, resume="fresh"))  # on request, start over
+    assert len(fresh.history) == 4
+
+
+def test_a_truncated_checkpoint_or_state_is_refused_naming_the_file(tmp_path):
+    """Files this project writes are renamed into place whole; one cut short by anything
+    else is refused with its name, never read as a policy or a state to resume."""
+    from agents.local_trainer import STATE_FILE, load_state
+
+    path = tmp_path / "policy.pt"
+    save_policy(CropPolicyNet(PolicyConfig(image_size=32, channels=8, hidden=16, grid=4)), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"policy checkpoint {path} is unreadable"):
+        load_policy(path)
+    (tmp_path / STATE_FILE).write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=f"{tmp_path / STATE_FILE} is not a readable training state"):
+        load_state(LocalTrainConfig(out=tmp_path))

@@ -201,3 +201,95 @@ def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
     assert (tmp_path / "run" / "curves.png").exists() and (tmp_path / "run" / "metrics.csv").exists()
     # evaluated in the episode it was trained in: the information gap too
     assert json.loads((tmp_path / "run" / "test" / "results.json").read_text())["env"]["policy_max_side"] == 48
+
+
+# --------------------------------------------------------------------------- resume (local backend)
+def _local_command(scene_pool_files, out: Path, *extra: str) -> list[str]:
+    """The smallest local run (16 iterations, a checkpoint every 4) through the public command."""
+    import sys
+
+    files = scene_pool_files
+    return [sys.executable, "recipes/train_rgrpo.py", "--backend", "local", "--test-queries", "0",
+            "--local.data", str(files["train"]), "--local.val-data", str(files["val"]), "--local.out", str(out),
+            "--local.scorer.model", "examples.custom_scorer:HistogramScorer", "--local.iterations", "16",
+            "--local.queries-per-batch", "4", "--local.group-size", "4", "--local.warm-start-steps", "3",
+            "--local.warm-start-batch", "4", "--local.eval-every", "6", "--local.eval-queries", "3",
+            "--local.checkpoint-every", "4", "--local.threads", "1", "--local.no-progress",
+            "--local.env.obs-size", "32", "--local.policy.image-size", "32", "--local.policy.channels", "8",
+            "--local.policy.hidden", "16", "--local.policy.grid", "4", *extra]
+
+
+def _start(command: list[str]):
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _signal_after_checkpoint(process, state_file: Path, sig, after: int = 0) -> None:
+    """Send ``sig`` once ``state_file`` holds a checkpoint of an iteration past ``after``."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while not (state_file.is_file() and torch.load(state_file, weights_only=False)["iteration"] > after):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(sig)
+
+
+def _metrics_without_time(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    # wall-clock seconds differ between any two runs; every other column must not
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(path.open())]
+
+
+@pytest.mark.slow  # three waves of subprocesses, ~25 s of imports each (~2 min)
+@pytest.mark.timeout(400)
+def test_local_run_killed_then_interrupted_resumes_to_the_uninterrupted_result(
+    recipe, scene_pool_files, tmp_path, monkeypatch
+):
+    """SIGKILL after the first checkpoint, a refused resume with another lr, Ctrl-C (SIGINT)
+    after a later checkpoint, a resume to the end: the policy and metrics.csv are the ones
+    of a run never stopped."""
+    import signal
+
+    from agents.local_trainer import STATE_FILE
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # examples.custom_scorer
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    reference = _start(_local_command(scene_pool_files, straight))
+    killed = _start(_local_command(scene_pool_files, stopped))
+    _signal_after_checkpoint(killed, stopped / STATE_FILE, signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert not torch.load(stopped / STATE_FILE, weights_only=False)["finished"]
+
+    def args(*extra: str):
+        return tyro.cli(recipe.Args, args=_local_command(scene_pool_files, stopped, *extra)[2:])
+
+    with pytest.raises(ValueError, match=r"holds an unfinished run .*lr: 0.001 -> 0.002"):
+        recipe.main(args("--local.lr", "0.002"))  # another config is never mixed in
+
+    interrupted = _start(_local_command(scene_pool_files, stopped))
+    first = torch.load(stopped / STATE_FILE, weights_only=False)["iteration"]
+    _signal_after_checkpoint(interrupted, stopped / STATE_FILE, signal.SIGINT, after=first)
+    printed = interrupted.communicate(timeout=60)[0]
+    assert interrupted.returncode == 130, printed
+    assert f"resuming {stopped} after iteration {first}" in printed
+    assert "interrupted after iteration" in printed and "to resume: python recipes/train_rgrpo.py" in printed
+    assert len(_metrics_without_time(stopped / "metrics.csv")) > first  # the iterations done are written
+
+    resumed = _start(_local_command(scene_pool_files, stopped, "--resume"))
+    printed = resumed.communicate(timeout=120)[0]
+    assert resumed.returncode == 0 and "resuming" in printed, printed
+    assert reference.communicate(timeout=120)[0] is not None and reference.returncode == 0
+
+    final = [torch.load(run / "policy.pt", weights_only=True)["state_dict"] for run in (straight, stopped)]
+    assert final[0].keys() == final[1].keys() and all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    rows = _metrics_without_time(straight / "metrics.csv")
+    assert len(rows) == 16 and _metrics_without_time(stopped / "metrics.csv") == rows
+    with pytest.raises(ValueError, match="already finished"):
+        recipe.main(args("--resume"))  # a finished run is not resumed

@@ -142,31 +142,69 @@ def test_training_crop_rates_by_full_rank_come_from_the_episodes():
     assert "region_rerank/crop_rate[2-5]" not in metrics  # no episode in that bucket this step
 
 
-def run_verl_cpu(out, *flags: str, timeout: int) -> str:
-    """Two training steps of ``recipes/train_rgrpo.py --backend verl-cpu`` in a subprocess; its log."""
-    command = [
+def verl_cpu_command(out, *flags: str) -> list[str]:
+    """Two training steps of ``recipes/train_rgrpo.py --backend verl-cpu``, the smallest sizes."""
+    return [
         sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu", "--verl-cpu.policy", "toy", *flags,
         "--verl-cpu.out", str(out), "--verl-cpu.total-training-steps", "2", "--verl-cpu.test-freq", "-1",
         "--verl-cpu.max-queries", "8", "--verl-cpu.val-queries", "4", "--verl-cpu.train-batch-size", "2",
         "--verl-cpu.rollout-n", "4", "--verl-cpu.ppo-mini-batch-size", "2", "--verl-cpu.micro-batch-size-per-gpu", "8",
         "--verl-cpu.log-prob-micro-batch-size-per-gpu", "8", "--test-queries", "4",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+VERL_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
+
+
+def run_verl_cpu(out, *flags: str, timeout: int) -> str:
+    """:func:`verl_cpu_command` in a subprocess, to the end; its log."""
+    run = subprocess.run(verl_cpu_command(out, *flags), cwd=ROOT, env=VERL_ENV, capture_output=True, text=True, timeout=timeout)
     log = run.stdout + run.stderr
     (out.parent / "log.txt").write_text(log)
     assert run.returncode == 0, log[-6000:]
     return log
 
 
-@pytest.mark.timeout(1200)
+def kill_after_first_checkpoint(out, *flags: str, timeout: int) -> None:
+    """Start :func:`verl_cpu_command` and SIGKILL its whole process tree (driver, Ray, workers)
+    once verl has written the checkpoint of step 1."""
+    import signal
+    import time
+
+    log = (out.parent / "killed_log.txt").open("w")
+    run = subprocess.Popen(verl_cpu_command(out, *flags), cwd=ROOT, env=VERL_ENV, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)  # its own process group: Ray's processes go with it
+    latest, deadline = out / "checkpoints" / "latest_checkpointed_iteration.txt", time.monotonic() + timeout
+    try:
+        while not (latest.is_file() and latest.read_text().strip() == "1"):
+            assert run.poll() is None, (out.parent / "killed_log.txt").read_text()[-6000:]
+            assert time.monotonic() < deadline, "no checkpoint of step 1 in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+        log.close()
+
+
+@pytest.mark.timeout(1500)
 def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
+    """Killed after the checkpoint of step 1 and started again, the run resumes at step 2
+    (verl's trainer.resume_mode=auto): each step once in summary.json, the decisions still
+    reaching r-GRPO, the final checkpoint tested."""
     out = tmp_path / "run"
-    log = run_verl_cpu(out, timeout=1150)
+    kill_after_first_checkpoint(out, "--verl-cpu.save-freq", "1", timeout=900)
+    assert not (out / "summary.json").exists()  # killed before the end
+    log = run_verl_cpu(out, "--verl-cpu.save-freq", "1", timeout=580)
+    assert "resuming from" in log and "global_step_1" in log, log[-6000:]
+    from agents.verl.launch import METRICS_FILE, read_metrics
+
+    trained = [r["step"] for r in read_metrics(out / METRICS_FILE) if any(k.startswith("actor/") for k in r)]
+    assert trained == [2], trained  # the second attempt went on from the checkpoint, it did not start over
     assert NO_DECISIONS_WARNING not in log
     summary = json.loads((out / "summary.json").read_text())
     assert summary["decisions_reached_rgrpo"] is True
     assert len(summary["steps"]) == 2
+    assert [step["step"] for step in summary["steps"]] == [1, 2]  # step 1 from the killed attempt, once
     for step in summary["steps"]:
         assert math.isfinite(step["grad_norm"]) and step["grad_norm"] > 0, step
         assert step["rollout_actor_prob_diff"] < 1e-3, step
@@ -210,3 +248,46 @@ def test_verl_cpu_trains_a_tiny_qwen3_vl_through_the_same_path(tmp_path):
     for step in summary["steps"]:
         assert math.isfinite(step["grad_norm"]), step
         assert step["rollout_actor_prob_diff"] < 1e-3, step
+
+
+def test_a_resumed_runs_metrics_hold_every_step_once(tmp_path):
+    """The killed attempt logged steps 0-3 (checkpoint at 2), the resumed one validates at 2
+    and logs 3-4 again: the summary has each step once, the resumed values winning."""
+    import json
+
+    from agents.verl.config import VerlArgs
+    from agents.verl.launch import METRICS_FILE, keep_metrics_for_resume, merge_steps, metrics_parts, read_metrics
+
+    def log(path, records):
+        path.write_text("".join(json.dumps({"step": r["step"], "data": r}) + "\n" for r in records))
+
+    train = lambda step, grad: {"step": step, "actor/grad_norm": grad, "region_rerank/decisions_reached_rgrpo": 1.0}  # noqa: E731
+    args = VerlArgs(out=tmp_path)
+    log(tmp_path / METRICS_FILE, [{"step": 0, "val-core/region_rerank/synthetic-val/reward/mean@1": 0.1},
+                                  train(1, 0.5), train(2, 0.4), train(3, 9.9)])
+    (tmp_path / "checkpoints" / "global_step_2").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("2")
+    assert keep_metrics_for_resume(args) == tmp_path / METRICS_FILE  # resuming: the first attempt is kept
+    log(tmp_path / METRICS_FILE, [{"step": 2, "val-core/region_rerank/synthetic-val/reward/mean@1": 0.3},
+                                  train(3, 0.3), train(4, 0.2)])
+    assert [p.name for p in metrics_parts(tmp_path)] == [f"{METRICS_FILE}.1", METRICS_FILE]
+    records = merge_steps([r for p in metrics_parts(tmp_path) for r in read_metrics(p)])
+    summary = summarize(records, "rgrpo")
+    assert [row["step"] for row in summary["steps"]] == [1, 2, 3, 4]
+    assert [row["grad_norm"] for row in summary["steps"]] == [0.5, 0.4, 0.3, 0.2]  # step 3: the resumed attempt's
+    assert [p["step"] for p in summary["validation"]] == [0, 2] and summary["decisions_reached_rgrpo"]
+    # a run that starts over drops every earlier attempt's metrics
+    keep_metrics_for_resume(VerlArgs(out=tmp_path, resume="disable"))
+    assert not list(tmp_path.glob(METRICS_FILE + "*"))
+
+
+@pytest.mark.parametrize(("resume", "mode"), [("auto", "auto"), ("disable", "disable"), ("global_step_20", "resume_path")])
+def test_the_resume_flag_sets_verls_resume_mode(tmp_path, resume, mode):
+    from agents.verl.config import VerlArgs, resume_overrides
+
+    overrides = resume_overrides(VerlArgs(out=tmp_path, resume=resume))
+    assert overrides[0] == f"trainer.resume_mode={mode}"
+    if mode == "resume_path":
+        assert overrides[1] == f"trainer.resume_from_path={(tmp_path / 'checkpoints' / resume).resolve()}"
+    with pytest.raises(ValueError, match="--verl.resume 'step_20': expected auto, disable or global_step_N"):
+        resume_overrides(VerlArgs(out=tmp_path, resume="step_20"))

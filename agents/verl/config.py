@@ -13,6 +13,8 @@ the answer needs) before anything starts.
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -24,6 +26,7 @@ import yaml
 
 from agents.verl.settings import AGENT_NAME, LoopSettings, ScoringServiceSettings, agent_loop_config
 from envs.settings import EnvSettings, ImageSettings, ScorerSettings
+from envs.atomic import atomic_write_text
 
 ESTIMATOR_KEY = "algorithm.adv_estimator"
 IMAGE_TOKEN_PIXELS = 28 * 28
@@ -98,6 +101,10 @@ class VerlArgs:
     """validate every N steps (-1: never)"""
     save_freq: int = 50
     """checkpoint every N steps (-1: never)"""
+    resume: str = "auto"
+    """verl's trainer.resume_mode on OUT/checkpoints: auto (continue from the latest
+    checkpoint when there is one), disable (start over), or global_step_N (continue from
+    that checkpoint); see docs/resume.md"""
     seed: int = 0
     """seed of the run: data shuffling (verl's data.seed) and the rollout sampling (every generation
     request carries a seed derived from it, see agents/verl/episode.py::request_seed)"""
@@ -298,7 +305,7 @@ def write_agent_loop_file(args: VerlArgs) -> Path:
     """Write verl's ``agent_loop_config_path`` file that registers the RegionRerank loop."""
     path = agent_loop_file(args)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(agent_loop_config(loop_settings(args)), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(agent_loop_config(loop_settings(args)), sort_keys=False))
     return path
 
 
@@ -306,6 +313,31 @@ def data_files(args: VerlArgs) -> tuple[Path, Path]:
     """The training and validation parquet files of the run (defaults under ``OUT/data``)."""
     data = args.out / "data"
     return (args.train_files or data / "train.parquet").resolve(), (args.val_files or data / "val.parquet").resolve()
+
+
+RESUME_STEP = re.compile(r"global_step_(\d+)")
+
+
+def resume_overrides(args: VerlArgs) -> list[str]:
+    """verl's ``trainer.resume_mode`` (and ``resume_from_path``) for ``args.resume``."""
+    if args.resume in ("auto", "disable"):
+        return [f"trainer.resume_mode={args.resume}"]
+    if RESUME_STEP.fullmatch(args.resume):
+        return ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={resume_folder(args)}"]
+    raise ValueError(f"--verl.resume {args.resume!r}: expected auto, disable or global_step_N (a folder of {args.out / 'checkpoints'})")
+
+
+def resume_folder(args: VerlArgs) -> Path | None:
+    """The checkpoint folder this run continues from: the named ``global_step_N``, the
+    latest one for ``auto`` (verl's ``latest_checkpointed_iteration.txt``), or None."""
+    checkpoints = (args.out / "checkpoints").resolve()
+    if RESUME_STEP.fullmatch(args.resume):
+        return checkpoints / args.resume
+    latest = checkpoints / "latest_checkpointed_iteration.txt"
+    if args.resume == "auto" and latest.is_file():
+        folder = checkpoints / f"global_step_{latest.read_text().strip()}"
+        return folder if folder.is_dir() else None
+    return None
 
 
 def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
@@ -373,6 +405,7 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
         f"trainer.test_freq={args.test_freq}",
         f"trainer.save_freq={args.save_freq}",
         "trainer.val_before_train=true",
+        *resume_overrides(args),
     ]
     if args.total_training_steps is not None:
         overrides.append(f"trainer.total_training_steps={args.total_training_steps}")

@@ -32,6 +32,7 @@ from agents.verl.settings import AGENT_NAME
 from envs.settings import ImageSettings
 from envs.data import QueryPool, load_query_pools, write_query_pools
 from envs.default import default_dataset
+from envs.atomic import atomic_open
 
 Split = Literal["train", "val"]
 
@@ -85,9 +86,8 @@ def write_parquet(rows: Sequence[dict], path: str | os.PathLike) -> Path:
         raise ValueError(f"{path}: no rows to write")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    pq.write_table(pa.Table.from_pylist(list(rows)), partial)
-    os.replace(partial, out)
+    with atomic_open(out, "wb") as handle:
+        pq.write_table(pa.Table.from_pylist(list(rows)), handle)
     return out
 
 

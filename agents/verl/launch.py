@@ -26,11 +26,13 @@ from agents.verl.config import (
     learner_warm_start,
     loop_settings,
     missing_for_verl,
+    resume_folder,
     write_agent_loop_file,
 )
 from agents.verl.episode import BUCKET_FIELDS
 from agents.verl.settings import METRIC_PREFIX, agent_loop_config
 from rewards.evaluation import RANK_BUCKETS
+from envs.atomic import atomic_write_json
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -113,17 +115,51 @@ def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, 
             "the verl backend needs " + "; ".join(missing) + ".\n"
             "Run it on a GPU machine, --backend verl-cpu for the tiny model on CPU, or --backend local."
         )
+    resumed = resume_folder(args)
+    if args.resume != "auto" and args.resume != "disable" and not resumed.is_dir():
+        raise ValueError(f"--verl.resume {args.resume}: {resumed} does not exist (checkpoints are written every --verl.save-freq steps)")
+    if resumed is not None:
+        print(f"resuming from {resumed} (--verl.resume {args.resume}; --verl.resume disable starts over)", flush=True)
     export_default_data(args)
     check_prompt_fits(args, load_tokenizer(config.actor_rollout_ref.model.path), data_questions(args))
     write_agent_loop_file(args)
-    metrics_path = (args.out / METRICS_FILE).resolve()
-    metrics_path.unlink(missing_ok=True)
+    metrics_path = keep_metrics_for_resume(args)
     os.environ["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
     os.environ.setdefault("TENSORBOARD_DIR", str((args.out / "tb").resolve()))
     from verl.trainer.main_ppo import main as verl_main
 
     verl_main(config)
     return write_summary(args.out, config.algorithm.adv_estimator)
+
+
+def metrics_parts(out: Path) -> list[Path]:
+    """The metric files of a run, oldest first: one per attempt of a resumed run
+    (``metrics.jsonl.1``, ...), then ``metrics.jsonl`` (verl's file logger truncates it)."""
+    numbered = sorted(out.glob(METRICS_FILE + ".*"), key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else -1)
+    return [p for p in numbered if p.suffix[1:].isdigit()] + [out / METRICS_FILE]
+
+
+def keep_metrics_for_resume(args: VerlArgs) -> Path:
+    """Before a launch: when it resumes from a checkpoint, the earlier attempts' metrics are
+    kept (``metrics.jsonl`` renamed to the next ``metrics.jsonl.N``); otherwise every
+    earlier metric file is removed. Returns the path verl's file logger writes."""
+    metrics_path = (args.out / METRICS_FILE).resolve()
+    earlier = metrics_parts(metrics_path.parent)[:-1]
+    if resume_folder(args) is None:
+        for path in (*earlier, metrics_path):
+            path.unlink(missing_ok=True)
+    elif metrics_path.is_file():
+        os.replace(metrics_path, metrics_path.with_name(f"{METRICS_FILE}.{len(earlier) + 1}"))
+    return metrics_path
+
+
+def merge_steps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per step, in step order: a resumed run logs again the steps after its
+    checkpoint (and validates at the step it resumed from); later values win."""
+    merged: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        merged.setdefault(record["step"], {}).update(record)
+    return sorted(merged.values(), key=lambda r: (r["step"] is None, r["step"] or 0))
 
 
 def export_default_data(args: VerlArgs) -> None:
@@ -224,12 +260,14 @@ def summarize(records: list[dict[str, Any]], estimator: str) -> dict[str, Any]:
 
 
 def write_summary(out: Path, estimator: str) -> dict[str, Any]:
-    """Write ``OUT/summary.json`` from ``OUT/metrics.jsonl``, the learning curves
+    """Write ``OUT/summary.json`` from ``OUT/metrics.jsonl`` (and the earlier attempts' of
+    a resumed run, every step once), the learning curves
     ``OUT/curves.png`` when the run validated, and print the per-step table."""
     from agents.dashboard import plot_validation_curves
 
-    summary = summarize(read_metrics(out / METRICS_FILE), estimator)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    records = [r for path in metrics_parts(out) if path.is_file() for r in read_metrics(path)]
+    summary = summarize(merge_steps(records), estimator)
+    atomic_write_json(out / SUMMARY_FILE, summary, indent=2)
     print(format_summary(summary))
     if any("mrr" in point for point in summary["validation"]):
         plot_validation_curves({out.name: summary}, out / CURVES_FILE)
