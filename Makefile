@@ -38,7 +38,7 @@ compare-verl: install  ## r-GRPO vs GRPO on verl-cpu, 3 paired seeds: tables, le
 # GPU path (FSDP, vLLM rollout) on the learner checkpoint (no hub needed), 5 r-GRPO steps.
 gpu-check: install  ## on a GPU machine: --backend verl with vLLM, the learner checkpoint, 5 steps
 	$(PY) recipes/train_rgrpo.py --backend verl \
-	    --verl.model-path "$$($(PY) -c 'from agents.warm_start import warm_started_policy; print(warm_started_policy())')" \
+	    --verl.model-path "$$($(PY) -c 'from agents.qwen.sft import warm_started_policy; print(warm_started_policy())')" \
 	    --verl.total-training-steps 5 --verl.test-freq 5 --verl.save-freq -1 --verl.max-queries 64 --verl.val-queries 32 \
 	    --verl.train-batch-size 8 --verl.rollout-n 8 --verl.ppo-mini-batch-size 8 --verl.micro-batch-size-per-gpu 16 \
 	    --verl.answer-tokens 32 --verl.prompt-text-tokens 96 --verl.images.max-pixels 50176 --verl.lr 3e-4 \

@@ -8,7 +8,7 @@ A box is ``[x1, y1, x2, y2]`` (left, top, right, bottom). Four frames occur:
 ``"resized"``   absolute pixels of the image the VLM was shown, i.e. the view after
                 the Qwen-VL resize rule (:func:`qwen_resized_size`, with the family's
                 resize factor). Qwen2.5-VL emits boxes in this frame; Qwen3-VL emits
-                ``"norm1000"`` (see :mod:`agents.model_family`).
+                ``"norm1000"`` (see :mod:`agents.qwen.family`).
 
 A *view* is a rectangle of the original query image in whole original-image pixels;
 the first view is the whole image and each REGION step zooms into the
@@ -33,7 +33,7 @@ FRAMES: tuple[str, ...] = ("norm", "norm1000", "pixel", "resized")
 QWEN_PATCH_FACTOR = 28
 """Qwen2.5-VL resizes so both sides are multiples of patch size (14) x merge size (2): the
 default factor of :func:`qwen_resized_size`. Other families read theirs from their
-processor (:func:`agents.model_family.resize_factor`; Qwen3-VL: 16 x 2 = 32)."""
+processor (:func:`agents.qwen.family.resize_factor`; Qwen3-VL: 16 x 2 = 32)."""
 QWEN_MIN_PIXELS = 4 * 28 * 28
 QWEN_MAX_PIXELS = 16384 * 28 * 28
 

@@ -5,14 +5,14 @@ evaluator and the verl agent loop build their scorers with :func:`make_scorer` a
 envs with :func:`make_env`. :class:`envs.region_rerank.RegionRerankEnv` itself only takes
 resolved pools and a built scorer.
 
-- a dataset of ``None`` is the embedded benchmark's ``split`` (:func:`envs.default.default_dataset`);
-  a path is a query-pool JSONL file (:func:`envs.data.load_query_pools`);
+- a dataset of ``None`` is the embedded benchmark's ``split`` (:func:`envs.data.default.default_dataset`);
+  a path is a query-pool JSONL file (:func:`envs.data.pools.load_query_pools`);
 - a scorer of ``None`` is :class:`envs.settings.ScorerSettings()`, i.e. the embedded rr-tiny
   scorer; every setting (device, candidate features, cache) applies to it as to any other;
 - a scorer's ``model`` picks its backend (:func:`scorer_backend`): ``module:attr`` (your own),
   a folder (transformers CLIP / SigLIP), else an open_clip name;
 - a built scorer given to ``gym.make`` is recorded in the env's spec as a
-  :class:`envs.scorer.SharedScorer` reference (the sharing rule), so Gymnasium's copies and
+  :class:`envs.scorers.openclip.SharedScorer` reference (the sharing rule), so Gymnasium's copies and
   re-makes of the spec share it.
 """
 
@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from envs.data import QueryPool, load_query_pools
-from envs.default import cache_root, default_dataset, default_scorer
+from envs.data.pools import QueryPool, load_query_pools
+from envs.data.default import cache_root, default_dataset, default_scorer
 from envs.region_rerank import RegionRerankEnv
-from envs.scorer import OpenClipScorer, Scorer, SharedScorer, check_scorer_members
+from envs.scorers.openclip import OpenClipScorer, Scorer, SharedScorer, check_scorer_members
 from envs.settings import EnvSettings, ScorerSettings, settings_from_dict
 
 Dataset = str | os.PathLike | Sequence[QueryPool] | None
@@ -46,7 +46,7 @@ COMMON_OPTIONS = ("device", "candidate_features", "cache_dir")
 def scorer_backend(model: str | None) -> Literal["default", "import", "transformers", "open_clip"]:
     """Which backend :func:`make_scorer` uses for ``ScorerSettings.model``: ``None`` is the
     embedded default; ``module:attr`` an importable factory or class; an existing folder a
-    transformers model (:class:`envs.hf_scorer.TransformersScorer`); anything else an
+    transformers model (:class:`envs.scorers.huggingface.TransformersScorer`); anything else an
     open_clip model name."""
     if model is None:
         return "default"
@@ -70,7 +70,7 @@ def make_scorer(settings: ScorerSettings | dict | str | os.PathLike | None = Non
       built with ``settings.options`` (e.g. ``batch_size``) on top of the common settings;
     - anything else is an open_clip model name with ``pretrained`` weights.
 
-    The result is checked for the :class:`envs.scorer.Scorer` members (``name``,
+    The result is checked for the :class:`envs.scorers.openclip.Scorer` members (``name``,
     ``embed_images``, ``candidate_embeddings``).
     """
     if isinstance(settings, (str, os.PathLike)):
@@ -91,7 +91,7 @@ def make_scorer(settings: ScorerSettings | dict | str | os.PathLike | None = Non
             raise ValueError(
                 f"scorer {settings.model!r} is a folder (a transformers model) that holds its weights; pretrained= must be None"
             )
-        from envs.hf_scorer import TransformersScorer  # transformers imports take seconds; only when used
+        from envs.scorers.huggingface import TransformersScorer  # transformers imports take seconds; only when used
 
         return TransformersScorer(settings.model, **{**common, **built_in, **settings.options})
     return OpenClipScorer(settings.model, settings.pretrained, **common, **built_in)
@@ -157,7 +157,7 @@ def make_env(
     Args:
         dataset: query pools, a query-pool JSONL path, or ``None`` for the embedded
             benchmark's ``split``.
-        scorer: a built :class:`envs.scorer.Scorer`, a :class:`envs.scorer.SharedScorer`
+        scorer: a built :class:`envs.scorers.openclip.Scorer`, a :class:`envs.scorers.openclip.SharedScorer`
             reference to one, or what :func:`make_scorer` takes (settings, a model name, a
             folder or ``module:attr``, ``None`` for the default). A built scorer is recorded
             in ``gym.make``'s spec as a reference (the env's ``spec`` setter), so Gymnasium
@@ -168,7 +168,7 @@ def make_env(
         settings: the episode's :class:`envs.settings.EnvSettings` (or a mapping of them);
             single fields may instead be given as keywords (``max_steps=2``).
         render_mode: ``None`` or ``"rgb_array"``.
-        kb_index: the :class:`envs.kb_index.KnowledgeBaseIndex` SEARCH queries (only with
+        kb_index: the :class:`envs.data.kb_index.KnowledgeBaseIndex` SEARCH queries (only with
             ``search=True``); ``None`` builds it with the scorer from the pools' KB file
             (:func:`pools_index`).
     """
@@ -200,7 +200,7 @@ def pools_index(pools: Sequence[QueryPool], scorer: Scorer, cache_dir: Any = ...
     Raises:
         ValueError: naming the problem when the pools name no KB file or several.
     """
-    from envs.kb_index import shared_index  # imported when searching only
+    from envs.data.kb_index import shared_index  # imported when searching only
 
     files = {pool.kb for pool in pools}
     if None in files:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import string
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
@@ -16,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, describe, read_action
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
-from envs.data import DataError, ImageCache, QueryPool, load_image
-from envs.scorer import Scorer, check_embeddings, check_scorer_members, combine_features, shareable_spec
+from envs.data.pools import DataError, ImageCache, QueryPool, load_image
+from envs.scorers.openclip import Scorer, check_embeddings, check_scorer_members, combine_features, shareable_spec
 from envs.settings import EnvSettings, settings_from_dict
 from rewards import (
     RankingStats,
@@ -32,7 +31,7 @@ from rewards import (
 )
 
 if TYPE_CHECKING:
-    from envs.kb_index import KnowledgeBaseIndex
+    from envs.data.kb_index import KnowledgeBaseIndex
 
 __all__ = ["Outcome", "RegionRerankEnv", "StrictActionError"]
 
@@ -141,13 +140,13 @@ class RegionRerankEnv(gym.Env):
     multi-box REGION, ``boxes``.
 
     Scores are cosine similarities computed in float64 from the scorer's embeddings.
-    With a batch-invariant scorer (:class:`envs.scorer.OpenClipScorer` is one) the
+    With a batch-invariant scorer (:class:`envs.scorers.openclip.OpenClipScorer` is one) the
     scores of a view do not depend on what else is scored with it: the reward
     :meth:`score_actions` predicts and the one :meth:`step` pays agree to 1e-6 at most
     (with the default scorer: exactly).
 
     ## Rewards
-    From :mod:`rewards` with ``reward_config`` (:class:`rewards.RewardConfig`):
+    From :mod:`rewards` with ``settings.reward`` (:class:`rewards.RewardConfig`):
     FULL at the first step gives ``full_reward`` if the baseline already ranks a positive
     first, else 0. A REGION step gives the rank-improvement reward
     ``scale * max(w . (dMRR, dNDCG, dRank, dMargin), floor)``. An invalid box gives
@@ -163,7 +162,7 @@ class RegionRerankEnv(gym.Env):
     incremental mode: each step against the ranking it replaces, a searching step minus
     the cost). A pool without a positive ranks it at K + 1, so bringing a missing positive
     into the pool pays. Positives of a re-retrieved pool are the query's gold entity ids
-    (:attr:`envs.data.QueryPool.gold`), never anything the index returns.
+    (:attr:`envs.data.pools.QueryPool.gold`), never anything the index returns.
 
     ## Starting State
     ``reset`` draws a query uniformly from the dataset with the env's ``np_random``
@@ -176,17 +175,16 @@ class RegionRerankEnv(gym.Env):
     There is no truncation.
 
     ## Arguments
-    - ``pools``: the query pools (a sequence of :class:`envs.data.QueryPool`). Paths and
+    - ``pools``: the query pools (a sequence of :class:`envs.data.pools.QueryPool`). Paths and
       the embedded default are resolved by :func:`envs.factory.make_env`, which is what
       ``gym.make("RegionRerank-v0")`` calls.
-    - ``scorer``: a built :class:`envs.scorer.Scorer` (:func:`envs.factory.make_scorer`).
+    - ``scorer``: a built :class:`envs.scorers.openclip.Scorer` (:func:`envs.factory.make_scorer`).
     - ``settings``: the episode's :class:`envs.settings.EnvSettings`; its fields may also
       be given one by one as keywords (``max_steps=2``, ``reward=RewardConfig(...)``,
       ``obs_size``, ``policy_max_side``, ``min_box_side``, ``reward_mode``):
 
       - ``max_steps``: REGION steps allowed (1 is the paper's setting; more is multi-step zoom);
-      - ``reward``: the reward's weights, penalties and options (``reward_config`` is a
-        deprecated spelling);
+      - ``reward``: the reward's weights, penalties and options;
       - ``reward_mode``: ``"terminal"`` or ``"incremental"`` (see Rewards);
       - ``obs_size``: side of the square observation image;
       - ``policy_max_side``: information gap; ``None`` shows the policy the full-resolution view;
@@ -197,10 +195,10 @@ class RegionRerankEnv(gym.Env):
       - ``max_regions``: boxes per REGION (1: the paper's single crop).
       - ``strict``: raise :class:`StrictActionError` on a malformed action or an invalid box (debugging).
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the query image with the view, the crop and the rank drawn on it).
-    - ``image_cache``: an :class:`envs.data.ImageCache` shared with other envs, so envs of
+    - ``image_cache``: an :class:`envs.data.pools.ImageCache` shared with other envs, so envs of
       the same queries decode each image once (verl's agent loop builds one env per
       rollout); ``None`` decodes the query image at every ``reset``.
-    - ``kb_index``: the :class:`envs.kb_index.KnowledgeBaseIndex` SEARCH queries (required
+    - ``kb_index``: the :class:`envs.data.kb_index.KnowledgeBaseIndex` SEARCH queries (required
       with ``search=True``; built with the env's scorer: its name must match and its rows
       must equal the scorer's candidate embeddings, checked at the first reset);
       :func:`envs.factory.make_env` builds it from the pools' ``kb`` file.
@@ -212,7 +210,7 @@ class RegionRerankEnv(gym.Env):
     @property
     def spec(self):
         """Gymnasium's ``EnvSpec`` of this env (set by ``gym.make``). A built scorer in its
-        kwargs is recorded as a :class:`envs.scorer.SharedScorer` reference, so copying or
+        kwargs is recorded as a :class:`envs.scorers.openclip.SharedScorer` reference, so copying or
         re-making the spec (``check_env``, ``wrapped.spec``) shares the scorer, never copies it."""
         return self._spec
 
@@ -241,7 +239,7 @@ class RegionRerankEnv(gym.Env):
         if scorer is None:
             raise TypeError("RegionRerankEnv takes a built scorer; envs.factory.make_scorer() builds the default")
         # The Scorer contract: its members now; what they return at the first reset, on the
-        # arrays the env fetches anyway (no extra forward; see envs.scorer.check_scorer).
+        # arrays the env fetches anyway (no extra forward; see envs.scorers.openclip.check_scorer).
         check_scorer_members(scorer)
         self._scorer_checked = False
         self.settings = _settings(settings, fields)
@@ -249,23 +247,16 @@ class RegionRerankEnv(gym.Env):
         if len(self.pools) == 0:
             raise ValueError("RegionRerankEnv: the dataset holds no query pools")
         self.scorer = scorer
-        self.max_steps = self.settings.max_steps
-        self.reward_config = self.settings.reward
-        self.reward_mode = self.settings.reward_mode
-        self.obs_size = obs_size = self.settings.obs_size
-        self.policy_max_side = self.settings.policy_max_side
-        self.min_box_side = self.settings.box_side
+        obs_size = self.settings.obs_size
         self.render_mode = render_mode
         self._load_image = load_image if image_cache is None else image_cache.load
-        max_steps = self.max_steps
-        self.search_enabled = self.settings.search
-        self.max_regions = self.settings.max_regions
+        max_steps = self.settings.max_steps
         self.kb_index = kb_index
-        if self.search_enabled:
+        if self.settings.search:
             _check_index(kb_index, scorer)
         self._index_checked = False
 
-        self.action_space = spaces.Dict(_action_spaces(self.max_regions, self.search_enabled))
+        self.action_space = spaces.Dict(_action_spaces(self.settings.max_regions, self.settings.search))
         # The charset covers every question in the data, so real (non-ASCII) questions fit.
         charset = sorted(set(string.printable) | {ch for p in self.pools for ch in p.question})
         max_question = max(64, max(len(p.question) for p in self.pools))
@@ -318,7 +309,7 @@ class RegionRerankEnv(gym.Env):
         self.baseline_scores = self._scores_of(full_embedding)[0]
         self.baseline_stats = self._stats(self.baseline_scores)
         self.scores, self.stats = self.baseline_scores, self.baseline_stats
-        if self.search_enabled and not self._index_checked:
+        if self.settings.search and not self._index_checked:
             _check_index_vectors(self.kb_index, self.pool_ids, self.candidate_embeddings)
             self._index_checked = True
         return self._observation_and_info(None)
@@ -371,7 +362,7 @@ class RegionRerankEnv(gym.Env):
         All REGION crops are scored in one batched scorer call, so a group of n rollouts
         of a query (GRPO) costs one batch, not n steps. ``outcome.reward`` is the reward
         :meth:`step` would return for that action: with a batch-invariant scorer (the
-        default :class:`envs.scorer.OpenClipScorer`) to 1e-6 at most (with it: exactly),
+        default :class:`envs.scorers.openclip.OpenClipScorer`) to 1e-6 at most (with it: exactly),
         whatever else is in the group. Each action may be any object (see Action Space); none raises.
 
         Raises:
@@ -396,7 +387,7 @@ class RegionRerankEnv(gym.Env):
         return self._policy_image(self.view)
 
     def _policy_image(self, view: Image.Image) -> Image.Image:
-        return policy_image(view, self.policy_max_side)
+        return policy_image(view, self.settings.policy_max_side)
 
     @property
     def view_size(self) -> tuple[float, float]:
@@ -456,20 +447,20 @@ class RegionRerankEnv(gym.Env):
 
     def _scored_image(self, view: Image.Image) -> Image.Image:
         """What the scorer sees of a REGION crop (resized first under ``resize_crop``)."""
-        if not self.reward_config.resize_crop:
+        if not self.settings.reward.resize_crop:
             return view
         return view.resize(region_r1_resized_size(view.width, view.height), Image.Resampling.BICUBIC)
 
     def _stats(self, scores: np.ndarray, positives: np.ndarray | None = None) -> RankingStats:
-        return self.reward_config.stats(scores, self.positives if positives is None else positives)
+        return self.settings.reward.stats(scores, self.positives if positives is None else positives)
 
     def _image_box(self, norm_box: np.ndarray) -> np.ndarray | str:
         """A REGION box's whole-pixel rectangle in the original image, or why it is invalid."""
         norm = clamp_norm_box(norm_box)
-        if not is_valid_box(norm, self.view_size, self.min_box_side):
+        if not is_valid_box(norm, self.view_size, self.settings.box_side):
             width, height = (round(v) for v in self.view_size)
             return (f"box {np.round(norm_box, 4).tolist()} (0-1 of the current {width}x{height} px view) is empty "
-                    f"or smaller than {self.min_box_side}px after clamping")
+                    f"or smaller than {self.settings.box_side}px after clamping")
         return pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
 
     def _outcomes(self, actions: list[Any]) -> list[Outcome]:
@@ -480,12 +471,12 @@ class RegionRerankEnv(gym.Env):
         index call (and every text rewrite through one text call), so a GRPO group still
         costs one batch.
         """
-        config = self.reward_config
+        config = self.settings.reward
         outcomes: list[Outcome | None] = [None] * len(actions)
         crops: list[tuple[int, np.ndarray]] = []  # (action, image box), in action order
         jobs: list[tuple[int, Any]] = []  # actions that need a view embedding
         for i, action in enumerate(actions):
-            read = read_action(action, search=self.search_enabled, max_regions=self.max_regions)
+            read = read_action(action, search=self.settings.search, max_regions=self.settings.max_regions)
             decision = FULL if read.decision == MALFORMED and config.malformed_as_full else read.decision
             if read.invalid_box:
                 outcomes[i] = Outcome("invalid_box", config.invalid_box_penalty, True, REGION, reason=read.reason)
@@ -547,7 +538,7 @@ class RegionRerankEnv(gym.Env):
     @staticmethod
     def _fused(embedded: np.ndarray, rows: list[int]) -> np.ndarray:
         """The view embedding of a REGION's crops: the crop's own for one box; for several,
-        their re-normalized mean (:func:`envs.scorer.combine_features`, Region-R1's rule for
+        their re-normalized mean (:func:`envs.scorers.openclip.combine_features`, Region-R1's rule for
         image+text): every crop is a unit vector in the same space, so the mean weighs each
         region equally and re-normalizing keeps the scores cosines."""
         if len(rows) == 1:
@@ -591,20 +582,20 @@ class RegionRerankEnv(gym.Env):
     def _search_outcome(self, scores: np.ndarray, stats: RankingStats, embedding: np.ndarray,
                         result: SearchResult) -> Outcome:
         """FULL with SEARCH: re-retrieve with the current view, re-rank, and stop."""
-        if self.reward_mode == "incremental":
-            terms = region_reward(self.stats, stats, self.reward_config)
+        if self.settings.reward_mode == "incremental":
+            terms = region_reward(self.stats, stats, self.settings.reward)
             terms = terms._replace(reward=terms.reward - self.settings.search_cost)
         else:
-            terms = search_reward(self.baseline_stats, stats, self.searches + 1, self.reward_config,
+            terms = search_reward(self.baseline_stats, stats, self.searches + 1, self.settings.reward,
                                   self.settings.search_cost, self._iou(self.view_box) if self.steps_taken else 0.0)
         return Outcome("search", float(terms.reward), True, FULL, scores=scores, stats=stats, terms=terms,
                        embedding=embedding, search=result, reason=result.note)
 
     def _stop_outcome(self) -> Outcome:
         if self.steps_taken == 0 and self.searches == 0:
-            reward = float(full_reward(self.baseline_stats, self.reward_config))
+            reward = float(full_reward(self.baseline_stats, self.settings.reward))
             return Outcome("full", reward, True, FULL)
-        if self.reward_mode == "terminal":
+        if self.settings.reward_mode == "terminal":
             terms = self._final_terms(self.stats, self.searches, self.view_box)
             return Outcome("stop", float(terms.reward), True, FULL, terms=terms)
         return Outcome("stop", 0.0, True, FULL)
@@ -612,9 +603,9 @@ class RegionRerankEnv(gym.Env):
     def _final_terms(self, stats: RankingStats, searches: int, image_box) -> RewardTerms:
         """Terminal reward terms of ending on ``stats``: against the FULL baseline (of the
         ORIGINAL pool), minus the cost of the episode's searches when SEARCH is on."""
-        if not self.search_enabled:
-            return region_reward(self.baseline_stats, stats, self.reward_config, self._iou(image_box))
-        return search_reward(self.baseline_stats, stats, searches, self.reward_config, self.settings.search_cost,
+        if not self.settings.search:
+            return region_reward(self.baseline_stats, stats, self.settings.reward, self._iou(image_box))
+        return search_reward(self.baseline_stats, stats, searches, self.settings.reward, self.settings.search_cost,
                              self._iou(image_box))
 
     def _region_outcome(self, image_box: np.ndarray, view: Image.Image, scores: np.ndarray, *,
@@ -623,10 +614,10 @@ class RegionRerankEnv(gym.Env):
         stats = self._stats(scores) if stats is None else stats
         several = image_boxes is not None and len(image_boxes) > 1
         # A fused view of several regions is no single image to zoom into: it ends the episode.
-        last_step = self.steps_taken + 1 >= self.max_steps or several
+        last_step = self.steps_taken + 1 >= self.settings.max_steps or several
         iou_box = image_box if not several else max(image_boxes, key=self._iou)
-        if self.reward_mode == "incremental":
-            terms = region_reward(self.stats, stats, self.reward_config, self._iou(iou_box))
+        if self.settings.reward_mode == "incremental":
+            terms = region_reward(self.stats, stats, self.settings.reward, self._iou(iou_box))
             if search is not None:
                 terms = terms._replace(reward=terms.reward - self.settings.search_cost)
             reward = float(terms.reward)
@@ -639,12 +630,12 @@ class RegionRerankEnv(gym.Env):
         )
 
     def _iou(self, image_box: np.ndarray) -> float:
-        if self.reward_config.w_iou == 0.0 or self.pool.box is None:
+        if self.settings.reward.w_iou == 0.0 or self.pool.box is None:
             return 0.0
         return float(box_iou(image_box, self.pool.box))
 
     def _observation_image(self, policy_image: Image.Image) -> np.ndarray:
-        image = policy_image.resize((self.obs_size, self.obs_size), **_resize_filter(policy_image.size, self.obs_size))
+        image = policy_image.resize((self.settings.obs_size, self.settings.obs_size), **_resize_filter(policy_image.size, self.settings.obs_size))
         return np.asarray(image, dtype=np.uint8)
 
     def _observation(self, policy_image: Image.Image) -> dict[str, Any]:
@@ -678,9 +669,9 @@ class RegionRerankEnv(gym.Env):
                 info["box"] = outcome.image_box.copy()
             if outcome.terms is not None:
                 info["reward_terms"] = {k: float(v) for k, v in outcome.terms._asdict().items()}
-            if outcome.image_boxes is not None and self.max_regions > 1:
+            if outcome.image_boxes is not None and self.settings.max_regions > 1:
                 info["boxes"] = outcome.image_boxes.copy()
-        if self.search_enabled or self.max_regions > 1:
+        if self.settings.search or self.settings.max_regions > 1:
             # Only with the extensions on, so the paper's episode keeps its info exactly.
             info["pool_ids"] = list(self.pool_ids)
             info["pool_has_positive"] = bool(self.positives.any())
@@ -710,13 +701,13 @@ def _check_index(index: Any, scorer: Scorer) -> None:
     comparable with its view embeddings and equal to its candidate embeddings)."""
     if index is None:
         raise ValueError(
-            "search=True needs a kb_index (an envs.kb_index.KnowledgeBaseIndex of the pools' knowledge base, "
+            "search=True needs a kb_index (an envs.data.kb_index.KnowledgeBaseIndex of the pools' knowledge base, "
             "built with the env's scorer): envs.factory.make_env builds it from the pools' 'kb' file, "
             "recipes/build_index.py caches it on disk"
         )
     for member in ("ids", "vectors", "search_indices", "rows_of"):
         if not hasattr(index, member):
-            raise TypeError(f"kb_index {type(index).__name__} has no {member!r}; pass an envs.kb_index.KnowledgeBaseIndex")
+            raise TypeError(f"kb_index {type(index).__name__} has no {member!r}; pass an envs.data.kb_index.KnowledgeBaseIndex")
     name = getattr(index, "scorer_name", "")
     if name and name != scorer.name:
         raise ValueError(f"kb_index was built with scorer {name!r}, but the env scores with {scorer.name!r}")
@@ -735,7 +726,7 @@ def _check_index_vectors(index: "KnowledgeBaseIndex", ids: Sequence[str], candid
         raise ValueError(
             f"kb_index vectors differ from the scorer's candidate embeddings by up to {gap:.3g} "
             f"(index features {getattr(index, 'features', '?')!r}); build the index with the scorer's "
-            "candidate features (envs.kb_index.index_features)"
+            "candidate features (envs.data.kb_index.index_features)"
         )
 
 
@@ -760,9 +751,6 @@ def _resize_filter(size: tuple[int, int], target: int) -> dict[str, Any]:
 
 def _settings(settings: EnvSettings | Mapping[str, Any] | None, fields: dict[str, Any]) -> EnvSettings:
     """The env's settings: ``settings`` with single ``fields`` given as keywords on top."""
-    if "reward_config" in fields:  # the spelling before EnvSettings; one name per concept now
-        warnings.warn("RegionRerankEnv(reward_config=...) is deprecated; pass reward=...", DeprecationWarning, stacklevel=3)
-        fields["reward"] = fields.pop("reward_config")
     base = settings_from_dict(EnvSettings, settings, "settings")
     if not fields:
         return base

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, get_args
@@ -35,7 +34,7 @@ from rewards import RewardConfig
 RewardMode = Literal["terminal", "incremental"]
 CandidateFeatures = Literal["auto", "image", "text", "image+text"]
 Invariance = Literal["auto", "rows", "padded"]
-"""How a built-in scorer keeps every forward one shape (:func:`envs.scorer.forward_rows`)."""
+"""How a built-in scorer keeps every forward one shape (:func:`envs.scorers.openclip.forward_rows`)."""
 
 S = TypeVar("S")
 
@@ -152,7 +151,7 @@ class ImageSettings:
     A Qwen2.5-VL policy writes its boxes in pixels of the resized image (the ``"resized"``
     frame of :mod:`envs.boxes`), a Qwen3-VL policy in 0-1000 of it (``"norm1000"``), so
     the prompt builder, the parser and the data export must all use the same limits and
-    family: they all take this object (:mod:`agents.model_family` resolves ``family``).
+    family: they all take this object (:mod:`agents.qwen.family` resolves ``family``).
     """
 
     min_pixels: int = QWEN_MIN_PIXELS
@@ -164,7 +163,7 @@ class ImageSettings:
     family: str | None = None
     """policy model family (``qwen2_5_vl``, ``qwen3_vl``): its prompt wording, box frame and
     resize rule; ``None``: read from the checkpoint's config (``model_type``). Set it to
-    override what the checkpoint says (see :mod:`agents.model_family`)"""
+    override what the checkpoint says (see :mod:`agents.qwen.family`)"""
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pixels <= self.max_pixels:
@@ -234,47 +233,9 @@ def _dataclass_of(hint: Any) -> type | None:
     return None
 
 
-LEGACY_FLAGS: dict[str, str] = {
-    "scorer-model": "scorer.model",
-    "scorer-pretrained": "scorer.pretrained",
-    "scorer-device": "scorer.device",
-    "max-steps": "env.max-steps",
-    "reward-mode": "env.reward-mode",
-    "policy-max-side": "env.policy-max-side",
-    "obs-size": "env.obs-size",
-    "reward.": "env.reward.",
-    "min-pixels": "images.min-pixels",
-    "max-pixels": "images.max-pixels",
-}
-"""Flag spellings from before the settings were nested, and what they are now (suffixes
-after a recipe's group prefix: ``--scorer-model`` -> ``--scorer.model``,
-``--verl.max-steps`` -> ``--verl.env.max-steps``)."""
 
-
-def upgrade_legacy_flags(
-    argv: list[str], groups: tuple[str, ...] = ("",), renames: Mapping[str, str] = LEGACY_FLAGS
-) -> list[str]:
-    """``argv`` with legacy flag spellings (``renames``) rewritten under each of ``groups``
-    (``""`` is the top level), warning once per flag, so old command lines keep working."""
-    upgraded = []
-    for arg in argv:
-        upgraded.append(_upgraded(arg, groups, renames))
-    return upgraded
-
-
-def _upgraded(arg: str, groups: tuple[str, ...], renames: Mapping[str, str]) -> str:
-    if not arg.startswith("--"):
-        return arg
-    flag, eq, value = arg.partition("=")
-    normalized = flag.replace("_", "-")
-    for group in groups:
-        prefix = f"--{group}." if group else "--"
-        if not normalized.startswith(prefix):
-            continue
-        rest = normalized[len(prefix):]
-        for old, new in renames.items():
-            if rest == old or (old.endswith(".") and rest.startswith(old)):
-                renamed = prefix + new + rest[len(old):]
-                warnings.warn(f"{flag} is deprecated; use {renamed}", FutureWarning, stacklevel=3)
-                return renamed + eq + value
-    return arg
+def settings_of(env: Any) -> EnvSettings:
+    """The :class:`EnvSettings` of ``env`` (through any wrappers): the one place callers
+    read an env's settings; an env that is not a RegionRerankEnv has the defaults."""
+    settings = getattr(getattr(env, "unwrapped", env), "settings", None)
+    return settings if isinstance(settings, EnvSettings) else EnvSettings()

@@ -22,6 +22,7 @@ from gymnasium import spaces
 from envs.actions import BOX_ENCODINGS, BoxEncoding, InvalidBoxAction, MalformedAction, read_flat_action
 from envs.boxes import FRAMES, QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, QWEN_PATCH_FACTOR, Frame, qwen_resized_size
 from envs.text_actions import MAX_TEXT_CHARS, RULES, text_to_action
+from envs.settings import settings_of
 
 __all__ = ["FlatBoxAction", "HashedQuestion", "TextAction", "hashed_bag_of_words"]
 
@@ -82,10 +83,10 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
             ``"pixel"`` (original pixels of the current view), ``"norm"`` (0-1) or
             ``"norm1000"`` (0-1000, Qwen3-VL's own frame). ``None`` takes the env's
             ``reward_config.text_frame`` (``"resized"`` by default).
-            :attr:`agents.model_family.ModelFamily.frame` names a family's frame.
+            :attr:`agents.qwen.family.ModelFamily.frame` names a family's frame.
         min_pixels, max_pixels: the resize bounds (the ``"resized"`` frame).
         factor: the resize factor, patch size x merge size of the model's image processor
-            (the ``"resized"`` frame; :func:`agents.model_family.resize_factor`): 28 for
+            (the ``"resized"`` frame; :func:`agents.qwen.family.resize_factor`): 28 for
             Qwen2.5-VL (the default), 32 for Qwen3-VL.
         max_length: longest text of the ``Text`` action space (what ``sample()`` draws).
         rules: ``"project"`` or ``"region_r1_public"`` text rules (see
@@ -116,9 +117,9 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
             max_chars=max_chars, factor=factor,
         )
         gym.ActionWrapper.__init__(self, env)
-        config = getattr(env.unwrapped, "reward_config", None)
-        self.frame = frame if frame is not None else getattr(config, "text_frame", "resized")
-        self.rules = rules if rules is not None else getattr(config, "text_rules", "project")
+        config = settings_of(env).reward
+        self.frame = frame if frame is not None else config.text_frame
+        self.rules = rules if rules is not None else config.text_rules
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels
         self.max_chars = max_chars
@@ -170,8 +171,8 @@ class TextAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
                 refused = f"the {width}x{height} view has no Qwen-VL resized frame ({err})"
         return text_to_action(
             text, frame=self.frame, view_size=env.view_size, shown_size=shown, no_frame_reason=refused,
-            rules=self.rules, max_chars=self.max_chars, max_regions=getattr(env, "max_regions", 1),
-            search=getattr(env, "search_enabled", False),
+            rules=self.rules, max_chars=self.max_chars, max_regions=settings_of(env).max_regions,
+            search=settings_of(env).search,
         )
 
 

@@ -1,12 +1,12 @@
-"""A re-ranker of your own, wrapped to the Scorer protocol (envs/scorer.py) in under 30 lines.
+"""A re-ranker of your own, wrapped to the Scorer protocol (envs/scorers/openclip.py) in under 30 lines.
 
     python recipes/evaluate.py --scorer.model examples.custom_scorer:HistogramScorer --scorer.options bins 6
 """
 
 import numpy as np
 
-from envs.data import load_image
-from envs.scorer import l2_normalize
+from envs.data.pools import load_image
+from envs.scorers.openclip import l2_normalize
 
 
 class HistogramScorer:

@@ -43,7 +43,7 @@ from envs.boxes import crop, view_box_to_image
 from envs.actions import REGION
 from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
-from envs.settings import ScorerSettings, upgrade_legacy_flags
+from envs.settings import ScorerSettings
 from rewards import ranking_stats, region_reward
 
 
@@ -76,7 +76,7 @@ def naive_region_reward(env: RegionRerankEnv, box: np.ndarray) -> float:
     scorer, pool, image = env.scorer, env.pool, env.image
     both = scorer.score_uncached([image, crop(image, view_box_to_image(box, env.view_box))], pool)
     old, new = ranking_stats(both[0], pool.positives), ranking_stats(both[1], pool.positives)
-    return float(region_reward(old, new, env.reward_config).reward)
+    return float(region_reward(old, new, env.settings.reward).reward)
 
 
 def bare_forward(scorer, view) -> None:
@@ -157,4 +157,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:])))
+    main(tyro.cli(Args, args=sys.argv[1:]))

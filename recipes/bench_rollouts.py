@@ -194,8 +194,8 @@ def run_step(loop_cls, config, processor, policy, settings: LoopSettings, rows: 
 def main(args: Args) -> None:
     from transformers import AutoProcessor
 
-    from agents.tiny_qwen import cached_tiny_qwen
-    from envs.data import write_query_pools
+    from agents.qwen.tiny import cached_tiny_qwen
+    from envs.data.pools import write_query_pools
     from envs.factory import resolve_dataset
 
     set_threads(args.threads)

@@ -96,7 +96,7 @@ def time_evaluate(args: Args) -> float:
 
 
 def time_trainer(args: Args) -> float:
-    from agents.local_trainer import LocalTrainConfig, train
+    from agents.local.trainer import LocalTrainConfig, train
     from envs.factory import make_scorer
 
     scorer = make_scorer()

@@ -3,7 +3,7 @@
     python recipes/bench_tiny_qwen.py
     python recipes/bench_tiny_qwen.py --sizes toy learner "learner:hidden_size=256,intermediate_size=512"
 
-For each size (:data:`agents.tiny_qwen.SIZES`, or ``NAME:field=value,...``) it builds the
+For each size (:data:`agents.qwen.tiny.SIZES`, or ``NAME:field=value,...``) it builds the
 random model and measures, side by side in one run on the same fresh warm-start examples
 (the agent loop's prompt, 64 image tokens):
 
@@ -36,7 +36,7 @@ from envs.threads import DEFAULT_THREADS, set_threads
 @dataclass
 class Args:
     sizes: tuple[str, ...] = ("toy", "learner")
-    """sizes to compare (agents.tiny_qwen.SIZES names, or NAME:field=value,...)"""
+    """sizes to compare (agents.qwen.tiny.SIZES names, or NAME:field=value,...)"""
     batch: int = 16
     """examples per training step"""
     requests: int = 64
@@ -60,10 +60,10 @@ def median_seconds(fn, repeats: int) -> float:
 def measure(size: str, args: Args, root: Path) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from agents.prompts import REGION_ANSWER_PREFIX
-    from agents.tiny_qwen import build_tiny_qwen
+    from agents.qwen.prompts import REGION_ANSWER_PREFIX
+    from agents.qwen.tiny import build_tiny_qwen
     from agents.verl.generation import BatchedGenerator, Request
-    from agents.warm_start import WarmStartConfig, answer_loss, collate, fresh_example
+    from agents.qwen.sft import WarmStartConfig, answer_loss, collate, fresh_example
 
     path = build_tiny_qwen(root / size.replace(":", "_").replace(",", "_").replace("=", "-"), size=size)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)

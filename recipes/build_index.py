@@ -2,7 +2,7 @@
 
 Embeds every KB entity with the scorer, with the scorer's candidate features (so an
 entity's vector IS its candidate embedding: a re-retrieved pool needs no scorer call),
-into the resumable on-disk cache of envs/kb_index.py. A second run over the same KB and
+into the resumable on-disk cache of envs/data/kb_index.py. A second run over the same KB and
 scorer reads it back without a forward; an env built with search=True then finds it.
 
     python recipes/build_index.py embedded                       # the embedded benchmark's 400 entities
@@ -25,12 +25,12 @@ from typing import Annotated, Literal, Sequence, Union
 import tyro
 
 from envs.threads import DEFAULT_THREADS, set_threads
-from envs.adapters import knowledge_base_items
-from envs.adapters.cli import KbImageArgs
-from envs.data import DataError
-from envs.default import cache_root, default_dataset
+from envs.data.adapters import knowledge_base_items
+from envs.data.adapters.cli import KbImageArgs
+from envs.data.pools import DataError
+from envs.data.default import cache_root, default_dataset
 from envs.factory import make_scorer
-from envs.kb_index import KbItem, KnowledgeBaseIndex, index_features, load_kb_file, write_kb_file
+from envs.data.kb_index import KbItem, KnowledgeBaseIndex, index_features, load_kb_file, write_kb_file
 from envs.settings import ScorerSettings
 
 

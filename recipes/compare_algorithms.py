@@ -6,7 +6,7 @@ groups instead of decision-balanced ones: balancing is part of r-GRPO). Each tra
 policy is evaluated greedily on the test split; the tables give mean ± std over seeds
 and each algorithm's paired difference to the first (resolved where its 95% interval
 excludes 0); ``dashboard.png`` shows each algorithm's crop rates by baseline rank over
-training (the decision-collapse dashboard, :mod:`agents.dashboard`).
+training (the decision-collapse dashboard, :mod:`agents.evaluation.dashboard`).
 
     python recipes/compare_algorithms.py                       # 4 algorithms x 5 seeds
     python recipes/compare_algorithms.py --seeds 0 1 --train.iterations 100
@@ -27,10 +27,9 @@ from pathlib import Path
 import tyro
 
 from envs.threads import set_threads
-from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
-from agents.experiments import paired_differences, paired_table, plot_learning_curves, run_variants, variants_table
-from agents.local_trainer import LocalTrainConfig
+from agents.evaluation.experiments import paired_differences, paired_table, plot_learning_curves, run_variants, variants_table
+from agents.local.trainer import LocalTrainConfig
 from envs.atomic import atomic_write_text
 
 
@@ -73,9 +72,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
-    argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
     try:
-        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))
+        main(tyro.cli(Args))
     except KeyboardInterrupt:  # the grid said what is kept and how to resume
         raise SystemExit(130) from None

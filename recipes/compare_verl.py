@@ -33,8 +33,8 @@ from pathlib import Path
 
 import tyro
 
-from agents.dashboard import plot_decision_dashboard, plot_validation_curves
-from agents.experiments import paired_differences, paired_table, variants_table
+from agents.evaluation.dashboard import plot_decision_dashboard, plot_validation_curves
+from agents.evaluation.experiments import paired_differences, paired_table, variants_table
 from envs.atomic import atomic_write_json, atomic_write_text
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
@@ -99,7 +99,7 @@ def greedy_decisions(summary: dict) -> str:
 
 
 def training_history(summary: dict) -> list[dict]:
-    """A verl run's steps in the decision dashboard's keys (:mod:`agents.dashboard`)."""
+    """A verl run's steps in the decision dashboard's keys (:mod:`agents.evaluation.dashboard`)."""
     history = []
     for step in summary["steps"]:
         row = {"reward": step["reward"], "rc_rate": step["crop_rate"], "balance_balanced": step["balanced"] or 0.0}

@@ -15,7 +15,7 @@ Writes ``results.md`` (the table), ``results.json`` (summaries and per-episode
 records), ``per_query.jsonl`` (one row per policy and query: decisions, boxes, ranks,
 reward terms), ``rc_by_bucket.png`` / ``rank_before_after.png`` and ``gallery.png`` (single
 queries with the policy's, the annotated and the oracle's boxes; see
-:mod:`agents.gallery`) to ``--out``.
+:mod:`agents.evaluation.gallery`) to ``--out``.
 
     python recipes/evaluate.py                              # embedded default, test split
     python recipes/evaluate.py --gallery.policies oracle --gallery.gains 8   # what to draw
@@ -38,13 +38,13 @@ from pathlib import Path
 
 import tyro
 
-from agents.baselines import baseline_policies
-from agents.evaluation import evaluate_and_report
-from agents.gallery import GalleryConfig
+from agents.evaluation.baselines import baseline_policies
+from agents.evaluation.runner import evaluate_and_report
+from agents.evaluation.gallery import GalleryConfig
 from envs.threads import DEFAULT_THREADS, set_threads
-from envs.data import DataError
+from envs.data.pools import DataError
 from envs.factory import import_object, make_env, make_scorer
-from envs.settings import EnvSettings, ImageSettings, ScorerSettings, upgrade_legacy_flags
+from envs.settings import EnvSettings, ImageSettings, ScorerSettings
 
 
 @dataclass
@@ -92,7 +92,7 @@ def build_policies(args: Args) -> dict[str, object]:
     except ValueError as err:
         raise SystemExit(str(err)) from err
     if args.checkpoint is not None:
-        from agents.local_policy import load_policy
+        from agents.local.policy import load_policy
 
         policies["trained"] = load_policy(args.checkpoint)
     if args.policy is not None:
@@ -101,7 +101,7 @@ def build_policies(args: Args) -> dict[str, object]:
         except ValueError as err:
             raise SystemExit(str(err)) from None
     if args.vlm:
-        from agents.qwen_policy import vlm_policies
+        from agents.qwen.policy import vlm_policies
 
         try:
             policies.update(vlm_policies(args.vlm, args.images))
@@ -121,6 +121,6 @@ def main(args: Args) -> dict[str, dict]:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:])))
+        main(tyro.cli(Args, args=sys.argv[1:]))
     except DataError as err:  # bad input data: say which file/line/field, no traceback
         raise SystemExit(f"error: {err}") from None

@@ -4,7 +4,7 @@
     python recipes/generate_benchmark.py --out data/synthetic --split test --seed 3 --test-queries 500
 
 Each split goes to ``<out>/<split>/``: ``pools.jsonl`` (query-pool records, see
-``envs/data.py``), ``images/`` (query scenes) and ``kb/`` (the knowledge-base images).
+``envs/data/pools.py``), ``images/`` (query scenes) and ``kb/`` (the knowledge-base images).
 Hard negatives are mined with the FULL-image similarity of a scorer: the embedded
 default, an open_clip model and checkpoint (``--scorer.model`` and ``--scorer.pretrained``),
 a transformers CLIP / SigLIP folder (``--scorer.model /path/to/folder``), or any scorer of
@@ -26,11 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default scorer is local; nev
 
 import tyro
 
-from envs.data import load_query_pools
-from envs.default import DEFAULT_CONFIG, write_split
+from envs.data.pools import load_query_pools
+from envs.data.default import DEFAULT_CONFIG, write_split
 from envs.factory import make_scorer
-from envs.settings import ScorerSettings, upgrade_legacy_flags
-from envs.synthetic import SPLITS, BenchmarkConfig
+from envs.settings import ScorerSettings
+from envs.data.synthetic import SPLITS, BenchmarkConfig
 
 
 @dataclass
@@ -86,4 +86,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:]), description=__doc__.split("\n\n")[0]))
+    main(tyro.cli(Args, args=sys.argv[1:], description=__doc__.split("\n\n")[0]))

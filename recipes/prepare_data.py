@@ -34,15 +34,15 @@ from typing import Annotated, Literal, Sequence, Union
 
 import tyro
 
-from envs.adapters import (
+from envs.data.adapters import (
     AdapterSummary,
     PoolOptions,
     build_evqa_pools,
     build_infoseek_pools,
     load_retrieval_results,
 )
-from envs.adapters.cli import KbImageArgs, QueryImageArgs
-from envs.data import DataError, QueryPool, write_query_pools
+from envs.data.adapters.cli import KbImageArgs, QueryImageArgs
+from envs.data.pools import DataError, QueryPool, write_query_pools
 
 
 @dataclass(kw_only=True)

@@ -9,7 +9,7 @@
 
 Writes ``train.parquet`` and ``val.parquet`` to ``--out`` (and, for the embedded
 benchmark, the pool files they point to). The prompts are worded for the policy's model
-family (:mod:`agents.model_family`): ``--images.family``, else the family of
+family (:mod:`agents.qwen.family`): ``--images.family``, else the family of
 ``--model-path``'s config, else Qwen2.5-VL. ``--max-steps`` and ``--images.*``
 must match the training run's (``recipes/train_rgrpo.py`` exports the
 embedded benchmark itself with its own settings when no data files are given).
@@ -23,7 +23,7 @@ from pathlib import Path
 import tyro
 
 from agents.verl.data import export_verl_data
-from envs.data import DataError
+from envs.data.pools import DataError
 from envs.settings import ImageSettings
 
 

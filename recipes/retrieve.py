@@ -2,7 +2,7 @@
 
 Embeds every KB entity (its first local image, its title + lead section, or both, as
 candidates carry them) and every query image with an open_clip scorer (the paper's:
-EVA-CLIP), searches the index of envs/kb_index.py (exact NumPy search, or FAISS for
+EVA-CLIP), searches the index of envs/data/kb_index.py (exact NumPy search, or FAISS for
 millions of entries), and writes {query_id: {"retrieved_entries": [url, ...],
 "retrieval_similarities": [...]}}, the file prepare_data.py --retrieval reads like
 EchoSight's. Queries are read and numbered exactly as prepare_data.py reads
@@ -35,14 +35,14 @@ from typing import Annotated, Literal, Sequence, Union
 import tyro
 
 from envs.threads import DEFAULT_THREADS, set_threads
-from envs.adapters import AdapterSummary, knowledge_base_items, read_evqa_queries, read_infoseek_queries
-from envs.adapters.cli import KbImageArgs, QueryImageArgs
-from envs.adapters.pools import AnnotatedQuery
-from envs.data import DataError
-from envs.default import cache_root
+from envs.data.adapters import AdapterSummary, knowledge_base_items, read_evqa_queries, read_infoseek_queries
+from envs.data.adapters.cli import KbImageArgs, QueryImageArgs
+from envs.data.adapters.pools import AnnotatedQuery
+from envs.data.pools import DataError
+from envs.data.default import cache_root
 from envs.factory import make_scorer
-from envs.kb_index import KbItem, KnowledgeBaseIndex, embed_items
-from envs.settings import ScorerSettings, upgrade_legacy_flags
+from envs.data.kb_index import KbItem, KnowledgeBaseIndex, embed_items
+from envs.settings import ScorerSettings
 from envs.atomic import atomic_open, atomic_write_text
 
 
@@ -115,7 +115,7 @@ Source = Union[
 def parse_args(argv: Sequence[str] | None = None) -> EvqaArgs | InfoseekArgs:
     """The arguments of ``argv`` (default: the command line), exiting with a message when they are invalid."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return tyro.cli(Source, description=__doc__, args=upgrade_legacy_flags(argv))
+    return tyro.cli(Source, description=__doc__, args=argv)
 
 
 def read_queries(args: EvqaArgs | InfoseekArgs) -> tuple[list[AnnotatedQuery], AdapterSummary]:

@@ -24,9 +24,8 @@ from pathlib import Path
 import tyro
 
 from envs.threads import set_threads
-from envs.settings import LEGACY_FLAGS, upgrade_legacy_flags
 
-from agents.experiments import (
+from agents.evaluation.experiments import (
     ablation_rewards,
     paired_differences,
     paired_table,
@@ -34,7 +33,7 @@ from agents.experiments import (
     run_variants,
     variants_table,
 )
-from agents.local_trainer import LocalTrainConfig
+from agents.local.trainer import LocalTrainConfig
 from envs.atomic import atomic_write_text
 
 
@@ -64,9 +63,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    # --iterations was once a separate flag that overrode --train.iterations; it is now its alias.
-    argv = upgrade_legacy_flags(sys.argv[1:], ("train",), LEGACY_FLAGS)
     try:
-        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("",), {"iterations": "train.iterations", "train.threads": "threads"})))
+        main(tyro.cli(Args))
     except KeyboardInterrupt:  # the grid said what is kept and how to resume
         raise SystemExit(130) from None

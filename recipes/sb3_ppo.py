@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from agents.baselines import baseline_policies
-from agents.evaluation import evaluate_and_report
+from agents.evaluation.baselines import baseline_policies
+from agents.evaluation.runner import evaluate_and_report
 from envs.threads import DEFAULT_THREADS, set_threads
 from envs.actions import BoxEncoding, read_flat_action
-from envs.data import DataError
+from envs.data.pools import DataError
 from envs.region_rerank import RegionRerankEnv
 from envs.factory import make_env, make_scorer
-from envs.settings import EnvSettings, upgrade_legacy_flags
+from envs.settings import EnvSettings
 from envs.wrappers import FlatBoxAction, HashedQuestion, hashed_bag_of_words
 
 
@@ -112,6 +112,6 @@ def main(args: Args) -> dict[str, dict]:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args, args=upgrade_legacy_flags(sys.argv[1:])))
+        main(tyro.cli(Args, args=sys.argv[1:]))
     except DataError as err:  # bad input data: say which file/line/field, no traceback
         raise SystemExit(f"error: {err}") from None

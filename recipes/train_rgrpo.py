@@ -8,7 +8,7 @@ the algorithm is one of them: ``algorithm.adv_estimator=grpo`` (or ``rloo``,
 ``reinforce_plus_plus``, ``gae``, ... anything in verl's estimator registry; ``rgrpo``
 is the default and comes from :mod:`agents.verl.plugin`).
 
-``--backend local`` trains the small CPU policy of :mod:`agents.local_trainer` on the
+``--backend local`` trains the small CPU policy of :mod:`agents.local.trainer` on the
 same env and with verl's estimators (``--local.*`` flags; the override
 ``algorithm.adv_estimator=NAME`` selects its estimator too). Without a GPU it is the
 default.
@@ -35,16 +35,15 @@ import torch
 import tyro
 import yaml
 
-from agents.baselines import baseline_policies
-from agents.evaluation import evaluate_and_report
-from agents.local_policy import load_policy
-from agents.local_trainer import LocalTrainConfig, resume_command, train
+from agents.evaluation.baselines import baseline_policies
+from agents.evaluation.runner import evaluate_and_report
+from agents.local.policy import load_policy
+from agents.local.trainer import LocalTrainConfig, resume_command, train
 from agents.verl.config import ESTIMATOR_KEY, VerlArgs, resolved_model_path
 from agents.verl.launch import final_checkpoint, launch
 from envs.threads import set_threads
-from envs.data import DataError
+from envs.data.pools import DataError
 from envs.factory import make_env, make_scorer
-from envs.settings import upgrade_legacy_flags
 
 @dataclass
 class Args:
@@ -90,7 +89,7 @@ def run_verl(args: Args, cpu: bool) -> None:
 def test_vlm_policies(verl_args: VerlArgs, checkpoints: dict[str, str | Path], test_queries: int | None) -> None:
     """The test-split table of the baselines and ``checkpoints`` (greedy, with the training
     prompt and parser, in the run's own episode), as ``recipes/evaluate.py --vlm`` makes it."""
-    from agents.qwen_policy import vlm_policies
+    from agents.qwen.policy import vlm_policies
 
     env = make_env(None, make_scorer(verl_args.scorer), split="test", purpose="eval", settings=verl_args.env)
     n = len(env.pools) if test_queries is None else min(test_queries, len(env.pools))
@@ -163,9 +162,7 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     try:
-        # --local.threads is now --threads, the flag every recipe that runs torch shares.
-        argv = upgrade_legacy_flags(sys.argv[1:], ("",), {"local.threads": "threads"})
-        main(tyro.cli(Args, args=upgrade_legacy_flags(argv, ("verl", "verl-cpu", "local"))))
+        main(tyro.cli(Args))
     except (DataError, ValueError) as err:  # bad input or settings: say which, no traceback
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:  # the trainer wrote what it had; a stop, not a crash

@@ -20,7 +20,7 @@ region cropping fixes.
 
 The checkpoint is a plain fp16 state dict, which
 ``open_clip.create_model_and_transforms("rr-tiny", pretrained=<file>)`` loads (after
-``envs.scorer`` registered the config, or ``open_clip.add_model_config``).
+``envs.scorers.openclip`` registered the config, or ``open_clip.add_model_config``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from envs.threads import DEFAULT_THREADS, set_threads
 from envs.boxes import crop, expand_box
-from envs.synthetic import ENTITIES, BenchmarkConfig, reference_image, render_reference, render_scene, scene_spec
+from envs.data.synthetic import ENTITIES, BenchmarkConfig, reference_image, render_reference, render_scene, scene_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / "envs" / "assets"
 

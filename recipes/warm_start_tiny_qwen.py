@@ -1,8 +1,8 @@
-"""Warm-start a tiny Qwen2.5-VL policy on fresh scenes (see :mod:`agents.warm_start`).
+"""Warm-start a tiny Qwen2.5-VL policy on fresh scenes (see :mod:`agents.qwen.sft`).
 
     python recipes/warm_start_tiny_qwen.py                        # the learner verl-cpu trains, into the cache
     python recipes/warm_start_tiny_qwen.py --seed 1               # another seed
-    python recipes/warm_start_tiny_qwen.py --size toy --steps 300 --out agents/assets/tiny-qwen-rr
+    python recipes/warm_start_tiny_qwen.py --size toy --steps 300 --out agents/qwen/assets/tiny-qwen-rr
 
 Builds the tiny model (seeded), fine-tunes it on scenes drawn fresh from the embedded
 benchmark's generator, then reports greedy on the validation split: the IoU of its boxes
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tyro
 
-from agents.warm_start import WarmStartConfig, cache_path, describe, warm_start, warm_started_policy
+from agents.qwen.sft import WarmStartConfig, cache_path, describe, warm_start, warm_started_policy
 
 
 @dataclass

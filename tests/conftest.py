@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from envs.data import Candidate, QueryPool
+from envs.data.pools import Candidate, QueryPool
 
 if TYPE_CHECKING:
-    from envs.scorer import OpenClipScorer
+    from envs.scorers.openclip import OpenClipScorer
 
 # torch and open_clip are imported inside the fixtures: they take seconds to import,
 # and test files that need no scorer should not pay for them.
@@ -79,7 +79,7 @@ def make_tiny_scorer(tiny_model_name, tiny_checkpoint) -> Callable[..., OpenClip
     2-core machine two threads make them ~50x slower.
     """
 
-    from envs.scorer import OpenClipScorer
+    from envs.scorers.openclip import OpenClipScorer
 
     import torch
 
@@ -169,7 +169,7 @@ def scene_pools(tmp_path_factory) -> list[QueryPool]:
 @pytest.fixture(scope="session")
 def scene_pool_files(tmp_path_factory) -> dict[str, Path]:
     """``{"train": path, "val": path}``: JSONL query-pool files of scene queries."""
-    from envs.data import write_query_pools
+    from envs.data.pools import write_query_pools
 
     root = tmp_path_factory.mktemp("scene-files")
     files = {}

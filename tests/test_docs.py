@@ -55,7 +55,7 @@ def test_commands_name_real_targets_recipes_and_modules(page):
     makefile = (ROOT / "Makefile").read_text()
     for target in re.findall(r"\bmake ([a-z][a-z-]*)", code):
         assert re.search(rf"^{target}:", makefile, flags=re.M), f"{page.name}: `make {target}` is not a Makefile target"
-    for script in set(re.findall(r"\b((?:recipes|examples)/[\w/]+\.py)\b", code)):
+    for script in set(re.findall(r"(?<![\w/])((?:recipes|examples)/[\w/]+\.py)\b", code)):
         assert (ROOT / script).is_file(), f"{page.name}: {script} does not exist"
     for module in set(re.findall(r"python -m ((?:agents|envs|rewards)[\w.]*)", code)):
         assert importlib.util.find_spec(module) is not None, f"{page.name}: python -m {module}: no such module"

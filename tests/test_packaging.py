@@ -55,7 +55,7 @@ def test_importing_agents_installs_no_warning_or_log_filter():
 import logging
 import warnings
 
-import agents, agents.evaluation, agents.baselines  # noqa: E401,F401
+import agents, agents.evaluation.runner, agents.evaluation.baselines  # noqa: E401,F401
 from agents.verl.quiet import ENGINE_WARNING
 
 platform_logger = logging.getLogger("verl.plugin.platform.platform_manager")

@@ -5,7 +5,7 @@ rollout of a query). One run is one episode of :class:`envs.region_rerank.Region
 
 1. the row's ``extra_info`` names the query (``query_id``) and its query-pool file
    (``pool_file``, written by ``recipes/prepare_verl_data.py``); the env is reset on it;
-2. the prompt is built with :func:`agents.prompts.build_messages` around the view the
+2. the prompt is built with :func:`agents.qwen.prompts.build_messages` around the view the
    policy sees (``info["policy_image"]``), resized by qwen-vl-utils with this loop's
    ``min_pixels`` / ``max_pixels`` and tokenized through verl's Continuous Token builder
    (processor chat template, expanded image placeholders). The row's own ``prompt`` is
@@ -13,7 +13,7 @@ rollout of a query). One run is one episode of :class:`envs.region_rerank.Region
    parser's frame the same (also under ``policy_max_side``);
 3. the policy generates through ``self.server_manager`` (vLLM / SGLang in training);
    the text is parsed by :func:`envs.text_actions.text_to_action` in the model family's frame
-   (:mod:`agents.model_family`: pixels of the image the model saw for Qwen2.5-VL, 0-1000
+   (:mod:`agents.qwen.family`: pixels of the image the model saw for Qwen2.5-VL, 0-1000
    of it for Qwen3-VL); the env steps and pays the reward from
    :mod:`rewards`;
 4. with ``max_steps > 1`` a REGION step appends the cropped view as the next user turn
@@ -63,18 +63,18 @@ from uuid import uuid4
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from agents.model_family import family_of_model_type, resolve_family
-from agents.prompts import REGION_ANSWER_PREFIX, build_messages, followup_message
-from agents.qwen_vision import check_pixel_limits
+from agents.qwen.family import family_of_model_type, resolve_family
+from agents.qwen.prompts import REGION_ANSWER_PREFIX, build_messages, followup_message
+from agents.qwen.vision import check_pixel_limits
 from agents.verl.episode import episode_fields, request_seed
 from agents.verl.groups import DecisionGroups, Group
 from agents.verl.scoring import EpisodeScorer, ScoringError, scoring_host
 from agents.verl.settings import AGENT_NAME, LoopSettings
 from envs.actions import FULL, MALFORMED, REGION, read_decision
-from envs.data import ImageCache, QueryPool, load_query_pools
+from envs.data.pools import ImageCache, QueryPool, load_query_pools
 from envs.factory import make_scorer
 from envs.region_rerank import RegionRerankEnv, policy_image
-from envs.scorer import Scorer
+from envs.scorers.openclip import Scorer
 from envs.settings import ScorerSettings
 from envs.text_actions import FULL_MARKER, text_to_action
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
@@ -283,7 +283,7 @@ class RegionRerankAgentLoop(AgentLoopBase):
         # recomputed resize, so the parser's frame is the model's input by construction.
         action = text_to_action(
             text, frame=self.family.frame, view_size=ep.env.view_size, shown_size=ep.images[-1].size,
-            rules=ep.env.reward_config.text_rules, max_regions=ep.env.max_regions, search=ep.env.search_enabled,
+            rules=ep.env.settings.reward.text_rules, max_regions=ep.env.settings.max_regions, search=ep.env.settings.search,
         )
         return _Turn(token_ids, log_probs, text, action, _decision_of(action), forced_ids)
 

@@ -56,7 +56,7 @@ class VerlArgs:
     policy: Literal["learner", "toy"] = "learner"
     """CPU, without --model-path: the tiny Qwen2.5-VL to train: learner (2.6 M parameters,
     warm-started on fresh scenes with the run's seed on first use into the cache, see
-    agents/warm_start.py) or toy (0.37 M, shipped, for smoke tests)"""
+    agents/qwen/sft.py) or toy (0.37 M, shipped, for smoke tests)"""
     train_files: Path | None = None
     """training parquet from recipes/prepare_verl_data.py; default: the embedded benchmark, exported to OUT/data"""
     val_files: Path | None = None
@@ -164,10 +164,10 @@ def resolved_model_path(args: VerlArgs, cpu: bool) -> str:
         return args.model_path
     if cpu:
         if args.policy == "toy":
-            from agents.tiny_qwen import shipped_policy_path
+            from agents.qwen.tiny import shipped_policy_path
 
             return str(shipped_policy_path())
-        from agents.warm_start import cache_path
+        from agents.qwen.sft import cache_path
 
         return str(cache_path(learner_warm_start(args)))
     return GPU_MODEL
@@ -175,7 +175,7 @@ def resolved_model_path(args: VerlArgs, cpu: bool) -> str:
 
 def learner_warm_start(args: VerlArgs):
     """The warm start of the CPU run's learner policy: the default one, seeded with the run."""
-    from agents.warm_start import WarmStartConfig
+    from agents.qwen.sft import WarmStartConfig
 
     return WarmStartConfig(seed=args.seed)
 
@@ -190,7 +190,7 @@ def pin_family(args: VerlArgs, cpu: bool = False) -> None:
     folder (an unknown family is refused here, before launch), so the data export, the
     prompt-length check and the agent-loop file all use it. An explicit family is kept;
     for a hub id the agent loop reads the family from the model verl loads."""
-    from agents.model_family import family_of, get_family
+    from agents.qwen.family import family_of, get_family
 
     if args.images.family is not None:
         get_family(args.images.family)  # refuses an unknown name before launch
@@ -204,7 +204,7 @@ def image_token_pixels(args: VerlArgs, cpu: bool = False) -> int:
     """Pixels per image token of the run's model: the square of its image processor's
     resize factor (``patch_size * merge_size``) for a local checkpoint, else
     :data:`IMAGE_TOKEN_PIXELS` (a bound for every supported family)."""
-    from agents.model_family import checkpoint_resize_factor
+    from agents.qwen.family import checkpoint_resize_factor
 
     local = _local_checkpoint(args, cpu)
     return checkpoint_resize_factor(local) ** 2 if local is not None else IMAGE_TOKEN_PIXELS
@@ -259,7 +259,7 @@ def check_sizes(args: VerlArgs) -> None:
 def longest_prompt_tokens(tokenizer, questions: Sequence[str], max_steps: int = 1, family=None) -> int:
     """Text tokens of the longest first-turn prompt (system prompt of ``family``, question,
     chat scaffold, one image placeholder) among ``questions``; the image's own tokens come on top."""
-    from agents.prompts import build_messages
+    from agents.qwen.prompts import build_messages
 
     longest = 0
     for question in sorted(set(questions), key=len, reverse=True)[:8]:
@@ -273,7 +273,7 @@ def check_prompt_fits(args: VerlArgs, tokenizer, questions: Sequence[str]) -> No
     """Raise ``ValueError`` naming ``prompt_text_tokens`` when the longest prompt of the data,
     with the largest image, would not fit ``data.max_prompt_length``. The prompt is worded for
     ``args.images.family``, else for the family of the checkpoint the tokenizer came from."""
-    from agents.model_family import resolve_family
+    from agents.qwen.family import resolve_family
 
     family = resolve_family(args.images.family, getattr(tokenizer, "name_or_path", None) or None)
     needed = longest_prompt_tokens(tokenizer, questions, args.env.max_steps, family)

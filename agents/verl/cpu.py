@@ -281,8 +281,8 @@ class TransformersServer:
     """One rollout server: a transformers model answering verl's token-in/token-out requests.
 
     The model loads through ``AutoModelForImageTextToText``, so any family of
-    :mod:`agents.model_family` is served as it is (Qwen2.5-VL and Qwen3-VL are run end to
-    end: ``tests/test_verl_cpu.py``); the image features are its own processor's.
+    :mod:`agents.qwen.family` is served as it is (Qwen2.5-VL and Qwen3-VL are run end to
+    end: ``tests/agents/verl/test_cpu.py``); the image features are its own processor's.
 
     Concurrent requests are generated together, one ``generate`` per batch with the KV
     cache, and sampled with vLLM's per-request ``seed`` semantics

@@ -1,6 +1,6 @@
 """verl's training data: query pools as the parquet rows verl's ``RLHFDataset`` reads.
 
-Each query becomes one row: the prompt of :func:`agents.prompts.to_verl_prompt` worded for
+Each query becomes one row: the prompt of :func:`agents.qwen.prompts.to_verl_prompt` worded for
 the policy's model family (system prompt, ``<image>`` placeholder, question; the family is
 ``ImageSettings.family``, else the checkpoint's when a ``model_path`` is given, else
 Qwen2.5-VL, the family of the project's default policies), the query image, ``data_source``,
@@ -26,12 +26,12 @@ from typing import Literal, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agents.model_family import ModelFamily, get_family, resolve_family
-from agents.prompts import to_verl_prompt
+from agents.qwen.family import ModelFamily, get_family, resolve_family
+from agents.qwen.prompts import to_verl_prompt
 from agents.verl.settings import AGENT_NAME
 from envs.settings import ImageSettings
-from envs.data import QueryPool, load_query_pools, write_query_pools
-from envs.default import default_dataset
+from envs.data.pools import QueryPool, load_query_pools, write_query_pools
+from envs.data.default import default_dataset
 from envs.atomic import atomic_open
 
 Split = Literal["train", "val"]

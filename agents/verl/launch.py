@@ -99,7 +99,7 @@ def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, 
     if cpu:
         prepare_cpu_process()
         if args.model_path is None and args.policy == "learner" and not dry_run:
-            from agents.warm_start import warm_started_policy
+            from agents.qwen.sft import warm_started_policy
 
             warm_started_policy(learner_warm_start(args))  # built into the cache on first use
     config = compose_verl_config(args, overrides, cpu=cpu)
@@ -263,7 +263,7 @@ def write_summary(out: Path, estimator: str) -> dict[str, Any]:
     """Write ``OUT/summary.json`` from ``OUT/metrics.jsonl`` (and the earlier attempts' of
     a resumed run, every step once), the learning curves
     ``OUT/curves.png`` when the run validated, and print the per-step table."""
-    from agents.dashboard import plot_validation_curves
+    from agents.evaluation.dashboard import plot_validation_curves
 
     records = [r for path in metrics_parts(out) if path.is_file() for r in read_metrics(path)]
     summary = summarize(merge_steps(records), estimator)

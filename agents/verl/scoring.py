@@ -17,13 +17,13 @@ its one crop in its own forward, behind a process-wide lock. With it:
   GPU placement group when the run has GPUs (the scorer then runs on ``cuda``), on CPU
   otherwise. Outside Ray (tests, the benchmark) :class:`LocalHost` runs the same
   service on its own event-loop thread;
-- :class:`EpisodeScorer` is the client the env holds: the :class:`envs.scorer.Scorer`
+- :class:`EpisodeScorer` is the client the env holds: the :class:`envs.scorers.openclip.Scorer`
   interface for one query (``reset`` finds its FULL and candidates already fetched by
   :meth:`EpisodeScorer.prepare`, ``step`` sends its crop to the service and blocks its env
   thread, never the event loop).
 
 Equality with the in-process env: the service calls the same scorer (same settings) and a
-batch-invariant scorer (:class:`envs.scorer.OpenClipScorer` pads every forward to its
+batch-invariant scorer (:class:`envs.scorers.openclip.OpenClipScorer` pads every forward to its
 ``batch_size``) embeds an image the same whatever it is batched with, so rewards, ranks
 and scores equal the in-process env's exactly (tested bitwise with 64+ concurrent
 episodes). ``forward_rows`` changes the scorer's fixed forward shape: faster batches on a
@@ -49,8 +49,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from envs.data import QueryPool, load_image
-from envs.scorer import Scorer
+from envs.data.pools import QueryPool, load_image
+from envs.scorers.openclip import Scorer
 from agents.verl.settings import ScoringServiceSettings
 from envs.settings import ScorerSettings, settings_to_dict
 
@@ -414,7 +414,7 @@ def service_actor(scorer: ScorerSettings, settings: ScoringServiceSettings) -> R
 
 # --------------------------------------------------------------------------- the client
 class EpisodeScorer:
-    """The :class:`envs.scorer.Scorer` of one query's episode, served by a scoring host.
+    """The :class:`envs.scorers.openclip.Scorer` of one query's episode, served by a scoring host.
 
     ``await prepare()`` first (the FULL and candidate embeddings, shared by the query's
     rollouts); then the env's ``reset`` needs no forward and ``step`` sends its crop to the
