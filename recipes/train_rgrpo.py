@@ -114,6 +114,8 @@ def local_config(args: Args):
                 f"override {override!r} is a verl option; the local backend understands only "
                 f"{ESTIMATOR_KEY}=NAME (its other options are --local.* flags)"
             )
+        if config.estimator not in (value, LocalTrainConfig.estimator):
+            raise SystemExit(f"--local.estimator {config.estimator} and {override} name two estimators; give one")
         config.estimator = value
     return config
 

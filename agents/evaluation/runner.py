@@ -140,7 +140,7 @@ def trace_policy_pools(
     """:func:`trace_policy` plus each episode's :class:`rewards.evaluation.SearchRecord`."""
     indices = range(len(env.pools)) if query_indices is None else query_indices
     records, traces, pools = [], [], []
-    for i in tqdm(indices, desc=f"eval {name}", disable=not progress, leave=False):
+    for i in tqdm(indices, desc=f"eval {name}", disable=None if progress else True, leave=False):
         record, trace = trace_episode(env, policy, int(i))
         records.append(record)
         traces.append(trace)

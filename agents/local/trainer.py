@@ -430,7 +430,7 @@ def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfi
     ``config.warm_start_mirror`` is on."""
     rng = np.random.default_rng([config.seed, WARM_START_STREAM])
     images, questions, view_boxes = [], [], []
-    for index in tqdm(range(len(env.pools)), desc="warm start: observations", disable=not config.progress, leave=False):
+    for index in tqdm(range(len(env.pools)), desc="warm start: observations", disable=None if config.progress else True, leave=False):
         if env.pools[index].box is not None:
             obs, view_box = env.first_observation(index)
             images.append(obs["image"])
@@ -443,7 +443,7 @@ def warm_start(net: CropPolicyNet, env: RegionRerankEnv, config: LocalTrainConfi
     # targets[m, i]: the box token of example i in mirror m (the annotation mirrored with it)
     targets = torch.tensor([[nearest_box(net.boxes, mirror_norm_box(box, *m)) for box in view_boxes] for m in mirrors])
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    for _ in tqdm(range(config.warm_start_steps), desc="warm start", disable=not config.progress, leave=False):
+    for _ in tqdm(range(config.warm_start_steps), desc="warm start", disable=None if config.progress else True, leave=False):
         batch = rng.choice(len(images), size=min(config.warm_start_batch, len(images)), replace=False)
         # No draw without mirrors: the unmirrored warm start keeps the batches it always had.
         which = rng.integers(len(mirrors), size=len(batch)) if len(mirrors) > 1 else np.zeros(len(batch), int)
@@ -532,7 +532,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
         write_metrics(history, config.out)
 
     bar = tqdm(range(done + 1, config.iterations + 1), initial=done, total=config.iterations,
-               desc=f"train {config.estimator} seed {config.seed}", disable=not config.progress)
+               desc=f"train {config.estimator} seed {config.seed}", disable=None if config.progress else True)
     try:
         for iteration in bar:
             images, questions, rows, targets, buckets = [], [], [], [], []

@@ -273,7 +273,7 @@ def train_warm_start(model, processor, config: WarmStartConfig, progress: bool =
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, config))
     losses: list[float] = []
     model.train()
-    bar = tqdm(total=config.steps, desc="warm start", disable=not progress)
+    bar = tqdm(total=config.steps, desc="warm start", disable=None if progress else True)
     for step, batch in enumerate(loader):
         labels = batch.pop("labels")
         loss = answer_loss(model(**batch).logits, labels, region_id, full_id, config.decision_prior)

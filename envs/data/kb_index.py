@@ -322,7 +322,7 @@ def embed_items(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(items), initial=store.rows_done, desc=f"embedding {label} ({features})", unit=" items",
-               disable=not progress)
+               disable=None if progress else True)
     pool = ThreadPoolExecutor(num_workers) if num_workers > 0 and features != "text" else None
     try:
         for chunk_start, chunk_stop in _batches(store.rows_done, len(items), chunk_rows):

@@ -28,6 +28,7 @@ from agents.verl.config import (
     sequence_lengths,
     write_agent_loop_file,
 )
+from agents.local.trainer import LocalTrainConfig
 from agents.qwen.tiny import cached_tiny_qwen
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
@@ -175,6 +176,10 @@ def test_local_backend_takes_the_estimator_override(recipe, capsys):
     assert yaml.safe_load(capsys.readouterr().out)["estimator"] == "grpo"
     with pytest.raises(SystemExit, match="trainer.total_epochs=2.*--local"):
         recipe.main(recipe.Args(overrides=("trainer.total_epochs=2",), backend="local", dry_run=True))
+    # Two spellings of the estimator that disagree are refused, not silently resolved.
+    local = LocalTrainConfig(estimator="rloo")
+    with pytest.raises(SystemExit, match="two estimators"):
+        recipe.main(recipe.Args(overrides=("algorithm.adv_estimator=grpo",), backend="local", dry_run=True, local=local))
 
 
 def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(

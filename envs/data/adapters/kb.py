@@ -369,7 +369,7 @@ def knowledge_base_items(
     items: list[KbItem] = []
     seen: set[str] = set()
     counts = {"entries": 0, "duplicate_urls": 0}
-    for entry in tqdm(iter_knowledge_base(path), desc=f"reading {Path(path).name}", unit=" entries", disable=not progress):
+    for entry in tqdm(iter_knowledge_base(path), desc=f"reading {Path(path).name}", unit=" entries", disable=None if progress else True):
         counts["entries"] += 1
         key = entity_key(entry.url)
         if key in seen:
