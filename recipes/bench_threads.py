@@ -7,7 +7,7 @@ each round, so machine load hits every count alike. The table gives the median s
 count and each count's time relative to the first:
 
 - ``env``: ``--env-steps`` one-step episodes (``reset`` + a REGION ``step`` of a random box);
-- ``evaluate``: ``recipes/evaluate.py --max-queries <eval-queries>`` (every baseline);
+- ``evaluate``: ``recipes/evaluate.py --test-queries <eval-queries>`` (every baseline);
 - ``trainer``: ``--train-iterations`` iterations of ``train_rgrpo.py --backend local``
   (no warm start, no validation).
 
@@ -48,7 +48,7 @@ class Args:
     env_steps: int = 40
     """one-step episodes of the env workload"""
     eval_queries: int = 20
-    """test queries of the evaluate workload (recipes/evaluate.py --max-queries)"""
+    """test queries of the evaluate workload (recipes/evaluate.py --test-queries)"""
     train_iterations: int = 2
     """iterations of the trainer workload"""
     timeout_s: float = 900.0
@@ -88,7 +88,7 @@ def recipe_module(name: str):
 def time_evaluate(args: Args) -> float:
     evaluate = recipe_module("evaluate")
     with tempfile.TemporaryDirectory() as out:
-        config = evaluate.Args(max_queries=args.eval_queries, out=Path(out), threads=args.threads)
+        config = evaluate.Args(test_queries=args.eval_queries, out=Path(out), threads=args.threads)
         evaluate.make_env(None)  # warm-up: the dataset is materialized and the scorer loaded once
         start = time.perf_counter()
         evaluate.main(config)

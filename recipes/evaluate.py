@@ -70,8 +70,8 @@ class Args:
     PATH or NAME=PATH (e.g. "warm start=runs/ws" "trained=runs/verl-cpu/checkpoints/.../huggingface")"""
     images: ImageSettings = field(default_factory=ImageSettings)
     """how the --vlm policies see an image (match the training run's --verl-cpu.images.*)"""
-    max_queries: int | None = None
-    """evaluate only the first N queries (quick checks)"""
+    test_queries: int | None = None
+    """evaluate only the first N queries of the split (quick checks; the same flag as the training recipes')"""
     out: Path = Path("runs/eval")
     """output folder for results.md, results.json and the plots"""
     seed: int = 0
@@ -113,7 +113,7 @@ def build_policies(args: Args) -> dict[str, object]:
 def main(args: Args) -> dict[str, dict]:
     set_threads(args.threads)
     env = make_env(args.data, make_scorer(args.scorer), split=args.split, purpose="eval", settings=args.env)
-    n = len(env.pools) if args.max_queries is None else min(args.max_queries, len(env.pools))
+    n = len(env.pools) if args.test_queries is None else min(args.test_queries, len(env.pools))
     source = str(args.data) if args.data else f"embedded benchmark, {args.split} split"
     summaries = evaluate_and_report(env, build_policies(args), range(n), args.out, source, args.gallery)
     return summaries
