@@ -483,6 +483,89 @@ def evaluate_greedy(net: CropPolicyNet, env: RegionRerankEnv, n_queries: int) ->
     return summary
 
 
+@dataclass
+class QueryRollouts:
+    """One query's group of sampled actions in an iteration, and what the env paid them."""
+
+    query: int
+    decisions: list[int]
+    box_ids: list[int]
+    decision_mask: list[bool]
+    rewards: list[float]
+    balance: BalanceResult
+    extra_ids: list[list[int]]
+    """ids of the second-box and/or search tokens (empty without those heads)"""
+    image: np.ndarray
+    question: str
+    bucket: str
+    target: int | None
+    """the box token nearest the annotation (grounding loss), when that loss is on"""
+
+
+def sample_query(net: CropPolicyNet, env: RegionRerankEnv, query: int, sampler: "GroupSampler",
+                 config: LocalTrainConfig) -> QueryRollouts:
+    """Reset ``env`` to ``query``, sample a (balanced) group of actions from ``net`` and
+    score them in one ``score_actions`` call."""
+    obs, info = env.reset(options={"query_index": query})
+    target = annotation_target(net, env.pool.box, env.view_box) if config.grounding_coef else None
+    bucket = rank_bucket(info["baseline_rank"], len(env.pool.candidates))
+    with torch.no_grad():
+        out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
+    heads = [h[0] for h in (out.box2_logits, out.search_logits) if h is not None]
+    decisions, box_ids, decision_mask, balance, *extra_ids = sampler.sample(out.decision_logits[0], out.box_logits[0], *heads)
+    if extra_ids:
+        box2_ids = extra_ids[0] if net.config.max_regions == 2 else [None] * len(decisions)
+        search_ids = extra_ids[-1] if net.config.search else [None] * len(decisions)
+        actions = [native_action(net, d, b, b2, sf) for d, b, b2, sf in zip(decisions, box_ids, box2_ids, search_ids)]
+    else:
+        actions = [{"decision": d, "box": b} for d, b in zip(decisions, net.boxes[box_ids].numpy())]
+    rewards = [o.reward for o in env.score_actions(actions)]
+    return QueryRollouts(int(query), decisions, box_ids, decision_mask, rewards, balance, extra_ids,
+                         obs["image"], obs["question"], bucket, target)
+
+
+def policy_update(net: CropPolicyNet, optimizer: torch.optim.Optimizer, groups: list[QueryRollouts],
+                  iteration: int, config: LocalTrainConfig) -> dict[str, float]:
+    """One policy-gradient step on an iteration's groups, with verl's estimator and loss
+    aggregation; returns the step's metrics."""
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    second_box, search = net.config.max_regions == 2, net.config.search
+    group_of = [i for i, group in enumerate(groups) for _ in group.decisions]
+    decisions = [d for group in groups for d in group.decisions]
+    box_ids = torch.tensor([b for group in groups for b in group.box_ids])
+    decision_mask = [m for group in groups for m in group.decision_mask]
+    rewards = [r for group in groups for r in group.rewards]
+    uids = [f"{iteration}-{groups[g].query}" for g in group_of]
+    extra_ids = [torch.tensor([i for group in groups for i in group.extra_ids[n]]) for n in range(len(groups[0].extra_ids))]
+    token_rewards, mask = action_tokens(decisions, decision_mask, rewards, second_box=second_box, search=search)
+    advantages = compute_advantages(config.estimator, token_rewards, mask, uids, decisions, config.group_size,
+                                    config.norm_adv_by_std)
+
+    out = net(torch.from_numpy(np.stack([group.image for group in groups])), [group.question for group in groups])
+    per_action = out.select(torch.tensor(group_of))
+    log_probs = token_log_probs(per_action, torch.tensor(decisions), box_ids, *extra_ids)
+    entropy = token_entropy(per_action)
+    pg_loss = agg_loss(-advantages * log_probs, mask, loss_agg_mode="token-mean")
+    entropy_bonus = agg_loss(entropy, torch.ones_like(mask), loss_agg_mode="token-mean")
+    loss = pg_loss - config.entropy_coef * entropy_bonus
+    if config.grounding_coef:
+        loss = loss + config.grounding_coef * grounding_loss(out.box_logits, torch.tensor([g.target for g in groups]))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return {
+        "reward": float(np.mean(rewards)),
+        "rc_rate": float(np.mean(np.asarray(decisions) == REGION)),
+        **bucket_rc_rates(decisions, [groups[g].bucket for g in group_of]),
+        **({"search_rate": float(extra_ids[-1].float().mean())} if search else {}),
+        "loss": float(loss.detach()),
+        "entropy_decision": float(entropy[:, 0].mean().detach()),
+        "entropy_box": float(entropy[:, 1].mean().detach()),
+        **{f"balance_{k}": v for k, v in balance_path_rates(group.balance for group in groups).items()},
+    }
+
+
 def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult:
     """Run the CPU r-GRPO loop; writes the checkpoint, metrics and curves to ``config.out``.
 
@@ -490,7 +573,6 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     Pass one to share a loaded model between training and evaluation.
     """
     from torch.utils.tensorboard import SummaryWriter
-    from verl.trainer.ppo.core_algos import agg_loss
 
     check_estimator(config.estimator)
     state = load_state(config)
@@ -500,118 +582,44 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     net = initial_policy(config)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    second_box, search = net.config.max_regions == 2, net.config.search
     start = time.perf_counter()  # the warm start counts towards the run's time
-    if state is not None:
-        pass  # the saved network already holds the warm start or init_policy
-    elif config.init_policy is not None:
+    if state is None and config.init_policy is not None:
         load_weights(net, config.init_policy)
-    elif config.warm_start_steps:
-        warm_start(net, train_env, config)
+    elif state is None and config.warm_start_steps:
+        warm_start(net, train_env, config)  # (a resumed network already holds it)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, generator)
     config.out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
-    done = 0
+    done = 0 if state is None else state["iteration"]
+    saved_at = None if state is None else done  # the iteration the last saved state resumes after
     if state is not None:
         restore_state(state, net, optimizer, rng, generator, (train_env, val_env))
-        history, done = state["history"], state["iteration"]
-        start -= state["seconds"]
+        history, start = state["history"], start - state["seconds"]
         print(f"resuming {config.out} after iteration {done} (from {config.out / STATE_FILE})", flush=True)
     # purge_step drops the events a killed run logged after its last saved state
     writer = SummaryWriter(str(config.out / "tb"), purge_step=done + 1 if done else None)
     n_batch = min(config.queries_per_batch, len(train_env.pools))
-
-    saved_at = done if state is not None else None
-
-    def checkpoint(iteration: int, finished: bool) -> None:
-        nonlocal saved_at
-        saved_at = iteration
-        save_state(config, iteration, finished, net, optimizer, rng, generator, (train_env, val_env), history,
-                   time.perf_counter() - start)
-        write_metrics(history, config.out)
-
     bar = tqdm(range(done + 1, config.iterations + 1), initial=done, total=config.iterations,
                desc=f"train {config.estimator} seed {config.seed}", disable=None if config.progress else True)
     try:
         for iteration in bar:
-            images, questions, rows, targets, buckets = [], [], [], [], []
-            for q in rng.choice(len(train_env.pools), size=n_batch, replace=False):
-                obs, info = train_env.reset(options={"query_index": int(q)})
-                if config.grounding_coef:
-                    targets.append(annotation_target(net, train_env.pool.box, train_env.view_box))
-                buckets.append(rank_bucket(info["baseline_rank"], len(train_env.pool.candidates)))
-                with torch.no_grad():
-                    out = net(torch.tensor(obs["image"])[None], [obs["question"]])  # a copy: the obs may be read-only
-                heads = [h[0] for h in (out.box2_logits, out.search_logits) if h is not None]
-                decisions, box_ids, decision_mask, balance, *extra_ids = sampler.sample(
-                    out.decision_logits[0], out.box_logits[0], *heads)
-                if extra_ids:
-                    box2_ids = extra_ids[0] if second_box else [None] * len(decisions)
-                    search_ids = extra_ids[-1] if search else [None] * len(decisions)
-                    actions = [native_action(net, d, b, b2, sf) for d, b, b2, sf in zip(decisions, box_ids, box2_ids, search_ids)]
-                else:
-                    boxes = net.boxes[box_ids].numpy()
-                    actions = [{"decision": d, "box": b} for d, b in zip(decisions, boxes)]
-                outcomes = train_env.score_actions(actions)
-                images.append(obs["image"])
-                questions.append(obs["question"])
-                rows.append((int(q), decisions, box_ids, decision_mask, [o.reward for o in outcomes], balance, extra_ids))
-
-            group_of = [i for i, row in enumerate(rows) for _ in row[1]]
-            decisions = [d for row in rows for d in row[1]]
-            box_ids = torch.tensor([b for row in rows for b in row[2]])
-            decision_mask = [m for row in rows for m in row[3]]
-            rewards = [r for row in rows for r in row[4]]
-            uids = [f"{iteration}-{rows[g][0]}" for g in group_of]
-            extra_ids = [torch.tensor([i for row in rows for i in row[6][n]]) for n in range(len(rows[0][6]))]
-            token_rewards, mask = action_tokens(decisions, decision_mask, rewards, second_box=second_box, search=search)
-            advantages = compute_advantages(
-                config.estimator, token_rewards, mask, uids, decisions, config.group_size, config.norm_adv_by_std
-            )
-
-            out = net(torch.from_numpy(np.stack(images)), questions)
-            expand = torch.tensor(group_of)
-            per_action = out.select(expand)
-            log_probs = token_log_probs(per_action, torch.tensor(decisions), box_ids, *extra_ids)
-            entropy = token_entropy(per_action)
-            pg_loss = agg_loss(-advantages * log_probs, mask, loss_agg_mode="token-mean")
-            entropy_bonus = agg_loss(entropy, torch.ones_like(mask), loss_agg_mode="token-mean")
-            loss = pg_loss - config.entropy_coef * entropy_bonus
-            if config.grounding_coef:
-                loss = loss + config.grounding_coef * grounding_loss(out.box_logits, torch.tensor(targets))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-            paths = balance_path_rates(row[5] for row in rows)
-            metrics = {
-                "iteration": iteration,
-                "seconds": time.perf_counter() - start,
-                "reward": float(np.mean(rewards)),
-                "rc_rate": float(np.mean(np.asarray(decisions) == REGION)),
-                **bucket_rc_rates(decisions, [buckets[g] for g in group_of]),
-                **({"search_rate": float(extra_ids[-1].float().mean())} if search else {}),
-                "loss": float(loss.detach()),
-                "entropy_decision": float(entropy[:, 0].mean().detach()),
-                "entropy_box": float(entropy[:, 1].mean().detach()),
-                **{f"balance_{k}": v for k, v in paths.items()},
-            }
+            queries = rng.choice(len(train_env.pools), size=n_batch, replace=False)
+            groups = [sample_query(net, train_env, int(q), sampler, config) for q in queries]
+            update = policy_update(net, optimizer, groups, iteration, config)
+            metrics = {"iteration": iteration, "seconds": time.perf_counter() - start, **update}
             if config.eval_every and (iteration % config.eval_every == 0 or iteration == config.iterations):
                 val = evaluate_greedy(net, val_env, config.eval_queries)
                 metrics.update({"val_MRR": val["MRR"], "val_R@1": val["R@1"], "val_RC": val["RC"], "val_reward": val["reward"]})
             history.append(metrics)
-            for key, value in metrics.items():
-                if key != "iteration":
-                    writer.add_scalar(key, value, iteration)
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", rc=f"{metrics['rc_rate']:.2f}", **(
-                {"val_mrr": f"{metrics['val_MRR']:.3f}"} if "val_MRR" in metrics else {}
-            ))
+            log_iteration(writer, bar, metrics)
             if config.checkpoint_every and iteration % config.checkpoint_every == 0 and iteration < config.iterations:
-                checkpoint(iteration, finished=False)
+                saved_at = iteration
+                save_state(config, iteration, False, net, optimizer, rng, generator, (train_env, val_env), history,
+                           time.perf_counter() - start)
+                write_metrics(history, config.out)
             if config.time_budget_s is not None and metrics["seconds"] > config.time_budget_s:
                 break
-
     except KeyboardInterrupt:
         # A stop, not a loss: the iterations done so far go to metrics.csv; the state to
         # resume from is the last checkpoint (an iteration cut in the middle is redone).
@@ -622,9 +630,26 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
                  if saved_at is not None else "no checkpoint yet (--local.checkpoint-every)"), flush=True)
         raise
     writer.close()
+    return finish_run(config, net, optimizer, rng, generator, (train_env, val_env), history, done, start)
+
+
+def log_iteration(writer, bar, metrics: dict[str, float]) -> None:
+    """An iteration's metrics to TensorBoard and the progress bar."""
+    for key, value in metrics.items():
+        if key != "iteration":
+            writer.add_scalar(key, value, metrics["iteration"])
+    bar.set_postfix(reward=f"{metrics['reward']:.3f}", rc=f"{metrics['rc_rate']:.2f}",
+                    **({"val_mrr": f"{metrics['val_MRR']:.3f}"} if "val_MRR" in metrics else {}))
+
+
+def finish_run(config: LocalTrainConfig, net, optimizer, rng, generator, envs, history, done: int,
+               start: float) -> TrainResult:
+    """Save the policy, the final (finished) state, the metrics and the dashboard."""
     policy_file = config.out / "policy.pt"
     save_policy(net, policy_file, train_config=config.to_dict())
-    checkpoint(history[-1]["iteration"] if history else done, finished=True)
+    save_state(config, history[-1]["iteration"] if history else done, True, net, optimizer, rng, generator, envs,
+               history, time.perf_counter() - start)
+    write_metrics(history, config.out)
     write_history(history, config.out)
     plot_decision_dashboard([{"variant": config.estimator, "seed": config.seed, "history": history}],
                             config.out / "dashboard.png")
