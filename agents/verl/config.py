@@ -130,7 +130,7 @@ class VerlArgs:
     @classmethod
     def for_cpu(cls) -> "VerlArgs":
         """Defaults of ``--backend verl-cpu``: the warm-started learner tiny Qwen2.5-VL on the
-        embedded benchmark, sized for about 15 minutes of RL on 2 cores. Rollouts are sampled at
+        embedded benchmark, sized for 7-8 minutes of RL (40 steps) on 2 cores. Rollouts are sampled at
         temperature 0.5: at 1.0 the sampled boxes were much worse than the greedy ones
         (always cropping, reward 1.13 against 1.68 on the validation split), so in training
         a crop earned less than FULL and RL taught the policy to stop cropping."""
