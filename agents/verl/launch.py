@@ -87,6 +87,22 @@ def prepare_cpu_process() -> None:
         set_platform(verl_cpu.CPUPlatform())
 
 
+def run_summary(config, cpu: bool) -> str:
+    """What a dry run is about to train, in five lines (the full config follows it)."""
+    import torch
+
+    rollout, trainer = config.actor_rollout_ref.rollout, config.trainer
+    gpus = torch.cuda.device_count()
+    return "\n".join([
+        f"# backend:   {'verl-cpu' if cpu else 'verl'} ({gpus} GPU(s) visible; {trainer.n_gpus_per_node} per node used)",
+        f"# model:     {config.actor_rollout_ref.model.path}",
+        f"# estimator: {config.algorithm.adv_estimator}",
+        f"# sizes:     {config.data.train_batch_size} queries x {rollout.n} rollouts a step, "
+        f"{trainer.total_training_steps or 'all epochs of'} steps, rollout engine {rollout.name}",
+        f"# output:    {trainer.default_local_dir}",
+    ])
+
+
 def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, dry_run: bool = False) -> dict | None:
     """Run verl's trainer; returns the run summary (``None`` for a dry run)."""
     import yaml
@@ -105,6 +121,7 @@ def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, 
     config = compose_verl_config(args, overrides, cpu=cpu)
     check_estimator(config.algorithm.adv_estimator, cpu=cpu)
     if dry_run:
+        print(run_summary(config, cpu), "\n")
         print(OmegaConf.to_yaml(config, resolve=True))
         print(f"# agent loop ({agent_loop_file(args)}):")
         print(yaml.safe_dump(agent_loop_config(loop_settings(args)), sort_keys=False))

@@ -85,8 +85,11 @@ def check_estimator(name: str, backend: str, unsupported: Mapping[str, str] | No
         return
     try:
         core_algos.get_adv_estimator_fn(name)
-    except ValueError as err:
-        raise ValueError(f"advantage estimator {name!r} is not a verl advantage estimator: {err}") from None
+    except ValueError:
+        known = sorted({e.value for e in core_algos.AdvantageEstimator} | set(core_algos.ADV_ESTIMATOR_REGISTRY))
+        usable = [k for k in known if k not in (unsupported or {})]
+        raise ValueError(f"advantage estimator {name!r} is not a verl advantage estimator; "
+                         f"--backend {backend} runs: {', '.join(usable)}") from None
 
 ESTIMATOR_NAME = "rgrpo"
 """``algorithm.adv_estimator`` value that selects r-GRPO."""
