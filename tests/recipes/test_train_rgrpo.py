@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import os
+import signal
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -229,7 +230,9 @@ def _start(command: list[str]):
 
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIG_DFL for SIGINT in the child: a background job inherits it ignored, and the test's Ctrl-C must land.
+    return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _signal_after_checkpoint(process, state_file: Path, sig, after: int = 0) -> None:

@@ -115,6 +115,7 @@ def test_an_interrupted_grid_reuses_finished_cells_resumes_the_open_one_and_retr
     scene_pool_files, tiny_model_name, tiny_checkpoint, tmp_path, capsys
 ):
     import json
+    import signal
     import time
 
     from agents.evaluation.experiments import CELL_FILE
@@ -131,11 +132,18 @@ def test_an_interrupted_grid_reuses_finished_cells_resumes_the_open_one_and_retr
     straight = run_variants(variants, (0,), tmp_path / "straight", **grid)
 
     out = tmp_path / "grid"
-    watcher = _sigint_when(out / "grpo-seed0" / STATE_FILE)  # Ctrl-C once the second cell has a checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        run_variants(variants, (0,), out, **grid)
-        time.sleep(60)  # the grid finished before the watcher fired: wait for it, the test fails below
-    watcher.join(timeout=5)
+    # A job started in the background by a non-interactive shell (a CI runner, nohup ... &)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: give
+    # this process the terminal's Ctrl-C for the test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher = _sigint_when(out / "grpo-seed0" / STATE_FILE)  # Ctrl-C once the second cell has a checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            run_variants(variants, (0,), out, **grid)
+            time.sleep(60)  # the grid finished before the watcher fired: wait for it, the test fails below
+        watcher.join(timeout=5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert "grid interrupted in grpo, seed 0: 1 cells finished" in capsys.readouterr().out
     assert (out / "rgrpo-seed0" / CELL_FILE).is_file() and not (out / "grpo-seed0" / CELL_FILE).exists()
     finished_at = (out / "rgrpo-seed0" / "policy.pt").stat().st_mtime_ns
