@@ -463,14 +463,10 @@ class RegionRerankEnv(gym.Env):
                     f"or smaller than {self.settings.box_side}px after clamping")
         return pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
 
-    def _outcomes(self, actions: list[Any]) -> list[Outcome]:
-        """The outcome of each action from the current state (the one path: FULL, REGION with
-        one or several boxes, SEARCH, and every malformed or invalid action).
-
-        Every crop of the group goes through ONE scorer call, every search through one
-        index call (and every text rewrite through one text call), so a GRPO group still
-        costs one batch.
-        """
+    def _read_group(self, actions: list[Any]) -> tuple[list[Outcome | None], list[tuple[int, np.ndarray]], list[tuple[int, Any]]]:
+        """Read each action: the outcomes settled without scoring (FULL, malformed, invalid
+        boxes, a spent search budget), the crops to cut ``(action, image box)`` in action
+        order, and the actions that need a view embedding ``(action, read action)``."""
         config = self.settings.reward
         outcomes: list[Outcome | None] = [None] * len(actions)
         crops: list[tuple[int, np.ndarray]] = []  # (action, image box), in action order
@@ -500,6 +496,17 @@ class RegionRerankEnv(gym.Env):
                 else:
                     crops += [(i, box) for box in boxes]
                     jobs.append((i, read))
+        return outcomes, crops, jobs
+
+    def _outcomes(self, actions: list[Any]) -> list[Outcome]:
+        """The outcome of each action from the current state (the one path: FULL, REGION with
+        one or several boxes, SEARCH, and every malformed or invalid action).
+
+        Every crop of the group goes through ONE scorer call, every search through one
+        index call (and every text rewrite through one text call), so a GRPO group still
+        costs one batch.
+        """
+        outcomes, crops, jobs = self._read_group(actions)
         # Each distinct rectangle is cut and embedded once (a multi-region oracle's pairs
         # share their crops); with a batch-invariant scorer that changes no score.
         unique: dict[tuple, int] = {}

@@ -342,16 +342,19 @@ def resume_folder(args: VerlArgs) -> Path | None:
 
 def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
     """The project's defaults as Hydra overrides of verl's ``ppo_trainer`` config."""
-    prompt_length, response_length = sequence_lengths(args, image_token_pixels(args, cpu))
     model = resolved_model_path(args, cpu)
+    return [*algorithm_and_data_overrides(args, cpu), *policy_overrides(args, model), *rollout_overrides(args),
+            *critic_overrides(args, model), *trainer_overrides(args)]
+
+
+def algorithm_and_data_overrides(args: VerlArgs, cpu: bool) -> list[str]:
+    """r-GRPO with KL as a loss (as in GRPO), and the parquet data of recipes/prepare_verl_data.py."""
+    prompt_length, response_length = sequence_lengths(args, image_token_pixels(args, cpu))
     train_files, val_files = data_files(args)
-    log_prob = log_prob_micro_batch(args)
-    overrides = [
-        # algorithm: r-GRPO (agents.verl.plugin), KL as a loss as in GRPO
-        f"{ESTIMATOR_KEY}=rgrpo",
+    return [
+        f"{ESTIMATOR_KEY}=rgrpo",  # agents.verl.plugin
         "algorithm.norm_adv_by_std_in_grpo=true",
         "algorithm.use_kl_in_reward=false",
-        # data from recipes/prepare_verl_data.py
         f"data.train_files={train_files}",
         f"data.val_files={val_files}",
         f"data.train_batch_size={args.train_batch_size}",
@@ -363,7 +366,12 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
         "data.truncation=error",
         "data.image_key=images",
         "data.dataloader_num_workers=2",
-        # policy
+    ]
+
+
+def policy_overrides(args: VerlArgs, model: str) -> list[str]:
+    """The actor and its frozen reference."""
+    return [
         f"actor_rollout_ref.model.path={model}",
         "actor_rollout_ref.model.use_remove_padding=true",
         "actor_rollout_ref.model.enable_gradient_checkpointing=true",
@@ -375,24 +383,37 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
         "actor_rollout_ref.actor.entropy_coeff=0",
         "actor_rollout_ref.ref.fsdp_config.param_offload=true",
-        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={log_prob}",
-        # rollout: the RegionRerank agent loop, up to max_steps images a prompt
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={log_prob_micro_batch(args)}",
+    ]
+
+
+def rollout_overrides(args: VerlArgs) -> list[str]:
+    """The rollout: the RegionRerank agent loop, up to max_steps images a prompt."""
+    return [
         f"actor_rollout_ref.rollout.name={args.rollout_engine}",
         f"actor_rollout_ref.rollout.n={args.rollout_n}",
         f"actor_rollout_ref.rollout.temperature={args.temperature}",
         f"actor_rollout_ref.rollout.seed={args.seed}",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
         f"actor_rollout_ref.rollout.gpu_memory_utilization={args.gpu_memory_utilization}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={log_prob}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={log_prob_micro_batch(args)}",
         f"+actor_rollout_ref.rollout.limit_images={args.env.max_steps}",
         f"actor_rollout_ref.rollout.agent.default_agent_loop={AGENT_NAME}",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={agent_loop_file(args)}",
         f"actor_rollout_ref.rollout.agent.num_workers={args.agent_workers}",
-        # critic: only used when an override picks a critic-based estimator (gae)
-        f"critic.model.path={model}",
-        f"critic.ppo_micro_batch_size_per_gpu={args.micro_batch_size_per_gpu}",
-        # trainer: verl's v1 trainer with the r-GRPO decision hand-off (agents.verl.plugin);
-        # it defers to verl's own advantage step for every other estimator
+    ]
+
+
+def critic_overrides(args: VerlArgs, model: str) -> list[str]:
+    """The critic, used only when an override picks a critic-based estimator (gae)."""
+    return [f"critic.model.path={model}", f"critic.ppo_micro_batch_size_per_gpu={args.micro_batch_size_per_gpu}"]
+
+
+def trainer_overrides(args: VerlArgs) -> list[str]:
+    """verl's v1 trainer with the r-GRPO decision hand-off (agents.verl.plugin); it defers to
+    verl's own advantage step for every other estimator."""
+    steps = [] if args.total_training_steps is None else [f"trainer.total_training_steps={args.total_training_steps}"]
+    return [
         "trainer.use_v1=true",
         "trainer.v1.trainer_mode=rgrpo_sync",
         f"trainer.n_gpus_per_node={args.n_gpus}",
@@ -406,10 +427,8 @@ def project_overrides(args: VerlArgs, cpu: bool = False) -> list[str]:
         f"trainer.save_freq={args.save_freq}",
         "trainer.val_before_train=true",
         *resume_overrides(args),
+        *steps,
     ]
-    if args.total_training_steps is not None:
-        overrides.append(f"trainer.total_training_steps={args.total_training_steps}")
-    return overrides
 
 
 def cpu_overrides(args: VerlArgs) -> list[str]:
