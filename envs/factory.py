@@ -18,7 +18,6 @@ resolved pools and a built scorer.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import inspect
@@ -32,7 +31,7 @@ from envs.data.pools import QueryPool, load_query_pools
 from envs.data.default import cache_root, default_dataset, default_scorer
 from envs.region_rerank import RegionRerankEnv
 from envs.scorers.openclip import OpenClipScorer, Scorer, SharedScorer, check_scorer_members
-from envs.settings import EnvSettings, ScorerSettings, settings_from_dict
+from envs.settings import EnvSettings, ScorerSettings, merged_env_settings, settings_from_dict
 
 Dataset = str | os.PathLike | Sequence[QueryPool] | None
 
@@ -179,16 +178,10 @@ def make_env(
         built = scorer.resolve()
     else:
         built = scorer if _is_built(scorer) else make_scorer(scorer)
-    env_settings = _env_settings(settings, fields)
+    env_settings = merged_env_settings(settings, fields)
     if env_settings.search and kb_index is None:
         kb_index = pools_index(pools, built)
-    return RegionRerankEnv(pools, built, settings=settings, render_mode=render_mode, kb_index=kb_index, **fields)
-
-
-def _env_settings(settings: EnvSettings | dict | None, fields: dict[str, Any]) -> EnvSettings:
-    base = settings_from_dict(EnvSettings, settings, "settings")
-    known = {f.name for f in dataclasses.fields(EnvSettings)}
-    return dataclasses.replace(base, **{k: v for k, v in fields.items() if k in known})
+    return RegionRerankEnv(pools, built, settings=env_settings, render_mode=render_mode, kb_index=kb_index)
 
 
 def pools_index(pools: Sequence[QueryPool], scorer: Scorer, cache_dir: Any = ...) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import string
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAct
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
 from envs.data.pools import DataError, ImageCache, QueryPool, load_image
 from envs.scorers.openclip import Scorer, check_embeddings, check_scorer_members, combine_features, shareable_spec
-from envs.settings import EnvSettings, settings_from_dict
+from envs.settings import EnvSettings, merged_env_settings
 from rewards import (
     RankingStats,
     RewardConfig,
@@ -242,7 +241,7 @@ class RegionRerankEnv(gym.Env):
         # arrays the env fetches anyway (no extra forward; see envs.scorers.openclip.check_scorer).
         check_scorer_members(scorer)
         self._scorer_checked = False
-        self.settings = _settings(settings, fields)
+        self.settings = merged_env_settings(settings, fields)
         self.pools = pools
         if len(self.pools) == 0:
             raise ValueError("RegionRerankEnv: the dataset holds no query pools")
@@ -754,15 +753,3 @@ def _resize_filter(size: tuple[int, int], target: int) -> dict[str, Any]:
     if max(size) > target:
         return {"resample": Image.Resampling.BILINEAR, "reducing_gap": 2.0}
     return {"resample": Image.Resampling.NEAREST}
-
-
-def _settings(settings: EnvSettings | Mapping[str, Any] | None, fields: dict[str, Any]) -> EnvSettings:
-    """The env's settings: ``settings`` with single ``fields`` given as keywords on top."""
-    base = settings_from_dict(EnvSettings, settings, "settings")
-    if not fields:
-        return base
-    known = {f.name for f in dataclasses.fields(EnvSettings)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise TypeError(f"RegionRerankEnv got unknown keyword(s) {unknown}; env settings are {sorted(known)}")
-    return dataclasses.replace(base, **fields)

@@ -239,3 +239,17 @@ def settings_of(env: Any) -> EnvSettings:
     read an env's settings; an env that is not a RegionRerankEnv has the defaults."""
     settings = getattr(getattr(env, "unwrapped", env), "settings", None)
     return settings if isinstance(settings, EnvSettings) else EnvSettings()
+
+
+def merged_env_settings(settings: EnvSettings | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> EnvSettings:
+    """``settings`` (an :class:`EnvSettings`, a mapping of its fields or ``None``) with single
+    ``fields`` given as keywords on top: the one merge rule of the env and its factory. An
+    unknown keyword is a ``TypeError`` naming it and the known ones."""
+    base = settings_from_dict(EnvSettings, settings, "settings")
+    if not fields:
+        return base
+    known = {f.name for f in dataclasses.fields(EnvSettings)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise TypeError(f"RegionRerankEnv got unknown keyword(s) {unknown}; env settings are {sorted(known)}")
+    return dataclasses.replace(base, **fields)
