@@ -92,7 +92,7 @@ class RegionRerankEnv(gym.Env):
     are read by :func:`envs.actions.read_action`: the decision must be the integer 0 or
     1 (a Python or NumPy integer, not ``bool``/float/str) and a REGION box 4 finite
     numbers. Boxes are clamped to the view; a box of zero area or narrower or lower than
-    ``min_box_side`` original pixels after clamping (inverted, outside the view) is an
+    ``reward.min_box_side`` original pixels after clamping (inverted, outside the view) is an
     invalid box. Anything else (a NaN or overflowing box, ``decision=1.0``, ``"1"``, a
     non-dict, a :class:`MalformedAction` from a wrapper) is malformed. No action, of any
     Python type, makes :meth:`step` or :meth:`score_actions` raise, unless ``strict=True``
@@ -180,15 +180,13 @@ class RegionRerankEnv(gym.Env):
     - ``scorer``: a built :class:`envs.scorers.openclip.Scorer` (:func:`envs.factory.make_scorer`).
     - ``settings``: the episode's :class:`envs.settings.EnvSettings`; its fields may also
       be given one by one as keywords (``max_steps=2``, ``reward=RewardConfig(...)``,
-      ``obs_size``, ``policy_max_side``, ``min_box_side``, ``reward_mode``):
+      ``obs_size``, ``policy_max_side``, ``reward_mode``):
 
       - ``max_steps``: REGION steps allowed (1 is the paper's setting; more is multi-step zoom);
       - ``reward``: the reward's weights, penalties and options;
       - ``reward_mode``: ``"terminal"`` or ``"incremental"`` (see Rewards);
       - ``obs_size``: side of the square observation image;
       - ``policy_max_side``: information gap; ``None`` shows the policy the full-resolution view;
-      - ``min_box_side``: smallest crop side, in original pixels, that counts as a valid
-        box; ``None`` takes ``reward.min_box_side`` (4 px by default);
       - ``search``, ``search_budget``, ``search_cost``: the SEARCH flag, searches per
         episode, reward per search (see Action Space and Rewards);
       - ``max_regions``: boxes per REGION (1: the paper's single crop).
@@ -456,10 +454,10 @@ class RegionRerankEnv(gym.Env):
     def _image_box(self, norm_box: np.ndarray) -> np.ndarray | str:
         """A REGION box's whole-pixel rectangle in the original image, or why it is invalid."""
         norm = clamp_norm_box(norm_box)
-        if not is_valid_box(norm, self.view_size, self.settings.box_side):
+        if not is_valid_box(norm, self.view_size, self.settings.reward.min_box_side):
             width, height = (round(v) for v in self.view_size)
             return (f"box {np.round(norm_box, 4).tolist()} (0-1 of the current {width}x{height} px view) is empty "
-                    f"or smaller than {self.settings.box_side}px after clamping")
+                    f"or smaller than {self.settings.reward.min_box_side}px after clamping")
         return pixel_rect(view_box_to_image(norm, self.view_box), self.image.width, self.image.height)
 
     def _read_group(self, actions: list[Any]) -> tuple[list[Outcome | None], list[tuple[int, np.ndarray]], list[tuple[int, Any]]]:

@@ -101,9 +101,6 @@ class EnvSettings:
     policy_max_side: int | None = None
     """information gap: longest side of the view shown to the policy (crops are still cut and
     scored at full resolution); ``None``: the full-resolution view"""
-    min_box_side: float | None = None
-    """smallest crop side in original pixels that counts as a valid box; ``None``:
-    ``reward.min_box_side`` (4 px by default)"""
     search: bool = False
     """add the SEARCH flag to the action space: re-retrieve the top-K of the pools' knowledge
     base with the step's view, replacing the pool (off: the paper's re-ranking-only episode)"""
@@ -134,13 +131,6 @@ class EnvSettings:
             raise ValueError(f"obs_size must be >= 8, got {self.obs_size}")
         if self.policy_max_side is not None and self.policy_max_side < 8:
             raise ValueError(f"policy_max_side must be >= 8 or None, got {self.policy_max_side}")
-        if self.box_side < 0:
-            raise ValueError(f"min_box_side must be >= 0, got {self.box_side}")
-
-    @property
-    def box_side(self) -> float:
-        """``min_box_side`` resolved against the reward's default."""
-        return float(self.reward.min_box_side if self.min_box_side is None else self.min_box_side)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def test_env_settings_given_whole_or_by_field_are_the_same(scene_pools, tiny_sco
 
 def test_env_settings_validate_once_with_the_field_named():
     for bad, message in (({"max_steps": 0}, "max_steps"), ({"reward_mode": "sometimes"}, "reward_mode"),
-                         ({"obs_size": 4}, "obs_size"), ({"min_box_side": -1.0}, "min_box_side")):
+                         ({"obs_size": 4}, "obs_size")):
         with pytest.raises(ValueError, match=message):
             EnvSettings(**bad)
 

@@ -345,7 +345,7 @@ def test_scores_do_not_depend_on_the_batch_or_the_cache(pools, make_tiny_scorer)
 
 def test_zoom_views_are_the_whole_pixel_crops_the_policy_is_shown(pools, tiny_scorer):
     """A pixel box in the view the policy saw maps onto exactly those pixels, step after step."""
-    env = TextAction(RegionRerankEnv(pools, tiny_scorer, max_steps=4, min_box_side=1), frame="pixel")
+    env = TextAction(RegionRerankEnv(pools, tiny_scorer, max_steps=4, reward=RewardConfig(min_box_side=1)), frame="pixel")
     _, info = env.reset(options={"query_index": 2})
     original = np.asarray(Image.open(pools[2].image).convert("RGB"))
     view_box = np.array([0, 0, 160, 120])
@@ -360,7 +360,7 @@ def test_zoom_views_are_the_whole_pixel_crops_the_policy_is_shown(pools, tiny_sc
 
 
 def test_fractional_boxes_become_whole_pixel_views(pools, tiny_scorer):
-    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer, max_steps=3, min_box_side=1), encoding="corners")
+    env = FlatBoxAction(RegionRerankEnv(pools, tiny_scorer, max_steps=3, reward=RewardConfig(min_box_side=1)), encoding="corners")
     _, info = env.reset(options={"query_index": 0})
     for box in ([0.333, 0.271, 0.811, 0.933], [0.05, 0.41, 0.77, 0.99]):
         previous = info["view_box"]
@@ -382,7 +382,7 @@ def test_text_action_on_an_extreme_aspect_ratio_view(pools, tiny_scorer, tmp_pat
     wide = tmp_path / "wide.png"
     Image.new("RGB", (1000, 40), (90, 20, 200)).save(wide)
     pool = QueryPool("wide", "What is this?", wide, pools[0].candidates)
-    env = TextAction(RegionRerankEnv([pool], tiny_scorer, max_steps=2, min_box_side=1))
+    env = TextAction(RegionRerankEnv([pool], tiny_scorer, max_steps=2, reward=RewardConfig(min_box_side=1)))
     strip = {"decision": REGION, "box": np.array([0.0, 0.5, 1.0, 0.5 + 1 / 40])}
     for text, kind in (
         ("NO_CROP_NEEDED", "stop"),
