@@ -209,9 +209,14 @@ def data_questions(args: VerlArgs) -> list[str]:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-step records of verl's file logger (``{"step": n, "data": {...}}`` per line)."""
+    """The per-step records of verl's file logger (``{"step": n, "data": {...}}`` per line).
+    A last line without its newline is what a killed run was writing: it is skipped."""
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines = lines[:-1]
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in lines:
         if line.strip():
             record = json.loads(line)
             records.append({"step": record.get("step"), **record.get("data", record)})

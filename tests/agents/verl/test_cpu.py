@@ -167,16 +167,30 @@ def run_verl_cpu(out, *flags: str, timeout: int) -> str:
 
 def kill_after_first_checkpoint(out, *flags: str, timeout: int) -> None:
     """Start :func:`verl_cpu_command` and SIGKILL its whole process tree (driver, Ray, workers)
-    once verl has written the checkpoint of step 1."""
+    once verl has written the checkpoint of step 1 and logged the step's metrics (verl saves
+    a step's checkpoint before it logs the step: docs/resume.md)."""
     import signal
     import time
+
+    from agents.verl.launch import METRICS_FILE
+
+    def step_one_logged() -> bool:
+        metrics = out / METRICS_FILE
+        for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line being written
+                continue
+            if record.get("step") == 1 and any(key.startswith("actor/") for key in record.get("data", {})):
+                return True
+        return False
 
     log = (out.parent / "killed_log.txt").open("w")
     run = subprocess.Popen(verl_cpu_command(out, *flags), cwd=ROOT, env=VERL_ENV, stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)  # its own process group: Ray's processes go with it
     latest, deadline = out / "checkpoints" / "latest_checkpointed_iteration.txt", time.monotonic() + timeout
     try:
-        while not (latest.is_file() and latest.read_text().strip() == "1"):
+        while not (latest.is_file() and latest.read_text().strip() == "1" and step_one_logged()):
             assert run.poll() is None, (out.parent / "killed_log.txt").read_text()[-6000:]
             assert time.monotonic() < deadline, "no checkpoint of step 1 in time"
             time.sleep(0.2)
