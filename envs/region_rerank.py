@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from envs.actions import FULL, MALFORMED, REGION, InvalidBoxAction, MalformedAction, describe, read_action
+from envs.actions import FULL, MALFORMED, REGION, MalformedAction, describe, read_action
 from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1_resized_size, view_box_to_image
 from envs.data.pools import DataError, ImageCache, QueryPool, load_image
 from envs.scorers.openclip import Scorer, check_embeddings, check_scorer_members, combine_features, shareable_spec

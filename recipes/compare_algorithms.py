@@ -20,7 +20,6 @@ changed is retrained (docs/resume.md).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -26,7 +26,6 @@ iterations; the same command started again continues an unfinished run (docs/res
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal

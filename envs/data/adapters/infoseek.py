@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping
+from typing import Collection, Iterator, Mapping
 
 from envs.data.adapters.images import QueryImageRoots
 from envs.data.adapters.kb import KbImages, entity_key, normalize_title
