@@ -17,6 +17,7 @@ from envs.boxes import clamp_norm_box, crop, is_valid_box, pixel_rect, region_r1
 from envs.data.pools import DataError, ImageCache, QueryPool, load_image
 from envs.scorers.openclip import Scorer, check_embeddings, check_scorer_members, combine_features, shareable_spec
 from envs.settings import EnvSettings, merged_env_settings
+from envs.vector import QuestionText
 from rewards import (
     RankingStats,
     RewardConfig,
@@ -260,7 +261,7 @@ class RegionRerankEnv(gym.Env):
         self.observation_space = spaces.Dict(
             {
                 "image": spaces.Box(0, 255, shape=(obs_size, obs_size, 3), dtype=np.uint8),
-                "question": spaces.Text(max_length=max_question, min_length=0, charset="".join(charset)),
+                "question": QuestionText(max_length=max_question, min_length=0, charset="".join(charset)),
                 "step": spaces.Discrete(max_steps + 1),
             }
         )
