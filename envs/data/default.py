@@ -26,19 +26,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from envs.data.pools import Candidate, Purpose, QueryDataset, QueryPool, load_query_pools, write_query_pools
 from envs.scorers.openclip import OpenClipScorer, Scorer, cosine_scores, embed_candidates
 from envs.data.synthetic import ENTITIES, BenchmarkConfig, check_split, mine_pools, reference_image, render_scene, split_specs
 from envs.atomic import atomic_dir, atomic_write_json
 
-logger = logging.getLogger(__name__)
 
 SCORER_MODEL = "rr-tiny"
 """open_clip config name of the default scorer (``envs/assets/model_configs/rr-tiny.json``)."""
@@ -86,14 +86,18 @@ def knowledge_base(root: Path) -> tuple[Candidate, ...]:
     return tuple(Candidate(e.id, False, root / "kb" / f"{e.id}.png", e.text) for e in ENTITIES)
 
 
-def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = DEFAULT_CONFIG, scorer: Scorer | None = None, batch: int = 64) -> Path:
+def write_split(
+    root: str | os.PathLike, split: str, config: BenchmarkConfig = DEFAULT_CONFIG, scorer: Scorer | None = None,
+    batch: int = 64, progress: bool = True,
+) -> Path:
     """Render ``split`` of the benchmark into ``root`` and return its JSONL path.
 
     Writes ``kb/<entity>.png`` (the knowledge base), ``images/<query_id>.png`` and
     ``pools.jsonl``. Hard negatives are mined like a retriever would, by the FULL-image
     similarity under ``scorer`` (default: :func:`default_scorer` with the padded forwards
     the benchmark was first mined with, so every machine writes the same pools: one-row
-    forwards round differently by ~1e-7, which could reorder a near tie).
+    forwards round differently by ~1e-7, which could reorder a near tie). ``progress``
+    shows a progress bar over the scenes on a terminal.
     """
     root = Path(root)
     scorer = scorer if scorer is not None else default_scorer(invariance="padded")
@@ -106,12 +110,15 @@ def write_split(root: str | os.PathLike, split: str, config: BenchmarkConfig = D
     specs = split_specs(config, split)
     similarity = np.zeros((len(specs), len(ENTITIES)), dtype=np.float32)
     boxes = []
+    bar = tqdm(total=len(specs), desc=f"rendering and mining the {split} split", unit=" scenes", disable=None if progress else True)
     for start in range(0, len(specs), batch):
         scenes = [render_scene(spec) for spec in specs[start : start + batch]]
         for spec, scene in zip(specs[start : start + batch], scenes):
             scene.image.save(root / "images" / f"{spec.query_id}.png")
             boxes.append(tuple(float(v) for v in scene.target_box))
         similarity[start : start + len(scenes)] = cosine_scores(scorer.embed_images([s.image for s in scenes]), kb_vectors)
+        bar.update(len(scenes))
+    bar.close()
     candidates = {c.id: c for c in kb}
     pools = [
         QueryPool(
@@ -145,7 +152,10 @@ def default_dataset(split: str = "test", purpose: Purpose = "eval", *, config: B
     folder = benchmark_dir(config, scorer_name) / split
     if not (folder / POOLS_FILE).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("materializing the %s split of the embedded benchmark into %s", split, folder)
+        # A library that works silently for a minute on first use looks hung: say what it does, once.
+        print(f"first use: generating the embedded benchmark's {split} split ({config.queries(split)} scenes, "
+              f"their hard-negative pools and the {len(ENTITIES)}-entity knowledge base) into {folder}; "
+              "later runs load it from there", file=sys.stderr, flush=True)
         # Built beside the final folder and renamed into place: a killed build leaves no
         # folder a later run would trust, and of two concurrent builds one whole one stays.
         with atomic_dir(folder) as partial:

@@ -47,6 +47,15 @@ def test_split_is_materialized_into_the_cache_and_loads(cache, small_test, score
     assert load_query_pools(folder / POOLS_FILE).pools == small_test.pools
 
 
+def test_first_use_says_what_it_generates_and_later_runs_stay_quiet(cache, small_test, capsys):
+    val = default_dataset("val", config=SMALL)
+    said = capsys.readouterr().err
+    assert "first use: generating the embedded benchmark's val split (10 scenes" in said
+    assert str(cache) in said and len(val) == 10
+    default_dataset("val", config=SMALL)
+    assert "first use" not in capsys.readouterr().err
+
+
 def test_second_call_reuses_the_files(cache, small_test):
     pools_file = next(cache.glob(f"*/test/{POOLS_FILE}"))
     written = pools_file.stat().st_mtime_ns
