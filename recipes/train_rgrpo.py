@@ -22,10 +22,11 @@ picks one itself: ``verl`` when a GPU is visible, else ``local``, and says so.
     python recipes/train_rgrpo.py verl --dry-run                    # print the resolved config
     python recipes/train_rgrpo.py verl-cpu                          # verl's trainer on CPU, then the test table
 
-Every backend spells the shared things alike: ``--out`` (output folder), ``--resume``,
-``--seed``, ``--test-queries``, ``--dry-run``. The local backend saves its whole training
-state every ``--checkpoint-every`` iterations; the same command started again continues
-an unfinished run (docs/resume.md).
+The backends spell what they share alike: ``--out`` (output folder), ``--resume``,
+``--seed``, ``--dry-run``, and ``--test-queries`` for the final test table (local and
+verl-cpu), as every other recipe does. The local backend saves its whole training state
+every ``--checkpoint-every`` iterations; the same command started again continues an
+unfinished run (docs/resume.md).
 """
 
 from __future__ import annotations

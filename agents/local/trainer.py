@@ -83,7 +83,7 @@ NOT_SUPPORTED = {"gae": "needs a critic (values); use train_rgrpo.py verl", "rem
 
 @dataclass
 class LocalTrainConfig:
-    """Everything the CPU backend needs; ``recipes/train_rgrpo.py`` exposes it as CLI flags."""
+    """Everything the CPU backend needs; ``recipes/train_rgrpo.py local`` exposes it as its flags."""
 
     estimator: str = "rgrpo"
     """verl advantage estimator by registry name: rgrpo, grpo, rloo, reinforce_plus_plus, ..."""
