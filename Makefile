@@ -25,24 +25,24 @@ test: install  ## the default test suite (fast; one end-to-end test included)
 test-all: install  ## every test, the slow end-to-end ones too
 	$(PY) -m pytest -q -m ''
 
-train: install  ## r-GRPO on the embedded benchmark (CPU backend without a GPU), then the test table
+train: install  ## r-GRPO on the embedded benchmark (train_rgrpo.py picks local without a GPU), then the test table
 	$(PY) recipes/train_rgrpo.py
 
 train-verl: install  ## verl's own trainer on CPU: the learner tiny Qwen2.5-VL (warm-started on first use), r-GRPO, the test table
-	$(PY) recipes/train_rgrpo.py --backend verl-cpu
+	$(PY) recipes/train_rgrpo.py verl-cpu
 
 compare-verl: install  ## r-GRPO vs GRPO on verl-cpu, 3 paired seeds: tables, learning curves, decision dashboard
 	$(PY) recipes/compare_verl.py
 
 # One NVIDIA GPU with vLLM installed next to the project (pip install 'verl[vllm]==0.9.1'): verl's
 # GPU path (FSDP, vLLM rollout) on the learner checkpoint (no hub needed), 5 r-GRPO steps.
-gpu-check: install  ## on a GPU machine: --backend verl with vLLM, the learner checkpoint, 5 steps
-	$(PY) recipes/train_rgrpo.py --backend verl \
-	    --verl.model-path "$$($(PY) -c 'from agents.qwen.sft import warm_started_policy; print(warm_started_policy())')" \
-	    --verl.total-training-steps 5 --verl.test-freq 5 --verl.save-freq -1 --verl.max-queries 64 --verl.val-queries 32 \
-	    --verl.train-batch-size 8 --verl.rollout-n 8 --verl.ppo-mini-batch-size 8 --verl.micro-batch-size-per-gpu 16 \
-	    --verl.answer-tokens 32 --verl.prompt-text-tokens 96 --verl.images.max-pixels 50176 --verl.lr 3e-4 \
-	    --verl.out runs/gpu-check
+gpu-check: install  ## on a GPU machine: train_rgrpo.py verl with vLLM, the learner checkpoint, 5 steps
+	$(PY) recipes/train_rgrpo.py verl \
+	    --model-path "$$($(PY) -c 'from agents.qwen.sft import warm_started_policy; print(warm_started_policy())')" \
+	    --total-training-steps 5 --test-freq 5 --save-freq -1 --max-queries 64 --val-queries 32 \
+	    --train-batch-size 8 --rollout-n 8 --ppo-mini-batch-size 8 --micro-batch-size-per-gpu 16 \
+	    --answer-tokens 32 --prompt-text-tokens 96 --images.max-pixels 50176 --lr 3e-4 \
+	    --out runs/gpu-check
 
 eval: install  ## evaluate every baseline on the embedded benchmark's test split
 	$(PY) recipes/evaluate.py

@@ -8,7 +8,7 @@ the scorer, the reward) except the policy server: a stand-in answers instantly w
 REGION tool call whose box is drawn at random per rollout (no two rollouts share a box,
 so no crop cache can flatter the figures). Two paths, interleaved step by step:
 
-- ``per-episode`` (``--verl.scoring.no-enabled``, the path before the service): every
+- ``per-episode`` (``train_rgrpo.py verl --scoring.no-enabled``, the path before the service): every
   episode builds its env, whose ``reset`` encodes the FULL image, and scores its crop in
   its own forward, behind a process-wide lock;
 - ``service`` (the default): one :class:`agents.verl.scoring.ScoringService` batches the

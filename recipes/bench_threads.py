@@ -8,7 +8,7 @@ count and each count's time relative to the first:
 
 - ``env``: ``--env-steps`` one-step episodes (``reset`` + a REGION ``step`` of a random box);
 - ``evaluate``: ``recipes/evaluate.py --test-queries <eval-queries>`` (every baseline);
-- ``trainer``: ``--train-iterations`` iterations of ``train_rgrpo.py --backend local``
+- ``trainer``: ``--train-iterations`` iterations of ``train_rgrpo.py local``
   (no warm start, no validation).
 
     python recipes/bench_threads.py                     # 1 vs 2 threads, one round

@@ -1,10 +1,10 @@
-"""Measure ``--backend verl-cpu``: per-phase step times, wall time and peak memory (PSS),
+"""Measure ``train_rgrpo.py verl-cpu``: per-phase step times, wall time and peak memory (PSS),
 for the rollout as shipped and, side by side in the same run, as it was before batching.
 
     python recipes/bench_verl_cpu.py                                   # both variants, 20 steps each
-    python recipes/bench_verl_cpu.py --variants batched -- --verl-cpu.total-training-steps 50
+    python recipes/bench_verl_cpu.py --variants batched -- --total-training-steps 50
 
-Each variant is one ``recipes/train_rgrpo.py --backend verl-cpu`` run in a subprocess (the
+Each variant is one ``recipes/train_rgrpo.py verl-cpu`` run in a subprocess (the
 arguments after ``--`` go to every run), one after the other on the same machine:
 
 - ``batched``: the default: the rollout server generates concurrent requests in one batch
@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "batched": (),
 }
 """Hydra overrides of each variant (the default run is ``batched``)."""
-DEFAULT_RUN = ("--verl-cpu.total-training-steps", "20", "--verl-cpu.test-freq", "-1", "--verl-cpu.save-freq", "-1",
+DEFAULT_RUN = ("--total-training-steps", "20", "--test-freq", "-1", "--save-freq", "-1",
                "--test-queries", "0")
 """A short run of the default configuration: 20 steps, no validation, checkpoint or test table."""
 
@@ -52,7 +52,7 @@ DEFAULT_RUN = ("--verl-cpu.total-training-steps", "20", "--verl-cpu.test-freq", 
 @dataclass
 class Args:
     train_args: tyro.conf.Positional[tuple[str, ...]] = ()
-    """arguments passed on to every recipes/train_rgrpo.py --backend verl-cpu run (after the bench's defaults)"""
+    """arguments passed on to every recipes/train_rgrpo.py verl-cpu run (after the bench's defaults)"""
     variants: tuple[str, ...] = ("sequential", "batched")
     """which variants to run, in order"""
     out: Path = Path("runs/bench-verl-cpu")
@@ -77,8 +77,8 @@ def run_variant(args: Args, name: str) -> dict:
     """One run of ``name``: its exit code, wall seconds, peak PSS and per-phase medians."""
     recipe = Path(__file__).resolve().parent / "train_rgrpo.py"
     out = args.out / name
-    command = [sys.executable, str(recipe), "--backend", "verl-cpu", *DEFAULT_RUN, *args.train_args,
-               "--verl-cpu.out", str(out), *VARIANTS[name]]
+    command = [sys.executable, str(recipe), "verl-cpu", *DEFAULT_RUN, *args.train_args,
+               "--out", str(out), *VARIANTS[name]]
     start = time.perf_counter()
     child = subprocess.Popen(command)
     root = psutil.Process(child.pid)

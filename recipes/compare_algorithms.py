@@ -1,6 +1,6 @@
 """r-GRPO vs GRPO vs RLOO vs REINFORCE++ on the embedded benchmark, same budget, several seeds.
 
-Every algorithm is the CPU backend of ``recipes/train_rgrpo.py`` with one value changed:
+Every algorithm is ``recipes/train_rgrpo.py local`` (the CPU backend) with one value changed:
 the verl advantage estimator (and, for the GRPO-family baselines, plain on-policy
 groups instead of decision-balanced ones: balancing is part of r-GRPO). Each trained
 policy is evaluated greedily on the test split; the tables give mean ± std over seeds

@@ -1,6 +1,6 @@
-"""r-GRPO vs GRPO on verl's own trainer (``--backend verl-cpu``), several paired seeds.
+"""r-GRPO vs GRPO on verl's own trainer (``train_rgrpo.py verl-cpu``), several paired seeds.
 
-Each (estimator, seed) cell is one ``python recipes/train_rgrpo.py --backend verl-cpu`` run
+Each (estimator, seed) cell is one ``python recipes/train_rgrpo.py verl-cpu`` run
 in its own process (Ray and every worker end with it): the learner warm-started with the
 seed, verl RL with the estimator, then the test table of the warm start and the trained
 policy (greedy, the training prompt and parser). GRPO runs with plain on-policy groups
@@ -52,7 +52,7 @@ class Args:
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
     train_args: tyro.conf.Positional[tuple[str, ...]] = ()
-    """further arguments for every run of recipes/train_rgrpo.py (e.g. --verl-cpu.total-training-steps 50)"""
+    """further arguments for every run of recipes/train_rgrpo.py (e.g. --total-training-steps 50)"""
 
 
 def run_dir(out: Path, estimator: str, seed: int) -> Path:
@@ -62,12 +62,12 @@ def run_dir(out: Path, estimator: str, seed: int) -> Path:
 def run_command(args: Args, estimator: str, seed: int) -> list[str]:
     """The ``train_rgrpo.py`` command of one cell."""
     recipe = Path(__file__).resolve().parent / "train_rgrpo.py"
-    command = [sys.executable, str(recipe), "--backend", "verl-cpu", "--verl-cpu.seed", str(seed),
-               "--verl-cpu.out", str(run_dir(args.out, estimator, seed)), *args.train_args]
+    command = [sys.executable, str(recipe), "verl-cpu", "--seed", str(seed),
+               "--out", str(run_dir(args.out, estimator, seed)), *args.train_args]
     if args.test_queries is not None:
         command += ["--test-queries", str(args.test_queries)]
     if estimator != "rgrpo":
-        command.append("--verl-cpu.no-balance-groups")
+        command.append("--no-balance-groups")
     return command + [f"algorithm.adv_estimator={estimator}"]
 
 

@@ -7,7 +7,7 @@ search-full, search-annotated and oracle-search (best of the grid, each box with
 without search); with --env.max-regions 2 the multi-region oracle oracle-2box (best of
 FULL, every grid box and every pair of grid boxes). The table then adds pool coverage
 before/after, the search rate and the KB recall@K. Add a trained policy with ``--checkpoint`` (a policy
-saved by ``recipes/train_rgrpo.py --backend local``), any callable with ``--policy module:attr``, or
+saved by ``recipes/train_rgrpo.py local``), any callable with ``--policy module:attr``, or
 Qwen-VL checkpoints with ``--vlm [NAME=]PATH ...`` (a zero-shot Qwen2.5-VL, or a policy trained with
 verl: greedy, with the training prompt and parser).
 
@@ -62,14 +62,14 @@ class Args:
     annotated_margin: float = 0.0
     """context kept around the annotated box, as a fraction of its size"""
     checkpoint: Path | None = None
-    """a trained policy checkpoint (from recipes/train_rgrpo.py --backend local)"""
+    """a trained policy checkpoint (from recipes/train_rgrpo.py local)"""
     policy: str | None = None
     """any policy callable as 'module:attribute' (called as policy(obs, info, env))"""
     vlm: tuple[str, ...] = ()
     """Qwen-VL checkpoints to evaluate greedy with the training prompt and parser, each
     PATH or NAME=PATH (e.g. "warm start=runs/ws" "trained=runs/verl-cpu/checkpoints/.../huggingface")"""
     images: ImageSettings = field(default_factory=ImageSettings)
-    """how the --vlm policies see an image (match the training run's --verl-cpu.images.*)"""
+    """how the --vlm policies see an image (match the training run's --images.*)"""
     test_queries: int | None = None
     """evaluate only the first N queries of the split (quick checks; the same flag as the training recipes')"""
     out: Path = Path("runs/eval")

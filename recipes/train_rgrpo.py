@@ -1,34 +1,40 @@
-"""Train the cropping policy with r-GRPO: Qwen2.5-VL with verl, or a small policy on CPU.
+"""Train the cropping policy with r-GRPO: one subcommand per backend.
 
-``--backend verl`` composes verl's own ``ppo_trainer`` config (Hydra compose API on
-``verl/trainer/config``) with this project's defaults, registers the RegionRerank agent
-loop (:mod:`agents.verl.agent_loop`) and launches verl's trainer (``verl.trainer.main_ppo``).
-Any verl option is a positional Hydra override ``key=value``, applied last, so swapping
-the algorithm is one of them: ``algorithm.adv_estimator=grpo`` (or ``rloo``,
-``reinforce_plus_plus``, ``gae``, ... anything in verl's estimator registry; ``rgrpo``
-is the default and comes from :mod:`agents.verl.plugin`).
+``local`` trains the small CPU policy of :mod:`agents.local.trainer` on the embedded
+default (or your query pools) with verl's estimators; the one verl override it reads is
+``algorithm.adv_estimator=NAME``. ``verl`` composes verl's own ``ppo_trainer`` config
+(Hydra compose API on ``verl/trainer/config``) with this project's defaults, registers the
+RegionRerank agent loop (:mod:`agents.verl.agent_loop`) and launches verl's trainer on
+GPUs; ``verl-cpu`` runs the same trainer with a tiny Qwen2.5-VL on CPU. On the verl
+backends any verl option is a positional Hydra override ``key=value``, applied last, so
+swapping the algorithm is one of them: ``algorithm.adv_estimator=grpo`` (or ``rloo``,
+``reinforce_plus_plus``, ``gae``, ... anything in verl's estimator registry; ``rgrpo`` is
+the default and comes from :mod:`agents.verl.plugin`). Without a subcommand the recipe
+picks one itself: ``verl`` when a GPU is visible, else ``local``, and says so.
 
-``--backend local`` trains the small CPU policy of :mod:`agents.local.trainer` on the
-same env and with verl's estimators (``--local.*`` flags; the override
-``algorithm.adv_estimator=NAME`` selects its estimator too). Without a GPU it is the
-default.
-
+    python recipes/train_rgrpo.py                                   # verl with a GPU, else local
+    python recipes/train_rgrpo.py local --help                      # the local backend's flags only
+    python recipes/train_rgrpo.py local --iterations 100
+    python recipes/train_rgrpo.py local --iterations 100 --resume require   # after a kill or Ctrl-C
     python recipes/prepare_verl_data.py --out data/verl            # parquet files for verl
-    python recipes/train_rgrpo.py --backend verl --verl.model-path Qwen/Qwen2.5-VL-3B-Instruct
-    python recipes/train_rgrpo.py --backend verl algorithm.adv_estimator=grpo trainer.total_epochs=2
-    python recipes/train_rgrpo.py --backend verl --dry-run          # print the resolved config
-    python recipes/train_rgrpo.py --backend local --local.iterations 100
-    python recipes/train_rgrpo.py --backend local --local.iterations 100 --resume   # after a kill or Ctrl-C
+    python recipes/train_rgrpo.py verl --model-path Qwen/Qwen2.5-VL-3B-Instruct
+    python recipes/train_rgrpo.py verl algorithm.adv_estimator=grpo trainer.total_epochs=2
+    python recipes/train_rgrpo.py verl --dry-run                    # print the resolved config
+    python recipes/train_rgrpo.py verl-cpu                          # verl's trainer on CPU, then the test table
 
-The local backend saves its whole training state every ``--local.checkpoint-every``
-iterations; the same command started again continues an unfinished run (docs/resume.md).
+The backends spell what they share alike: ``--out`` (output folder), ``--resume``,
+``--seed``, ``--dry-run``, and ``--test-queries`` for the final test table (local and
+verl-cpu), as every other recipe does. The local backend saves its whole training state
+every ``--checkpoint-every`` iterations; the same command started again continues an
+unfinished run (docs/resume.md).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Sequence
 
 import torch
 import tyro
@@ -44,45 +50,89 @@ from envs.threads import set_threads
 from envs.data.pools import DataError
 from envs.factory import make_env, make_scorer
 
-@dataclass
-class Args:
-    """Train the RegionRerank cropping policy (see the module docstring)."""
+UNPREFIXED = tyro.conf.arg(name="")
+"""A nested config whose fields are the subcommand's own flags (``--iterations``, not ``--train.iterations``)."""
 
-    overrides: tyro.conf.Positional[tuple[str, ...]] = ()
-    """verl Hydra overrides key=value, applied after the project's defaults"""
-    backend: Literal["auto", "verl", "verl-cpu", "local"] = "auto"
-    """verl (GPUs + vLLM/SGLang), verl-cpu (verl's trainer with a tiny Qwen2.5-VL on CPU), local (small
-    CPU policy), or auto: verl when a GPU is visible, else local"""
+
+@dataclass
+class LocalCommand:
+    """The small CPU policy (CNN + bag of words) trained with verl's estimators, then the test table."""
+
+    train: Annotated[LocalTrainConfig, UNPREFIXED] = field(default_factory=LocalTrainConfig)
+    test_data: Path | None = None
+    """query pools for the final test table (default: the embedded test split)"""
+    test_queries: int | None = None
+    """test queries in the final table (default: all; 0 skips the table)"""
     dry_run: bool = False
     """print the resolved configuration and exit"""
-    verl: VerlArgs = field(default_factory=VerlArgs)
-    """the verl backend (GPUs)"""
-    verl_cpu: VerlArgs = field(default_factory=VerlArgs.for_cpu)
-    """the verl-cpu backend (same settings, CPU-sized defaults)"""
-    local: LocalTrainConfig = field(default_factory=LocalTrainConfig)
-    """the local (CPU) backend"""
-    test_data: Path | None = None
-    """local backend: query pools for the final test table (default: the embedded test split)"""
+    overrides: tyro.conf.Positional[tuple[str, ...]] = ()
+    """algorithm.adv_estimator=NAME, the one verl override this backend reads (same as --estimator)"""
+
+
+@dataclass
+class VerlCommand:
+    """verl's trainer on GPUs: Qwen2.5-VL (or Qwen3-VL), vLLM / SGLang rollouts."""
+
+    verl: Annotated[VerlArgs, UNPREFIXED] = field(default_factory=VerlArgs)
+    dry_run: bool = False
+    """print the resolved configuration and exit"""
+    overrides: tyro.conf.Positional[tuple[str, ...]] = ()
+    """verl Hydra overrides key=value, applied after the project's defaults"""
+
+
+@dataclass
+class VerlCpuCommand:
+    """verl's trainer on CPU with a tiny Qwen2.5-VL, then the test table of the warm start and the trained policy."""
+
+    verl: Annotated[VerlArgs, UNPREFIXED] = field(default_factory=VerlArgs.for_cpu)
     test_queries: int | None = None
-    """local and verl-cpu backends: test queries in the final table (default: all; 0 skips the table)"""
-    resume: bool = False
-    """local backend: continue the unfinished run in --local.out and fail if there is none
-    (without the flag an unfinished run of the same config is continued too, and a fresh
-    run starts when there is none)"""
+    """test queries in the final table (default: all; 0 skips the table)"""
+    dry_run: bool = False
+    """print the resolved configuration and exit"""
+    overrides: tyro.conf.Positional[tuple[str, ...]] = ()
+    """verl Hydra overrides key=value, applied after the project's defaults"""
+
+
+Command = LocalCommand | VerlCommand | VerlCpuCommand
+BACKENDS: dict[str, type[Command]] = {"local": LocalCommand, "verl": VerlCommand, "verl-cpu": VerlCpuCommand}
+
+
+# --------------------------------------------------------------------------- command line
+def auto_backend() -> str:
+    """The backend of a command line that names none: verl when a GPU is visible, else local."""
+    return "verl" if torch.cuda.is_available() else "local"
+
+
+def parse(argv: Sequence[str]) -> Command:
+    """The command line's backend and its flags. Without a backend first (no arguments, or
+    only flags and overrides) :func:`auto_backend` picks it, and one printed line says which."""
+    argv = list(argv)
+    if not argv or argv[0] not in (*BACKENDS, "-h", "--help"):
+        backend = auto_backend()
+        seen = "A GPU is visible" if backend == "verl" else "No GPU visible"
+        others = " or ".join(f"`train_rgrpo.py {name} ...`" for name in BACKENDS if name != backend)
+        print(f"{seen}, so the backend is {backend}; {others} picks another.", flush=True)
+        argv.insert(0, backend)
+    description = "Train the RegionRerank cropping policy with r-GRPO. Without a subcommand: verl when a GPU is visible, else local."
+    return tyro.extras.subcommand_cli_from_dict(BACKENDS, description=description, args=argv)
 
 
 # --------------------------------------------------------------------------- verl backends
-def run_verl(args: Args, cpu: bool) -> None:
-    verl_args = args.verl_cpu if cpu else args.verl
-    summary = launch(verl_args, args.overrides, cpu=cpu, dry_run=args.dry_run)
-    if summary is None or args.test_queries == 0 or not cpu or verl_args.train_files is not None:
+def run_verl(command: VerlCommand) -> None:
+    launch(command.verl, command.overrides, cpu=False, dry_run=command.dry_run)
+
+
+def run_verl_cpu(command: VerlCpuCommand) -> None:
+    verl_args = command.verl
+    summary = launch(verl_args, command.overrides, cpu=True, dry_run=command.dry_run)
+    if summary is None or command.test_queries == 0 or verl_args.train_files is not None:
         return
     trained = final_checkpoint(verl_args.out)
     if trained is None:
-        print("no final checkpoint (--verl-cpu.save-freq -1), so no test table")
+        print("no final checkpoint (--save-freq -1), so no test table")
         return
     start = resolved_model_path(verl_args, cpu=True)
-    test_vlm_policies(verl_args, {"warm start": start, "trained": trained}, args.test_queries)
+    test_vlm_policies(verl_args, {"warm start": start, "trained": trained}, command.test_queries)
 
 
 def test_vlm_policies(verl_args: VerlArgs, checkpoints: dict[str, str | Path], test_queries: int | None) -> None:
@@ -101,69 +151,58 @@ def test_vlm_policies(verl_args: VerlArgs, checkpoints: dict[str, str | Path], t
 
 
 # --------------------------------------------------------------------------- local backend
-def local_config(args: Args):
+def local_config(command: LocalCommand) -> LocalTrainConfig:
     """The local backend's config with the positional overrides it understands applied."""
-    config = args.local
-    if args.resume:
-        config.resume = "require"
-    for override in args.overrides:
+    config = command.train
+    for override in command.overrides:
         key, _, value = override.lstrip("+").partition("=")
         if key != ESTIMATOR_KEY:
             raise SystemExit(
                 f"override {override!r} is a verl option; the local backend understands only "
-                f"{ESTIMATOR_KEY}=NAME (its other options are --local.* flags)"
+                f"{ESTIMATOR_KEY}=NAME (its other options are flags: train_rgrpo.py local --help)"
             )
         if config.estimator not in (value, LocalTrainConfig.estimator):
-            raise SystemExit(f"--local.estimator {config.estimator} and {override} name two estimators; give one")
+            raise SystemExit(f"--estimator {config.estimator} and {override} name two estimators; give one")
         config.estimator = value
     return config
 
 
-def run_local(args: Args) -> None:
-    config = local_config(args)
-    if args.backend == "auto":
-        print("No GPU: training the small CPU policy on the embedded default (--backend local); "
-              "--backend verl trains Qwen2.5-VL on a GPU.")
-    if args.dry_run:
+def run_local(command: LocalCommand) -> None:
+    config = local_config(command)
+    if command.dry_run:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return
     set_threads(config.threads)
     scorer = make_scorer(config.scorer)
     result = train(config, scorer)
     print(f"policy: {result.checkpoint} ({result.seconds:.0f} s of training)")
-    if args.test_queries == 0:
+    if command.test_queries == 0:
         return
     # The trained policy's own episode (information gap, zoom steps, reward, SEARCH, regions).
-    test_env = make_env(args.test_data, scorer, split="test", purpose="eval", settings=config.env)
-    n = len(test_env.pools) if args.test_queries is None else min(args.test_queries, len(test_env.pools))
+    test_env = make_env(command.test_data, scorer, split="test", purpose="eval", settings=config.env)
+    n = len(test_env.pools) if command.test_queries is None else min(command.test_queries, len(test_env.pools))
     names = ["full", "center", "random", "annotated", "oracle"]
     names += ["search-full", "search-annotated", "oracle-search"] if config.env.search else []
     names += ["oracle-2box"] if config.env.max_regions >= 2 else []
     policies = {**baseline_policies(names), "trained": load_policy(result.checkpoint)}
-    source = str(args.test_data) if args.test_data else "embedded benchmark, test split"
+    source = str(command.test_data) if command.test_data else "embedded benchmark, test split"
     note = (f"trained: one seed (seed {config.seed}); the baseline rows are deterministic. The README gives the "
             "default run's spread over 5 seeds (python recipes/compare_algorithms.py --algorithms rgrpo).")
     evaluate_and_report(test_env, policies, range(n), config.out / "test", source, note=note)
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` is verl when a GPU is visible, else local."""
-    if backend != "auto":
-        return backend
-    return "verl" if torch.cuda.is_available() else "local"
-
-
-def main(args: Args) -> None:
-    backend = resolve_backend(args.backend)
-    if backend in ("verl", "verl-cpu"):
-        run_verl(args, cpu=backend == "verl-cpu")
+def main(command: Command) -> None:
+    if isinstance(command, LocalCommand):
+        run_local(command)
+    elif isinstance(command, VerlCpuCommand):
+        run_verl_cpu(command)
     else:
-        run_local(args)
+        run_verl(command)
 
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
+        main(parse(sys.argv[1:]))
     except (DataError, ValueError) as err:  # bad input or settings: say which, no traceback
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:  # the trainer wrote what it had; a stop, not a crash

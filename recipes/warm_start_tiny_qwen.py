@@ -8,7 +8,7 @@ Builds the tiny model (seeded), fine-tunes it on scenes drawn fresh from the emb
 benchmark's generator, then reports greedy on the validation split: the IoU of its boxes
 with the annotated box, its MRR with its own decisions and always cropping, and the share
 of answers sampled at temperature 1 that parse. Without ``--out`` the checkpoint goes to
-the cache folder ``python recipes/train_rgrpo.py --backend verl-cpu`` reads it from.
+the cache folder ``python recipes/train_rgrpo.py verl-cpu`` reads it from.
 """
 
 from __future__ import annotations

@@ -78,12 +78,12 @@ from envs.scorers.openclip import Scorer
 from envs.settings import EnvSettings, ScorerSettings
 from envs.threads import DEFAULT_THREADS
 
-NOT_SUPPORTED = {"gae": "needs a critic (values); use --backend verl", "remax": "needs a greedy-rollout baseline"}
+NOT_SUPPORTED = {"gae": "needs a critic (values); use train_rgrpo.py verl", "remax": "needs a greedy-rollout baseline"}
 
 
 @dataclass
 class LocalTrainConfig:
-    """Everything the CPU backend needs; ``recipes/train_rgrpo.py`` exposes it as CLI flags."""
+    """Everything the CPU backend needs; ``recipes/train_rgrpo.py local`` exposes it as its flags."""
 
     estimator: str = "rgrpo"
     """verl advantage estimator by registry name: rgrpo, grpo, rloo, reinforce_plus_plus, ..."""
@@ -202,9 +202,9 @@ def _read_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are not tensors
     except Exception as err:  # truncated by something other than this module, or not a torch file
-        raise ValueError(f"{path} is not a readable training state ({err}); delete it or pass --local.resume fresh") from err
+        raise ValueError(f"{path} is not a readable training state ({err}); delete it or pass --resume fresh") from err
     if not isinstance(state, dict) or not {"config", "iteration", "finished"} <= state.keys():
-        raise ValueError(f"{path} is not a training state of this trainer; delete it or pass --local.resume fresh")
+        raise ValueError(f"{path} is not a training state of this trainer; delete it or pass --resume fresh")
     return state
 
 
@@ -226,7 +226,7 @@ def load_state(config: LocalTrainConfig) -> dict[str, Any] | None:
         raise ValueError(
             f"{config.out} holds an unfinished run (iteration {state['iteration']} of {state['config']['iterations']}) "
             f"with another config: {'; '.join(differences)}. Run with the same flags to resume it, "
-            "--local.resume fresh to start over, or choose another --local.out"
+            "--resume fresh to start over, or choose another --out"
         )
     return state
 
@@ -627,7 +627,7 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
         write_metrics(history, config.out)
         print(f"\ninterrupted after iteration {len(history)}: metrics so far in {config.out / 'metrics.csv'}; "
               + (f"the last checkpoint ({config.out / STATE_FILE}) resumes after iteration {saved_at}"
-                 if saved_at is not None else "no checkpoint yet (--local.checkpoint-every)"), flush=True)
+                 if saved_at is not None else "no checkpoint yet (--checkpoint-every)"), flush=True)
         raise
     writer.close()
     return finish_run(config, net, optimizer, rng, generator, (train_env, val_env), history, done, start)

@@ -6,7 +6,7 @@ checkpoint (``Qwen2_5_VLForConditionalGeneration`` / ``Qwen3VLForConditionalGene
 ``.from_pretrained``, ``AutoModelForImageTextToText``, ``AutoProcessor.from_pretrained``,
 verl's ``hf_tokenizer`` / ``hf_processor``): the same architecture at small sizes
 (:data:`SIZES`: ``toy``, 0.37 M parameters, for tests; ``learner``, 2.6 M, the policy
-``--backend verl-cpu`` trains, see :data:`LEARNER_SIZE_NOTE`), a tokenizer with one token
+``train_rgrpo.py verl-cpu`` trains, see :data:`LEARNER_SIZE_NOTE`), a tokenizer with one token
 per coordinate value and per question word (:func:`build_tokenizer`), the Qwen2-VL chat
 template, and the family's image processor (Qwen2.5-VL: 14 px patches, its real pixel
 limits; Qwen3-VL: 16 px patches, so 32 px image tokens, and the project's default
@@ -369,7 +369,7 @@ if __name__ == "__main__":
 
 
 SHIPPED_POLICY = Path(__file__).resolve().parent / "assets" / "tiny-qwen-rr"
-"""The warm-started toy-size tiny Qwen2.5-VL shipped for smoke tests (``--verl-cpu.policy toy``),
+"""The warm-started toy-size tiny Qwen2.5-VL shipped for smoke tests (``train_rgrpo.py verl-cpu --policy toy``),
 written by ``python recipes/warm_start_tiny_qwen.py --size toy --steps 600 --lr 3e-3 --out agents/qwen/assets/tiny-qwen-rr``
 (its ``warm_start.json`` holds the settings and the validation report)."""
 

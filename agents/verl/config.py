@@ -1,5 +1,5 @@
 """The verl run configuration: one place that composes verl's ``ppo_trainer`` config for
-``--backend verl`` (GPUs, vLLM / SGLang) and ``--backend verl-cpu`` (CPU, the
+``train_rgrpo.py verl`` (GPUs, vLLM / SGLang) and ``train_rgrpo.py verl-cpu`` (CPU, the
 transformers rollout of :mod:`agents.verl.cpu`).
 
 :func:`compose_verl_config` takes verl's own Hydra config (``verl/trainer/config``),
@@ -40,9 +40,9 @@ GPU_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 FP32_MIXED_PRECISION = "{param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
 NOT_ON_CPU = {
     "gae": "it needs verl's critic worker (a value model trained next to the actor), which the CPU path "
-    "does not bring up (not built or tested on CPU); train GAE with --backend verl on GPUs",
+    "does not bring up (not built or tested on CPU); train GAE with train_rgrpo.py verl on GPUs",
 }
-"""Estimators ``--backend verl-cpu`` refuses before launch, with the reason."""
+"""Estimators ``train_rgrpo.py verl-cpu`` refuses before launch, with the reason."""
 
 
 @dataclass
@@ -51,8 +51,8 @@ class VerlArgs:
 
     model_path: str | None = None
     """Qwen2.5-VL or Qwen3-VL checkpoint (hub id or local folder; its config's model_type
-    picks the family, --verl.images.family overrides it); default: Qwen2.5-VL-3B-Instruct on
-    GPUs, the tiny Qwen2.5-VL named by --verl-cpu.policy on CPU"""
+    picks the family, --images.family overrides it); default: Qwen2.5-VL-3B-Instruct on
+    GPUs, the tiny Qwen2.5-VL named by --policy on CPU"""
     policy: Literal["learner", "toy"] = "learner"
     """CPU, without --model-path: the tiny Qwen2.5-VL to train: learner (2.6 M parameters,
     warm-started on fresh scenes with the run's seed on first use into the cache, see
@@ -115,7 +115,7 @@ class VerlArgs:
     agent_workers: int = 4
     """agent-loop worker processes (each holds a scorer)"""
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
-    """the frozen re-ranker the agent-loop workers score with (e.g. --verl.scorer.model EVA02-L-14)"""
+    """the frozen re-ranker the agent-loop workers score with (e.g. --scorer.model EVA02-L-14)"""
     env: EnvSettings = field(default_factory=EnvSettings)
     """the episode the agent loop runs: steps, reward and how it is paid, information gap"""
     images: ImageSettings = field(default_factory=ImageSettings)
@@ -125,11 +125,11 @@ class VerlArgs:
     balance_budget: int = 4
     """extra on-policy draws for a group's missing decision before it is forced"""
     scoring: ScoringServiceSettings = field(default_factory=ScoringServiceSettings)
-    """the batched scorer service shared by every rollout (e.g. --verl.scoring.max-batch 256)"""
+    """the batched scorer service shared by every rollout (e.g. --scoring.max-batch 256)"""
 
     @classmethod
     def for_cpu(cls) -> "VerlArgs":
-        """Defaults of ``--backend verl-cpu``: the warm-started learner tiny Qwen2.5-VL on the
+        """Defaults of ``train_rgrpo.py verl-cpu``: the warm-started learner tiny Qwen2.5-VL on the
         embedded benchmark, sized for 7-8 minutes of RL (40 steps) on 2 cores. Rollouts are sampled at
         temperature 0.5: at 1.0 the sampled boxes were much worse than the greedy ones
         (always cropping, reward 1.13 against 1.68 on the validation split), so in training
@@ -324,7 +324,7 @@ def resume_overrides(args: VerlArgs) -> list[str]:
         return [f"trainer.resume_mode={args.resume}"]
     if RESUME_STEP.fullmatch(args.resume):
         return ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={resume_folder(args)}"]
-    raise ValueError(f"--verl.resume {args.resume!r}: expected auto, disable or global_step_N (a folder of {args.out / 'checkpoints'})")
+    raise ValueError(f"--resume {args.resume!r}: expected auto, disable or global_step_N (a folder of {args.out / 'checkpoints'})")
 
 
 def resume_folder(args: VerlArgs) -> Path | None:

@@ -1,4 +1,4 @@
-"""verl on CPU: a ``cpu`` platform and a transformers rollout server (``--backend verl-cpu``).
+"""verl on CPU: a ``cpu`` platform and a transformers rollout server (``train_rgrpo.py verl-cpu``).
 
 verl 0.9.1 has no CPU training path: it falls back to the ``nvidia`` platform, its FSDP
 engines are registered for ``cuda``/``npu`` only, and its rollout servers are vLLM,
@@ -81,8 +81,8 @@ def check_verl_version(version: str | None = None) -> None:
         version = verl.__version__
     if version != SUPPORTED_VERL:
         raise RuntimeError(
-            f"--backend verl-cpu patches verl internals of verl {SUPPORTED_VERL} (see agents/verl/cpu.py); "
-            f"verl {version} is installed. Install verl=={SUPPORTED_VERL} or use --backend verl on GPUs."
+            f"train_rgrpo.py verl-cpu patches verl internals of verl {SUPPORTED_VERL} (see agents/verl/cpu.py); "
+            f"verl {version} is installed. Install verl=={SUPPORTED_VERL} or use train_rgrpo.py verl on GPUs."
         )
 
 

@@ -1,4 +1,4 @@
-"""Launch a verl run (``--backend verl`` or ``verl-cpu``) and summarize it.
+"""Launch a verl run (``train_rgrpo.py verl`` or ``verl-cpu``) and summarize it.
 
 :func:`launch` composes the config (:mod:`agents.verl.config`), refuses what cannot run
 before Ray starts, exports the embedded benchmark when no data files are given, writes
@@ -130,13 +130,13 @@ def launch(args: VerlArgs, overrides: Sequence[str] = (), *, cpu: bool = False, 
     if missing:
         raise SystemExit(
             "the verl backend needs " + "; ".join(missing) + ".\n"
-            "Run it on a GPU machine, --backend verl-cpu for the tiny model on CPU, or --backend local."
+            "Run it on a GPU machine; train_rgrpo.py verl-cpu trains the tiny model on CPU, train_rgrpo.py local the small CPU policy."
         )
     resumed = resume_folder(args)
     if args.resume != "auto" and args.resume != "disable" and not resumed.is_dir():
-        raise ValueError(f"--verl.resume {args.resume}: {resumed} does not exist (checkpoints are written every --verl.save-freq steps)")
+        raise ValueError(f"--resume {args.resume}: {resumed} does not exist (checkpoints are written every --save-freq steps)")
     if resumed is not None:
-        print(f"resuming from {resumed} (--verl.resume {args.resume}; --verl.resume disable starts over)", flush=True)
+        print(f"resuming from {resumed} (--resume {args.resume}; --resume disable starts over)", flush=True)
     export_default_data(args)
     check_prompt_fits(args, load_tokenizer(config.actor_rollout_ref.model.path), data_questions(args))
     write_agent_loop_file(args)

@@ -80,7 +80,7 @@ def check_estimator(name: str, backend: str, unsupported: Mapping[str, str] | No
     ``name`` (its registry, ``rgrpo`` included, or a hard-wired ``AdvantageEstimator``) and
     ``backend`` can run it (``unsupported`` maps the names it cannot to the reason)."""
     if name in (unsupported or {}):
-        raise ValueError(f"advantage estimator {name} is not supported by --backend {backend}: {unsupported[name]}")
+        raise ValueError(f"advantage estimator {name} is not supported by train_rgrpo.py {backend}: {unsupported[name]}")
     if name in {e.value for e in core_algos.AdvantageEstimator}:
         return
     try:
@@ -89,7 +89,7 @@ def check_estimator(name: str, backend: str, unsupported: Mapping[str, str] | No
         known = sorted({e.value for e in core_algos.AdvantageEstimator} | set(core_algos.ADV_ESTIMATOR_REGISTRY))
         usable = [k for k in known if k not in (unsupported or {})]
         raise ValueError(f"advantage estimator {name!r} is not a verl advantage estimator; "
-                         f"--backend {backend} runs: {', '.join(usable)}") from None
+                         f"train_rgrpo.py {backend} runs: {', '.join(usable)}") from None
 
 ESTIMATOR_NAME = "rgrpo"
 """``algorithm.adv_estimator`` value that selects r-GRPO."""

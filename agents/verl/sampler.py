@@ -1,4 +1,4 @@
-"""verl's synchronous replay buffer with a short poll: the sampler of ``--backend verl-cpu``.
+"""verl's synchronous replay buffer with a short poll: the sampler of ``train_rgrpo.py verl-cpu``.
 
 verl's v1 trainer waits for a step's rollouts by polling TransferQueue; its built-in
 :class:`~verl.trainer.ppo.v1.replay_buffer.ReplayBuffer` sleeps ``poll_interval`` = 2 s

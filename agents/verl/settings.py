@@ -30,7 +30,7 @@ LOOP_TARGET = "agents.verl.agent_loop.RegionRerankAgentLoop"
 
 @dataclass(frozen=True)
 class ScoringServiceSettings:
-    """The scorer service of verl rollouts (``--verl.scoring.*``)."""
+    """The scorer service of verl rollouts (``--scoring.*`` of ``train_rgrpo.py verl``)."""
 
     enabled: bool = True
     """score through one batched service; off: every episode scores in-process behind a lock"""

@@ -247,16 +247,15 @@ def test_a_module_attr_factory_gets_the_common_settings_it_names(examples_import
 
 
 def test_a_custom_scorer_reaches_the_verl_agent_loop_through_its_config_file(repo_cwd, load_recipe):
-    import tyro
     import yaml
 
     from agents.verl.config import loop_settings
     from agents.verl.settings import LoopSettings, agent_loop_config
 
     recipe = load_recipe("train_rgrpo")
-    args = tyro.cli(recipe.Args, args=["--verl.scorer.model", "examples.custom_scorer:HistogramScorer",
-                                        "--verl.scorer.options", "bins", "5", "--local.scorer.model", "examples.custom_scorer:HistogramScorer"])
-    assert args.local.scorer.model == "examples.custom_scorer:HistogramScorer"
-    entry = yaml.safe_load(yaml.safe_dump(agent_loop_config(loop_settings(args.verl)), sort_keys=False))[0]
+    local = recipe.parse(["local", "--scorer.model", "examples.custom_scorer:HistogramScorer"])
+    assert local.train.scorer.model == "examples.custom_scorer:HistogramScorer"
+    verl = recipe.parse(["verl", "--scorer.model", "examples.custom_scorer:HistogramScorer", "--scorer.options", "bins", "5"])
+    entry = yaml.safe_load(yaml.safe_dump(agent_loop_config(loop_settings(verl.verl)), sort_keys=False))[0]
     settings = LoopSettings.from_kwargs(**{k: v for k, v in entry.items() if k not in ("name", "_target_")})
     assert make_scorer(settings.scorer).name == "rgb-histogram-5x64"

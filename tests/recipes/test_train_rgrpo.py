@@ -1,6 +1,7 @@
 """recipes/train_rgrpo.py and agents/verl/config.py: verl's config composed with the
 project's defaults (GPU and CPU), one-override algorithm swaps, size checks before launch,
-the dry run, and the backends' entry points (no GPU needed)."""
+the dry run, the subcommand per backend and the automatic choice without one, and the
+backends' entry points (no GPU needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-import tyro
 import yaml
 from omegaconf import OmegaConf
 
@@ -29,7 +29,6 @@ from agents.verl.config import (
     sequence_lengths,
     write_agent_loop_file,
 )
-from agents.local.trainer import LocalTrainConfig
 from agents.qwen.tiny import cached_tiny_qwen
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
@@ -75,9 +74,9 @@ def test_one_override_swaps_the_algorithm(recipe, verl_args, estimator):
 
 
 def test_unknown_estimator_is_rejected_before_launch(recipe, verl_args):
-    args = recipe.Args(overrides=("algorithm.adv_estimator=not_an_estimator",), backend="verl", dry_run=True, verl=verl_args)
+    command = recipe.VerlCommand(verl=verl_args, dry_run=True, overrides=("algorithm.adv_estimator=not_an_estimator",))
     with pytest.raises(ValueError, match="not_an_estimator.*not a verl advantage estimator"):
-        recipe.main(args)
+        recipe.main(command)
 
 
 def test_cpu_defaults_compose_into_a_valid_verl_config(tiny_qwen_dir, tmp_path):
@@ -112,7 +111,7 @@ def test_bad_sizes_are_refused_before_launch_naming_the_settings(changes, named)
 
 
 def test_gae_is_refused_on_cpu_with_the_reason():
-    with pytest.raises(ValueError, match="gae is not supported by --backend verl-cpu: it needs verl's critic"):
+    with pytest.raises(ValueError, match="gae is not supported by train_rgrpo.py verl-cpu: it needs verl's critic"):
         check_estimator("gae", cpu=True)
     check_estimator("gae")  # on GPUs verl runs it with its critic
 
@@ -146,7 +145,7 @@ def test_agent_loop_file_carries_the_env_settings(recipe, tiny_qwen_dir, tmp_pat
 
 
 def test_dry_run_prints_the_resolved_config(recipe, verl_args, capsys):
-    recipe.main(recipe.Args(overrides=("algorithm.adv_estimator=rloo",), backend="verl", dry_run=True, verl=verl_args))
+    recipe.main(recipe.VerlCommand(verl=verl_args, dry_run=True, overrides=("algorithm.adv_estimator=rloo",)))
     printed = capsys.readouterr().out
     config_text, loop_text = printed.split("# agent loop")
     config = OmegaConf.create(config_text)
@@ -156,31 +155,65 @@ def test_dry_run_prints_the_resolved_config(recipe, verl_args, capsys):
     assert not agent_loop_file(verl_args).exists()  # a dry run writes nothing
 
 
-def test_command_line_takes_flags_and_positional_overrides(recipe):
-    args = tyro.cli(
-        recipe.Args,
-        args=["--backend", "verl", "--dry-run", "--verl.env.max-steps", "2", "algorithm.adv_estimator=grpo", "trainer.total_epochs=2"],
-    )
-    assert args.backend == "verl" and args.dry_run and args.verl.env.max_steps == 2
-    assert args.overrides == ("algorithm.adv_estimator=grpo", "trainer.total_epochs=2")
+def test_command_line_takes_flags_and_positional_overrides(recipe, capsys):
+    command = recipe.parse(["verl", "--dry-run", "--env.max-steps", "2", "algorithm.adv_estimator=grpo", "trainer.total_epochs=2"])
+    assert isinstance(command, recipe.VerlCommand) and command.dry_run and command.verl.env.max_steps == 2
+    assert command.overrides == ("algorithm.adv_estimator=grpo", "trainer.total_epochs=2")
+    assert capsys.readouterr().out == ""  # a named backend is not announced
+    assert recipe.parse(["verl-cpu"]).verl == VerlArgs.for_cpu()  # the CPU-sized defaults
+
+
+def _help(recipe, capsys, backend: str) -> str:
+    with pytest.raises(SystemExit) as ended:
+        recipe.parse([backend, "--help"])
+    assert ended.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_each_backend_shows_only_its_own_flags(recipe, capsys):
+    local = _help(recipe, capsys, "local")
+    for flag in ("--iterations", "--group-size", "--env.obs-size", "--scorer.model", "--out", "--threads", "--resume",
+                 "--test-data", "--test-queries", "--dry-run"):
+        assert flag in local
+    for flag in ("--model-path", "--rollout-n", "--total-training-steps", "--local.", "--verl"):
+        assert flag not in local
+    verl_cpu = _help(recipe, capsys, "verl-cpu")
+    for flag in ("--model-path", "--rollout-n", "--scoring.max-batch", "--out", "--resume", "--test-queries", "--dry-run"):
+        assert flag in verl_cpu
+    for flag in ("--iterations", "--warm-start-steps", "--group-size", "--test-data", "--threads", "--local", "--verl"):
+        assert flag not in verl_cpu
+    assert "runs/verl-cpu" in verl_cpu  # its own defaults
+    verl = _help(recipe, capsys, "verl")
+    assert "--model-path" in verl and "--iterations" not in verl and "--test-queries" not in verl
+
+
+@pytest.mark.parametrize("gpu, backend", [(False, "LocalCommand"), (True, "VerlCommand")])
+def test_without_a_backend_the_gpu_picks_it_and_says_so(recipe, capsys, monkeypatch, gpu, backend):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert type(recipe.parse([])).__name__ == backend
+    printed = capsys.readouterr().out
+    chosen = "verl" if gpu else "local"
+    assert printed.count("\n") == 1 and f"the backend is {chosen};" in printed
+    assert all(f"train_rgrpo.py {other} " in printed for other in recipe.BACKENDS if other != chosen)
+    # flags and overrides alone go to the chosen backend
+    command = recipe.parse(["--dry-run", "algorithm.adv_estimator=grpo"])
+    assert type(command).__name__ == backend and command.dry_run and command.overrides == ("algorithm.adv_estimator=grpo",)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
 def test_verl_backend_without_gpu_says_what_it_needs(recipe, verl_args):
-    with pytest.raises(SystemExit, match="(?s)NVIDIA GPU.*vllm.*--backend verl-cpu"):
-        recipe.main(recipe.Args(backend="verl", verl=verl_args))
-    assert recipe.resolve_backend("auto") == "local"
+    with pytest.raises(SystemExit, match="(?s)NVIDIA GPU.*vllm.*train_rgrpo.py verl-cpu"):
+        recipe.main(recipe.VerlCommand(verl=verl_args))
 
 
 def test_local_backend_takes_the_estimator_override(recipe, capsys):
-    recipe.main(recipe.Args(overrides=("algorithm.adv_estimator=grpo",), backend="local", dry_run=True))
+    recipe.main(recipe.parse(["local", "--dry-run", "algorithm.adv_estimator=grpo"]))
     assert yaml.safe_load(capsys.readouterr().out)["estimator"] == "grpo"
-    with pytest.raises(SystemExit, match="trainer.total_epochs=2.*--local"):
-        recipe.main(recipe.Args(overrides=("trainer.total_epochs=2",), backend="local", dry_run=True))
-    # Two spellings of the estimator that disagree are refused, not silently resolved.
-    local = LocalTrainConfig(estimator="rloo")
-    with pytest.raises(SystemExit, match="two estimators"):
-        recipe.main(recipe.Args(overrides=("algorithm.adv_estimator=grpo",), backend="local", dry_run=True, local=local))
+    with pytest.raises(SystemExit, match="trainer.total_epochs=2.*train_rgrpo.py local --help"):
+        recipe.main(recipe.parse(["local", "--dry-run", "trainer.total_epochs=2"]))
+    # Two spellings of the estimator that disagree are refused, naming both, not silently resolved.
+    with pytest.raises(SystemExit, match="--estimator rloo and algorithm.adv_estimator=grpo name two estimators"):
+        recipe.main(recipe.parse(["local", "--estimator", "rloo", "--dry-run", "algorithm.adv_estimator=grpo"]))
 
 
 def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
@@ -196,9 +229,8 @@ def test_local_backend_end_to_end_trains_saves_and_prints_the_test_table(
         policy=PolicyConfig(image_size=32, channels=8, hidden=16, grid=4),
         out=tmp_path / "run", progress=False,
     )
-    recipe.main(recipe.Args(backend="auto", local=local, test_data=scene_pool_files["val"]))
+    recipe.main(recipe.LocalCommand(train=local, test_data=scene_pool_files["val"]))
     printed = capsys.readouterr().out
-    assert "No GPU" in printed and "--backend local" in printed
     table = (tmp_path / "run" / "test" / "results.md").read_text()
     for row in ("| full |", "| center-0.5 |", "| random |", "| annotated |", "| oracle |", "| trained |"):
         assert row in table and row in printed
@@ -215,14 +247,14 @@ def _local_command(scene_pool_files, out: Path, *extra: str) -> list[str]:
     import sys
 
     files = scene_pool_files
-    return [sys.executable, "recipes/train_rgrpo.py", "--backend", "local", "--test-queries", "0",
-            "--local.data", str(files["train"]), "--local.val-data", str(files["val"]), "--local.out", str(out),
-            "--local.scorer.model", "examples.custom_scorer:HistogramScorer", "--local.iterations", "16",
-            "--local.queries-per-batch", "4", "--local.group-size", "4", "--local.warm-start-steps", "3",
-            "--local.warm-start-batch", "4", "--local.eval-every", "6", "--local.eval-queries", "3",
-            "--local.checkpoint-every", "4", "--local.threads", "1", "--local.no-progress",
-            "--local.env.obs-size", "32", "--local.policy.image-size", "32", "--local.policy.channels", "8",
-            "--local.policy.hidden", "16", "--local.policy.grid", "4", *extra]
+    return [sys.executable, "recipes/train_rgrpo.py", "local", "--test-queries", "0",
+            "--data", str(files["train"]), "--val-data", str(files["val"]), "--out", str(out),
+            "--scorer.model", "examples.custom_scorer:HistogramScorer", "--iterations", "16",
+            "--queries-per-batch", "4", "--group-size", "4", "--warm-start-steps", "3",
+            "--warm-start-batch", "4", "--eval-every", "6", "--eval-queries", "3",
+            "--checkpoint-every", "4", "--threads", "1", "--no-progress",
+            "--env.obs-size", "32", "--policy.image-size", "32", "--policy.channels", "8",
+            "--policy.hidden", "16", "--policy.grid", "4", *extra]
 
 
 def _start(command: list[str]):
@@ -276,10 +308,10 @@ def test_local_run_killed_then_interrupted_resumes_to_the_uninterrupted_result(
     assert not torch.load(stopped / STATE_FILE, weights_only=False)["finished"]
 
     def args(*extra: str):
-        return tyro.cli(recipe.Args, args=_local_command(scene_pool_files, stopped, *extra)[2:])
+        return recipe.parse(_local_command(scene_pool_files, stopped, *extra)[2:])
 
     with pytest.raises(ValueError, match=r"holds an unfinished run .*lr: 0.001 -> 0.002"):
-        recipe.main(args("--local.lr", "0.002"))  # another config is never mixed in
+        recipe.main(args("--lr", "0.002"))  # another config is never mixed in
 
     interrupted = _start(_local_command(scene_pool_files, stopped))
     first = torch.load(stopped / STATE_FILE, weights_only=False)["iteration"]
@@ -290,7 +322,7 @@ def test_local_run_killed_then_interrupted_resumes_to_the_uninterrupted_result(
     assert "interrupted after iteration" in printed and "to resume: python recipes/train_rgrpo.py" in printed
     assert len(_metrics_without_time(stopped / "metrics.csv")) > first  # the iterations done are written
 
-    resumed = _start(_local_command(scene_pool_files, stopped, "--resume"))
+    resumed = _start(_local_command(scene_pool_files, stopped, "--resume", "require"))
     printed = resumed.communicate(timeout=120)[0]
     assert resumed.returncode == 0 and "resuming" in printed, printed
     assert reference.communicate(timeout=120)[0] is not None and reference.returncode == 0
@@ -300,4 +332,4 @@ def test_local_run_killed_then_interrupted_resumes_to_the_uninterrupted_result(
     rows = _metrics_without_time(straight / "metrics.csv")
     assert len(rows) == 16 and _metrics_without_time(stopped / "metrics.csv") == rows
     with pytest.raises(ValueError, match="already finished"):
-        recipe.main(args("--resume"))  # a finished run is not resumed
+        recipe.main(args("--resume", "require"))  # a finished run is not resumed

@@ -89,7 +89,7 @@ def test_rgrpo_differs_from_grpo_on_an_unbalanced_group():
 
 
 def test_unknown_or_critic_estimators_fail_before_training(pool_files, tiny_model_name, tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="not a verl advantage estimator; --backend local runs: .*rgrpo, rloo"):
+    with pytest.raises(ValueError, match="not a verl advantage estimator; train_rgrpo.py local runs: .*rgrpo, rloo"):
         train(small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, estimator="nope"))
     with pytest.raises(ValueError, match="critic"):
         train(small_config(pool_files, tiny_model_name, tiny_checkpoint, tmp_path, estimator="gae"))

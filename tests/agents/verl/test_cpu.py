@@ -2,7 +2,7 @@
 trainer end to end.
 
 The end-to-end test is the project's proof that the verl half trains: it runs
-``python recipes/train_rgrpo.py --backend verl-cpu`` for two steps in a subprocess, as a
+``python recipes/train_rgrpo.py verl-cpu`` for two steps in a subprocess, as a
 user would (verl's v1 trainer, TransferQueue, FSDP2 on gloo, the transformers rollout
 server receiving the actor's weights, the RegionRerank agent loop, env, scorer and
 reward, the ``rgrpo`` estimator), and checks the run summary. It takes a few minutes
@@ -143,13 +143,13 @@ def test_training_crop_rates_by_full_rank_come_from_the_episodes():
 
 
 def verl_cpu_command(out, *flags: str) -> list[str]:
-    """Two training steps of ``recipes/train_rgrpo.py --backend verl-cpu``, the smallest sizes."""
+    """Two training steps of ``recipes/train_rgrpo.py verl-cpu``, the smallest sizes."""
     return [
-        sys.executable, "recipes/train_rgrpo.py", "--backend", "verl-cpu", "--verl-cpu.policy", "toy", *flags,
-        "--verl-cpu.out", str(out), "--verl-cpu.total-training-steps", "2", "--verl-cpu.test-freq", "-1",
-        "--verl-cpu.max-queries", "8", "--verl-cpu.val-queries", "4", "--verl-cpu.train-batch-size", "2",
-        "--verl-cpu.rollout-n", "4", "--verl-cpu.ppo-mini-batch-size", "2", "--verl-cpu.micro-batch-size-per-gpu", "8",
-        "--verl-cpu.log-prob-micro-batch-size-per-gpu", "8", "--test-queries", "4",
+        sys.executable, "recipes/train_rgrpo.py", "verl-cpu", "--policy", "toy", *flags,
+        "--out", str(out), "--total-training-steps", "2", "--test-freq", "-1",
+        "--max-queries", "8", "--val-queries", "4", "--train-batch-size", "2",
+        "--rollout-n", "4", "--ppo-mini-batch-size", "2", "--micro-batch-size-per-gpu", "8",
+        "--log-prob-micro-batch-size-per-gpu", "8", "--test-queries", "4",
     ]
 
 
@@ -206,9 +206,9 @@ def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
     (verl's trainer.resume_mode=auto): each step once in summary.json, the decisions still
     reaching r-GRPO, the final checkpoint tested."""
     out = tmp_path / "run"
-    kill_after_first_checkpoint(out, "--verl-cpu.save-freq", "1", timeout=900)
+    kill_after_first_checkpoint(out, "--save-freq", "1", timeout=900)
     assert not (out / "summary.json").exists()  # killed before the end
-    log = run_verl_cpu(out, "--verl-cpu.save-freq", "1", timeout=580)
+    log = run_verl_cpu(out, "--save-freq", "1", timeout=580)
     assert "resuming from" in log and "global_step_1" in log, log[-6000:]
     from agents.verl.launch import METRICS_FILE, read_metrics
 
@@ -239,7 +239,7 @@ def test_verl_cpu_trains_two_steps_end_to_end(tmp_path):
 @pytest.mark.slow  # ~5 min alone, ~12 min on a shared 2-core machine: run with -m slow
 @pytest.mark.timeout(1500)
 def test_verl_cpu_trains_a_tiny_qwen3_vl_through_the_same_path(tmp_path):
-    """``--backend verl-cpu`` with a tiny Qwen3-VL checkpoint: the same trainer, rollout
+    """``train_rgrpo.py verl-cpu`` with a tiny Qwen3-VL checkpoint: the same trainer, rollout
     server and agent loop, with the family read from the checkpoint (0-1000 boxes, the
     Qwen3-VL prompt, 32 px image tokens). The model is untrained, so its answers are
     malformed and the gradient ~0; what is checked is that the run completes and the
@@ -252,7 +252,7 @@ def test_verl_cpu_trains_a_tiny_qwen3_vl_through_the_same_path(tmp_path):
 
     model = cached_tiny_qwen(tmp_path, family="qwen3_vl")
     out = tmp_path / "run"
-    run_verl_cpu(out, "--verl-cpu.model-path", str(model), timeout=1450)
+    run_verl_cpu(out, "--model-path", str(model), timeout=1450)
     (entry,) = yaml.safe_load((out / "agent_loop.yaml").read_text())
     assert entry["images"]["family"] == "qwen3_vl"
     row = pq.read_table(out / "data" / "train.parquet").to_pylist()[0]
@@ -303,5 +303,5 @@ def test_the_resume_flag_sets_verls_resume_mode(tmp_path, resume, mode):
     assert overrides[0] == f"trainer.resume_mode={mode}"
     if mode == "resume_path":
         assert overrides[1] == f"trainer.resume_from_path={(tmp_path / 'checkpoints' / resume).resolve()}"
-    with pytest.raises(ValueError, match="--verl.resume 'step_20': expected auto, disable or global_step_N"):
+    with pytest.raises(ValueError, match="--resume 'step_20': expected auto, disable or global_step_N"):
         resume_overrides(VerlArgs(out=tmp_path, resume="step_20"))
