@@ -227,15 +227,7 @@ class RegionRerankEnv(gym.Env):
         kb_index: "KnowledgeBaseIndex | None" = None,
         **fields: Any,
     ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        if isinstance(pools, (str, os.PathLike)) or pools is None:
-            raise TypeError(
-                f"RegionRerankEnv takes loaded query pools, got {pools!r}; "
-                "use gym.make('RegionRerank-v0', dataset=...) or envs.factory.make_env for a path or the default"
-            )
-        if scorer is None:
-            raise TypeError("RegionRerankEnv takes a built scorer; envs.factory.make_scorer() builds the default")
+        _check_env_arguments(pools, scorer, render_mode, self.metadata["render_modes"])
         # The Scorer contract: its members now; what they return at the first reset, on the
         # arrays the env fetches anyway (no extra forward; see envs.scorers.openclip.check_scorer).
         check_scorer_members(scorer)
@@ -245,25 +237,16 @@ class RegionRerankEnv(gym.Env):
         if len(self.pools) == 0:
             raise ValueError("RegionRerankEnv: the dataset holds no query pools")
         self.scorer = scorer
-        obs_size = self.settings.obs_size
         self.render_mode = render_mode
         self._load_image = load_image if image_cache is None else image_cache.load
-        max_steps = self.settings.max_steps
         self.kb_index = kb_index
         if self.settings.search:
             _check_index(kb_index, scorer)
         self._index_checked = False
 
         self.action_space = spaces.Dict(_action_spaces(self.settings.max_regions, self.settings.search))
-        # The charset covers every question in the data, so real (non-ASCII) questions fit.
-        charset = sorted(set(string.printable) | {ch for p in self.pools for ch in p.question})
-        max_question = max(64, max(len(p.question) for p in self.pools))
         self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, shape=(obs_size, obs_size, 3), dtype=np.uint8),
-                "question": QuestionText(max_length=max_question, min_length=0, charset="".join(charset)),
-                "step": spaces.Discrete(max_steps + 1),
-            }
+            _observation_spaces(self.pools, self.settings.obs_size, self.settings.max_steps)
         )
 
         self.pool: QueryPool | None = None
@@ -685,6 +668,33 @@ class RegionRerankEnv(gym.Env):
             if info["searched"]:
                 info["search_recall"] = outcome.search.recall
         return self._observation(policy_image), info
+
+
+def _check_env_arguments(pools: Any, scorer: Any, render_mode: str | None, render_modes: list[str]) -> None:
+    """Refuse what :class:`RegionRerankEnv` cannot take: an unknown render mode, a path (or
+    nothing) instead of loaded pools, no scorer."""
+    if render_mode is not None and render_mode not in render_modes:
+        raise ValueError(f"render_mode must be one of {render_modes} or None, got {render_mode!r}")
+    if isinstance(pools, (str, os.PathLike)) or pools is None:
+        raise TypeError(
+            f"RegionRerankEnv takes loaded query pools, got {pools!r}; "
+            "use gym.make('RegionRerank-v0', dataset=...) or envs.factory.make_env for a path or the default"
+        )
+    if scorer is None:
+        raise TypeError("RegionRerankEnv takes a built scorer; envs.factory.make_scorer() builds the default")
+
+
+def _observation_spaces(pools: Sequence[QueryPool], obs_size: int, max_steps: int) -> dict[str, spaces.Space]:
+    """The observation space's members: the ``obs_size`` square view, the question and the
+    crops taken so far."""
+    # The charset covers every question in the data, so real (non-ASCII) questions fit.
+    charset = sorted(set(string.printable) | {ch for p in pools for ch in p.question})
+    max_question = max(64, max(len(p.question) for p in pools))
+    return {
+        "image": spaces.Box(0, 255, shape=(obs_size, obs_size, 3), dtype=np.uint8),
+        "question": QuestionText(max_length=max_question, min_length=0, charset="".join(charset)),
+        "step": spaces.Discrete(max_steps + 1),
+    }
 
 
 def _action_spaces(max_regions: int, search: bool) -> dict[str, spaces.Space]:

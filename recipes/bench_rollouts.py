@@ -44,6 +44,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -53,6 +54,7 @@ import tyro
 from agents.verl.settings import LoopSettings, ScoringServiceSettings
 from envs.threads import DEFAULT_THREADS, set_threads
 from envs.actions import REGION
+from envs.data.pools import QueryPool
 from envs.settings import ImageSettings, ScorerSettings
 
 
@@ -191,14 +193,61 @@ def run_step(loop_cls, config, processor, policy, settings: LoopSettings, rows: 
     return cpu, wall
 
 
+@dataclass
+class Bench:
+    """What every measured step shares: the queries (``steps + 1`` batches: the timed ones
+    and the warm-up), their pool file, verl's trainer config, the processor and the timed
+    agent loop."""
+
+    args: Args
+    pools: list[QueryPool]
+    pool_file: Path
+    config: Any
+    processor: Any
+    loop_cls: type
+
+    def rows(self, step: int) -> list[dict]:
+        """The agent-loop rows of ``step``: each of its queries ``rollouts`` times."""
+        chosen = self.pools[step * self.args.queries : (step + 1) * self.args.queries]
+        return [{"pool_file": str(self.pool_file), "query_id": p.query_id, "uid": f"s{step}-{p.query_id}"}
+                for p in chosen for _ in range(self.args.rollouts)]
+
+
+@dataclass(frozen=True)
+class PathFigures:
+    """One path's figures: per step, env+scoring CPU and wall seconds; per rollout, image
+    forwards and images encoded; and images per forward."""
+
+    env_seconds: float
+    wall_seconds: float
+    forwards_per_rollout: float
+    images_per_rollout: float
+    images_per_forward: float
+
+
 def main(args: Args) -> None:
+    set_threads(args.threads)
+    bench = prepare_bench(args)
+    n = args.rollouts
+    print(f"{args.queries} queries x {n} rollouts per step, {args.steps} timed steps per path, {args.threads} threads; "
+          f"service max_batch {args.scoring.max_batch}, max_wait_ms {args.scoring.max_wait_ms:g}")
+    header = f"{'scorer':9s} {'path':12s} {'env+scoring CPU s/step':>23s} {'step wall s':>12s} {'forwards/rollout':>17s} {'images/rollout':>15s} {'images/forward':>15s}"
+    results = {}
+    for name in args.scorers:
+        results.update({(name, path): figures for path, figures in measure_scorer(bench, name).items()})
+        print_rows(header if name == args.scorers[0] else None, results, name)
+    print(f"bound for the service: <= 1 + 1/n = {1 + 1 / n:.3f} images per rollout")
+
+
+def prepare_bench(args: Args) -> Bench:
+    """``(steps + 1) x queries`` queries of the embedded train split drawn with ``args.seed``,
+    written to a pool file, and the verl pieces the agent loop needs."""
     from transformers import AutoProcessor
 
     from agents.qwen.tiny import cached_tiny_qwen
     from envs.data.pools import write_query_pools
     from envs.factory import resolve_dataset
 
-    set_threads(args.threads)
     pools = list(resolve_dataset(None, split="train", purpose="train"))
     need = args.queries * (args.steps + 1)
     if len(pools) < need:
@@ -208,65 +257,68 @@ def main(args: Args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-rollouts-"))
     pool_file = write_query_pools(pools, work / "pools.jsonl")
     processor = AutoProcessor.from_pretrained(cached_tiny_qwen(Path(tempfile.gettempdir()) / "region-rerank-bench"))
-    config = trainer_config()
-    loop_cls = timed_loop_class()
-    n = args.rollouts
-
-    def rows_of(step: int) -> list[dict]:
-        chosen = pools[step * args.queries : (step + 1) * args.queries]
-        return [{"pool_file": str(pool_file), "query_id": p.query_id, "uid": f"s{step}-{p.query_id}"} for p in chosen for _ in range(n)]
-
-    print(f"{args.queries} queries x {n} rollouts per step, {args.steps} timed steps per path, {args.threads} threads; "
-          f"service max_batch {args.scoring.max_batch}, max_wait_ms {args.scoring.max_wait_ms:g}")
-    header = f"{'scorer':9s} {'path':12s} {'env+scoring CPU s/step':>23s} {'step wall s':>12s} {'forwards/rollout':>17s} {'images/rollout':>15s} {'images/forward':>15s}"
-    results = {}
-    for name in args.scorers:
-        # No decision balancing: it would force a FULL into every all-REGION group, and each
-        # rollout is to score one crop here.
-        common = dict(scorer=scorer_settings(name, args.device), images=ImageSettings(max_pixels=args.max_pixels), balance_groups=False)
-        paths = {
-            "per-episode": LoopSettings(**common, scoring=ScoringServiceSettings(enabled=False)),
-            "service": LoopSettings(**common, scoring=args.scoring),
-        }
-        counters = {}
-        for path, settings in paths.items():  # warm-up: candidates cached, first forward allocated
-            scorer = scorer_counters(settings)
-            for pool in pools:
-                scorer.candidate_embeddings(pool)
-            run_step(loop_cls, config, processor, InstantPolicy(processor.tokenizer, args.seed), settings, rows_of(args.steps)[: n])
-            counters[path] = scorer
-        totals = {path: {"env": 0.0, "wall": 0.0, "forwards": 0, "images": 0} for path in paths}
-        for step in range(args.steps):
-            for path, settings in paths.items():
-                stats = counters[path].stats
-                before = (stats.image_forwards, stats.images_encoded)
-                policy = InstantPolicy(processor.tokenizer, args.seed + 1000 * step)
-                env_s, wall = run_step(loop_cls, config, processor, policy, settings, rows_of(step))
-                t = totals[path]
-                t["env"] += env_s
-                t["wall"] += wall
-                t["forwards"] += stats.image_forwards - before[0]
-                t["images"] += stats.images_encoded - before[1]
-        rollouts = args.steps * args.queries * n
-        for path, t in totals.items():
-            results[(name, path)] = (
-                t["env"] / args.steps, t["wall"] / args.steps, t["forwards"] / rollouts, t["images"] / rollouts,
-                t["images"] / max(1, t["forwards"]),
-            )
-        print_rows(header if name == args.scorers[0] else None, results, name)
-    print(f"bound for the service: <= 1 + 1/n = {1 + 1 / n:.3f} images per rollout")
+    return Bench(args, pools, pool_file, trainer_config(), processor, timed_loop_class())
 
 
-def print_rows(header: str | None, results: dict, name: str) -> None:
+def measure_scorer(bench: Bench, name: str) -> dict[str, PathFigures]:
+    """Both paths' figures for scorer ``name``: each warmed up, then their steps timed in turn."""
+    args = bench.args
+    # No decision balancing: it would force a FULL into every all-REGION group, and each
+    # rollout is to score one crop here.
+    common = dict(scorer=scorer_settings(name, args.device), images=ImageSettings(max_pixels=args.max_pixels), balance_groups=False)
+    paths = {
+        "per-episode": LoopSettings(**common, scoring=ScoringServiceSettings(enabled=False)),
+        "service": LoopSettings(**common, scoring=args.scoring),
+    }
+    counters = {path: warmed_up_scorer(bench, settings) for path, settings in paths.items()}
+    totals = {path: {"env": 0.0, "wall": 0.0, "forwards": 0, "images": 0} for path in paths}
+    for step in range(args.steps):
+        for path, settings in paths.items():
+            add_timed_step(bench, settings, counters[path], step, totals[path])
+    rollouts = args.steps * args.queries * args.rollouts
+    return {
+        path: PathFigures(t["env"] / args.steps, t["wall"] / args.steps, t["forwards"] / rollouts,
+                          t["images"] / rollouts, t["images"] / max(1, t["forwards"]))
+        for path, t in totals.items()
+    }
+
+
+def warmed_up_scorer(bench: Bench, settings: LoopSettings):
+    """The scorer of ``settings``' path with every candidate cached and its first forward
+    done (one query of the warm-up batch); its counters measure the timed steps."""
+    scorer = scorer_counters(settings)
+    for pool in bench.pools:
+        scorer.candidate_embeddings(pool)
+    policy = InstantPolicy(bench.processor.tokenizer, bench.args.seed)
+    run_step(bench.loop_cls, bench.config, bench.processor, policy, settings, bench.rows(bench.args.steps)[: bench.args.rollouts])
+    return scorer
+
+
+def add_timed_step(bench: Bench, settings: LoopSettings, scorer, step: int, total: dict) -> None:
+    """Run ``step``'s episodes on ``settings``' path; add its CPU and wall seconds and the
+    scorer's image forwards and images encoded to ``total``."""
+    stats = scorer.stats
+    before = (stats.image_forwards, stats.images_encoded)
+    policy = InstantPolicy(bench.processor.tokenizer, bench.args.seed + 1000 * step)
+    env_s, wall = run_step(bench.loop_cls, bench.config, bench.processor, policy, settings, bench.rows(step))
+    total["env"] += env_s
+    total["wall"] += wall
+    total["forwards"] += stats.image_forwards - before[0]
+    total["images"] += stats.images_encoded - before[1]
+
+
+def print_rows(header: str | None, results: dict[tuple[str, str], PathFigures], name: str) -> None:
     """The table rows of one scorer (printed as soon as it is measured)."""
     if header:
         print(header)
     for path in ("per-episode", "service"):
-        env_s, wall, fwd, img, per = results[(name, path)]
-        print(f"{name:9s} {path:12s} {env_s:23.2f} {wall:12.2f} {fwd:17.3f} {img:15.3f} {per:15.2f}")
+        f = results[(name, path)]
+        print(f"{name:9s} {path:12s} {f.env_seconds:23.2f} {f.wall_seconds:12.2f} {f.forwards_per_rollout:17.3f} "
+              f"{f.images_per_rollout:15.3f} {f.images_per_forward:15.2f}")
     old, new = results[(name, "per-episode")], results[(name, "service")]
-    print(f"{name:9s} {'ratio':12s} {old[0] / new[0]:22.2f}x {old[1] / new[1]:11.2f}x "
-          f"{old[2] / max(new[2], 1e-9):16.2f}x {old[3] / new[3]:14.2f}x", flush=True)
+    print(f"{name:9s} {'ratio':12s} {old.env_seconds / new.env_seconds:22.2f}x {old.wall_seconds / new.wall_seconds:11.2f}x "
+          f"{old.forwards_per_rollout / max(new.forwards_per_rollout, 1e-9):16.2f}x "
+          f"{old.images_per_rollout / new.images_per_rollout:14.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from envs.data.adapters.pools import AnnotatedQuery
 from envs.data.pools import DataError
 from envs.data.default import cache_root
 from envs.factory import make_scorer
-from envs.data.kb_index import KbItem, KnowledgeBaseIndex, embed_items
+from envs.data.kb_index import Embeddings, KbItem, KnowledgeBaseIndex, embed_items
 from envs.settings import ScorerSettings
 from envs.atomic import atomic_open, atomic_write_text
 
@@ -138,6 +138,18 @@ def _write_results(path: Path, rows: Sequence[tuple[str, list[str], list[float]]
         handle.write("\n}\n")
 
 
+@dataclass(frozen=True)
+class QuerySearch:
+    """The search of the queries' images: a result row per query whose image was embedded,
+    how many queries were left out because theirs could not be decoded, how many images
+    were searched, and the seconds it took."""
+
+    rows: list[tuple[str, list[str], list[float]]]
+    undecodable: int
+    images_searched: int
+    seconds: float
+
+
 def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
     """Run the retrieval ``args`` describe; returns the summary written to ``<out>.meta.json``."""
     set_threads(args.threads)
@@ -157,9 +169,30 @@ def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
     paths = list(dict.fromkeys(q.image for q in queries))  # questions about one image share its embedding
     query_vectors = embed_items([KbItem(id=str(p), image=p) for p in paths], scorer, "image",
                                 cache_dir=args.cache_dir, label="queries", **sizes)
+    search = search_queries(index, queries, paths, query_vectors, args.top_k)
+    for _ in range(search.undecodable):
+        query_summary.drop("query_image_undecodable")
+    query_summary.queries_kept = len(search.rows)
+    _write_results(args.out, search.rows)
+    summary = run_summary(args, scorer.name, kb_counts, index, query_summary, len(paths), query_vectors, search)
+    meta_path = args.out.with_suffix(".meta.json")
+    atomic_write_text(meta_path, json.dumps(summary, indent=1) + "\n")
+    print(query_summary.report())
+    print(index.stats.report("KB entities"))
+    print(query_vectors.stats.report("query images"))
+    print(f"searched {search.images_searched} query images in {search.seconds:.2f} s ({args.backend})")
+    print(f"wrote the top-{args.top_k} of {len(search.rows)} queries to {args.out} (summary in {meta_path})")
+    return summary
+
+
+def search_queries(
+    index: KnowledgeBaseIndex, queries: list[AnnotatedQuery], paths: list[Path], query_vectors: Embeddings, top_k: int
+) -> QuerySearch:
+    """The ``top_k`` KB entities of each query, searched once per distinct image (``paths``,
+    embedded as ``query_vectors``), in query order."""
     started = time.perf_counter()
     searchable = [i for i in range(len(paths)) if query_vectors.valid[i]]
-    hits, scores = index.search(query_vectors.vectors[searchable], args.top_k) if searchable else ([], None)
+    hits, scores = index.search(query_vectors.vectors[searchable], top_k) if searchable else ([], None)
     found = {paths[i]: (hits[n], scores[n].tolist()) for n, i in enumerate(searchable)}
     rows, undecodable = [], 0
     for query in queries:
@@ -168,13 +201,22 @@ def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
             rows.append((query.query_id, urls, sims))
         else:
             undecodable += 1
-    search_seconds = time.perf_counter() - started
-    for _ in range(undecodable):
-        query_summary.drop("query_image_undecodable")
-    query_summary.queries_kept = len(rows)
-    _write_results(args.out, rows)
-    summary = {
-        "scorer": scorer.name,
+    return QuerySearch(rows, undecodable, len(searchable), time.perf_counter() - started)
+
+
+def run_summary(
+    args: EvqaArgs | InfoseekArgs,
+    scorer_name: str,
+    kb_counts: dict[str, int],
+    index: KnowledgeBaseIndex,
+    query_summary: AdapterSummary,
+    query_images: int,
+    query_vectors: Embeddings,
+    search: QuerySearch,
+) -> dict:
+    """What ``<out>.meta.json`` says of a run: the KB's index, the queries, the timings."""
+    return {
+        "scorer": scorer_name,
         "features": args.features,
         "knowledge_base": str(args.kb),
         "kb_entries_read": kb_counts["entries"],
@@ -187,24 +229,16 @@ def retrieve(args: EvqaArgs | InfoseekArgs) -> dict:
         "kb_seconds": round(index.stats.seconds, 2),
         "kb_entries_per_second": round(index.stats.items_per_second, 2),
         "queries_read": query_summary.queries_read,
-        "queries_written": len(rows),
+        "queries_written": len(search.rows),
         "queries_dropped": query_summary.dropped,
-        "query_images": len(paths),
+        "query_images": query_images,
         "query_images_embedded": query_vectors.stats.embedded,
         "query_seconds": round(query_vectors.stats.seconds, 2),
-        "search_seconds": round(search_seconds, 2),
+        "search_seconds": round(search.seconds, 2),
         "top_k": args.top_k,
         "backend": args.backend,
         "index_folder": str(index.folder) if index.folder else None,
     }
-    meta_path = args.out.with_suffix(".meta.json")
-    atomic_write_text(meta_path, json.dumps(summary, indent=1) + "\n")
-    print(query_summary.report())
-    print(index.stats.report("KB entities"))
-    print(query_vectors.stats.report("query images"))
-    print(f"searched {len(searchable)} query images in {search_seconds:.2f} s ({args.backend})")
-    print(f"wrote the top-{args.top_k} of {len(rows)} queries to {args.out} (summary in {meta_path})")
-    return summary
 
 
 def main(args: EvqaArgs | InfoseekArgs) -> int:

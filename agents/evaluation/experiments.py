@@ -30,6 +30,7 @@ import numpy as np
 
 from agents.evaluation.baselines import OraclePolicy
 from agents.evaluation.dashboard import plot_decision_dashboard, write_tensorboard_means
+from agents.evaluation.gallery import EpisodeTrace
 from agents.evaluation.runner import evaluate_and_report, trace_policy
 from agents.local.policy import load_policy
 from agents.local.trainer import (
@@ -41,7 +42,10 @@ from agents.local.trainer import (
     warm_started_policy,
 )
 from envs.factory import make_env, make_scorer
+from envs.region_rerank import RegionRerankEnv
+from envs.scorers.openclip import Scorer
 from rewards import RewardConfig
+from rewards.evaluation import EpisodeRecord
 from envs.atomic import atomic_write_json
 
 METRICS = ("MRR", "R@1", "CondR@1", "RC", "RC[1]", "RC[11-K]")
@@ -52,6 +56,19 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
 """Student-t 0.975 quantiles for 1..20 degrees of freedom: the half-width of a two-sided 95%
 interval of a mean of n paired differences is ``T_975[n - 2] * std / sqrt(n)``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSet:
+    """What every cell of a grid is judged on: the test env (default reward), the query
+    indices, a line naming the data for the report, the oracle's traces and the test
+    settings a finished cell must match to be reused."""
+
+    env: RegionRerankEnv
+    indices: range
+    source: str
+    oracle: tuple[list[EpisodeRecord], list[EpisodeTrace]]
+    settings: dict
 
 
 def run_variants(
@@ -69,47 +86,80 @@ def run_variants(
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(variants.values()))
     scorer = make_scorer(first.scorer)
-    # Default reward for every variant (one yardstick); the observation is the policies' own.
-    test_env = make_env(test_data, scorer, split=test_split, purpose="eval", obs_size=first.env.obs_size)
-    indices = range(len(test_env.pools) if test_queries is None else min(test_queries, len(test_env.pools)))
-    source = str(test_data) if test_data else f"embedded benchmark, {test_split} split"
-    # The oracle, once: every run's gallery draws its box, and the oracle costs ~6x a
-    # trained policy's evaluation, so playing it per run would dwarf the drawing.
-    oracle = trace_policy(test_env, OraclePolicy(), indices, name="oracle", progress=first.progress)
+    test = evaluation_set(first, scorer, test_split, test_data, test_queries)
     runs = []
-    test = {"split": test_split, "data": str(test_data) if test_data else None, "queries": len(indices)}
     for i, ((name, config), seed) in enumerate(itertools.product(variants.items(), seeds)):
         run_dir = out / f"{name.replace('+', '_')}-seed{seed}"
         if config.progress:
             print(f"[{i + 1}/{len(variants) * len(seeds)}] {name}, seed {seed} -> {run_dir}", flush=True)
-        config = dataclasses.replace(config, seed=seed, out=run_dir)
-        if config.warm_start_steps and config.init_policy is None:
-            # Variants that differ only after the warm start (estimator, reward, budget) share
-            # it; its file is named by what it depends on, so a resumed grid finds it again.
-            key = warm_start_key(config)
-            path = out / "warm_starts" / f"seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
-            if not path.is_file():  # written atomically: a file there is whole
-                warm_started_policy(config, scorer, path)
-            config = dataclasses.replace(config, init_policy=path)
-        cell = {"config": config.to_dict(), "test": test}
-        finished = finished_cell(run_dir, cell)
-        if finished is not None:
-            print(f"reusing {run_dir}: finished with the same config", flush=True)
-            runs.append(finished)
-            continue
-        try:
-            result = train(dataclasses.replace(config, resume=cell_resume(run_dir, config)), scorer)
-            policies = {name: load_policy(result.checkpoint)}
-            summary = evaluate_and_report(
-                test_env, policies, indices, run_dir / "test", source, oracle=oracle, progress=config.progress
-            )[name]
-        except KeyboardInterrupt:
-            print(f"grid interrupted in {name}, seed {seed}: {len(runs)} cells finished; run the same command "
-                  f"again to reuse them and resume this one: {resume_command()}", flush=True)
-            raise
-        runs.append({"variant": name, "seed": seed, "seconds": result.seconds, "test": summary, "history": result.history})
-        atomic_write_json(run_dir / CELL_FILE, {**cell, "run": runs[-1]}, default=str)
-    summary = {
+        config = cell_config(config, seed, run_dir, out, scorer)
+        runs.append(run_cell(name, config, run_dir, test, scorer, finished_cells=len(runs)))
+    summary = variants_summary(runs, variants)
+    atomic_write_json(out / "results.json", {"runs": runs, "summary": summary}, indent=1, default=str)
+    plot_decision_dashboard(runs, out / "dashboard.png")
+    write_tensorboard_means(runs, out / "tb_mean")
+    return {"runs": runs, "summary": summary}
+
+
+def evaluation_set(
+    first: LocalTrainConfig, scorer: Scorer, test_split: str, test_data: Path | None, test_queries: int | None
+) -> EvaluationSet:
+    """The grid's test set, built once for every cell."""
+    # Default reward for every variant (one yardstick); the observation is the policies' own.
+    env = make_env(test_data, scorer, split=test_split, purpose="eval", obs_size=first.env.obs_size)
+    indices = range(len(env.pools) if test_queries is None else min(test_queries, len(env.pools)))
+    source = str(test_data) if test_data else f"embedded benchmark, {test_split} split"
+    # The oracle, once: every run's gallery draws its box, and the oracle costs ~6x a
+    # trained policy's evaluation, so playing it per run would dwarf the drawing.
+    oracle = trace_policy(env, OraclePolicy(), indices, name="oracle", progress=first.progress)
+    settings = {"split": test_split, "data": str(test_data) if test_data else None, "queries": len(indices)}
+    return EvaluationSet(env, indices, source, oracle, settings)
+
+
+def cell_config(config: LocalTrainConfig, seed: int, run_dir: Path, out: Path, scorer: Scorer) -> LocalTrainConfig:
+    """``config`` for one cell: its seed and run folder, and the shared warm start (trained
+    here when no cell has written it yet)."""
+    config = dataclasses.replace(config, seed=seed, out=run_dir)
+    if config.warm_start_steps and config.init_policy is None:
+        # Variants that differ only after the warm start (estimator, reward, budget) share
+        # it; its file is named by what it depends on, so a resumed grid finds it again.
+        key = warm_start_key(config)
+        path = out / "warm_starts" / f"seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+        if not path.is_file():  # written atomically: a file there is whole
+            warm_started_policy(config, scorer, path)
+        config = dataclasses.replace(config, init_policy=path)
+    return config
+
+
+def run_cell(
+    name: str, config: LocalTrainConfig, run_dir: Path, test: EvaluationSet, scorer: Scorer, finished_cells: int
+) -> dict:
+    """One cell's run record: the stored one when the cell finished with this config, else
+    trained (or resumed), evaluated on ``test`` and stored in ``run_dir``."""
+    cell = {"config": config.to_dict(), "test": test.settings}
+    finished = finished_cell(run_dir, cell)
+    if finished is not None:
+        print(f"reusing {run_dir}: finished with the same config", flush=True)
+        return finished
+    try:
+        result = train(dataclasses.replace(config, resume=cell_resume(run_dir, config)), scorer)
+        policies = {name: load_policy(result.checkpoint)}
+        summary = evaluate_and_report(
+            test.env, policies, test.indices, run_dir / "test", test.source,
+            oracle=test.oracle, progress=config.progress,
+        )[name]
+    except KeyboardInterrupt:
+        print(f"grid interrupted in {name}, seed {config.seed}: {finished_cells} cells finished; run the same command "
+              f"again to reuse them and resume this one: {resume_command()}", flush=True)
+        raise
+    run = {"variant": name, "seed": config.seed, "seconds": result.seconds, "test": summary, "history": result.history}
+    atomic_write_json(run_dir / CELL_FILE, {**cell, "run": run}, default=str)
+    return run
+
+
+def variants_summary(runs: list[dict], variants: dict) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per variant, ``{metric: (mean, std)}`` of its runs' test metrics over seeds."""
+    return {
         name: {
             m: (float(np.mean(v)), float(np.std(v)))
             for m in METRICS
@@ -117,10 +167,6 @@ def run_variants(
         }
         for name in variants
     }
-    atomic_write_json(out / "results.json", {"runs": runs, "summary": summary}, indent=1, default=str)
-    plot_decision_dashboard(runs, out / "dashboard.png")
-    write_tensorboard_means(runs, out / "tb_mean")
-    return {"runs": runs, "summary": summary}
 
 
 def finished_cell(run_dir: Path, cell: dict) -> dict | None:

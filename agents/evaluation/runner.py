@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -277,6 +277,49 @@ def evaluate_and_report(
     (see :func:`write_galleries`). ``note``: a line printed and written under the table
     (e.g. how many seeds a trained row stands for). Returns the summaries by policy name."""
     gallery = gallery or GalleryConfig()
+    evaluated = evaluate_policies(env, policies, query_indices, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}"
+    header = f"{title}, {evaluated.seconds:.0f} s\n\n"
+    table = results_table(env, evaluated.summaries, note)
+    atomic_write_text(out / "results.md", header + table + "\n")
+    write_per_query(
+        (per_query_row(name, r, t) for name in policies for r, t in zip(evaluated.records[name], evaluated.traces[name])),
+        out / "per_query.jsonl",
+    )
+    plot_results(evaluated.summaries, evaluated.records, out)
+    start = time.perf_counter()
+    galleries = (
+        write_galleries(env, policies, evaluated.records, evaluated.traces, out, gallery, title, oracle)
+        if gallery.draw else []
+    )
+    gallery_seconds = time.perf_counter() - start
+    atomic_write_json(out / "results.json", results_payload(env, source, evaluated, gallery_seconds), indent=1)
+    if progress:
+        print(header + table)
+        files = ["results.md", "results.json", "per_query.jsonl", "rc_by_bucket.png", "rank_before_after.png"]
+        print(f"\nwrote {out}/" + ", ".join(files + [p.name for p in galleries]))
+    if progress and galleries:
+        print(f"evaluation {evaluated.seconds:.2f} s, gallery {gallery_seconds:.2f} s "
+              f"({100 * gallery_seconds / max(evaluated.seconds, 1e-9):.2f}% of the evaluation)")
+    return evaluated.summaries
+
+
+@dataclass(frozen=True)
+class Evaluations:
+    """Every policy's summary, episode records and traces on the same queries (keyed by
+    policy name), and the seconds playing them took."""
+
+    summaries: dict[str, dict]
+    records: dict[str, list[EpisodeRecord]]
+    traces: dict[str, list[EpisodeTrace]]
+    seconds: float
+
+
+def evaluate_policies(
+    env: RegionRerankEnv, policies: dict[str, object], query_indices: Sequence[int], progress: bool
+) -> Evaluations:
+    """Every policy once over ``query_indices``, in order, summarized."""
     summaries: dict[str, dict] = {}
     records: dict[str, list[EpisodeRecord]] = {}
     traces: dict[str, list[EpisodeTrace]] = {}
@@ -286,38 +329,27 @@ def evaluate_and_report(
         summaries[name] = summarize_episodes(records[name])
         if extended(env):  # pools can change: coverage and KB recall go next to the ranking metrics
             summaries[name].update(summarize_search(pools))
-    elapsed = time.perf_counter() - start
+    return Evaluations(summaries, records, traces, time.perf_counter() - start)
 
-    out.mkdir(parents=True, exist_ok=True)
-    header = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}, {elapsed:.0f} s\n\n"
+
+def results_table(env: RegionRerankEnv, summaries: dict[str, dict], note: str) -> str:
+    """The markdown table of ``results.md`` (with the SEARCH columns when ``env`` has the
+    options), ``note`` under it."""
     table = markdown_table(summaries, SEARCH_COLUMNS if extended(env) else ())
     if note:
         table += f"\n\n{note}"
-    atomic_write_text(out / "results.md", header + table + "\n")
-    write_per_query(
-        (per_query_row(name, r, t) for name in policies for r, t in zip(records[name], traces[name])),
-        out / "per_query.jsonl",
-    )
-    plot_results(summaries, records, out)
-    start = time.perf_counter()
-    title = f"{len(query_indices)} queries ({source}), scorer {env.scorer.name}"
-    galleries = write_galleries(env, policies, records, traces, out, gallery, title, oracle) if gallery.draw else []
-    gallery_seconds = time.perf_counter() - start
-    payload = {
+    return table
+
+
+def results_payload(env: RegionRerankEnv, source: str, evaluated: Evaluations, gallery_seconds: float) -> dict:
+    """What ``results.json`` holds: the data, scorer and env settings, the timings, every
+    summary and every episode record."""
+    return {
         "source": source,
         "scorer": env.scorer.name,
         "env": settings_to_dict(env.settings),
-        "seconds": elapsed,
+        "seconds": evaluated.seconds,
         "gallery_seconds": gallery_seconds,
-        "summaries": summaries,
-        "records": {name: [asdict(r) for r in recs] for name, recs in records.items()},
+        "summaries": evaluated.summaries,
+        "records": {name: [asdict(r) for r in recs] for name, recs in evaluated.records.items()},
     }
-    atomic_write_json(out / "results.json", payload, indent=1)
-    if progress:
-        print(header + table)
-        files = ["results.md", "results.json", "per_query.jsonl", "rc_by_bucket.png", "rank_before_after.png"]
-        print(f"\nwrote {out}/" + ", ".join(files + [p.name for p in galleries]))
-    if progress and galleries:
-        print(f"evaluation {elapsed:.2f} s, gallery {gallery_seconds:.2f} s "
-              f"({100 * gallery_seconds / max(elapsed, 1e-9):.2f}% of the evaluation)")
-    return summaries

@@ -235,31 +235,35 @@ def _env_rng(env: RegionRerankEnv) -> np.random.Generator | None:
     return getattr(env.unwrapped, "_np_random", None)  # None until the env is seeded or draws
 
 
-def save_state(config: LocalTrainConfig, iteration: int, finished: bool, net, optimizer, rng, generator,
-               envs: tuple[RegionRerankEnv, ...], history: list[dict[str, float]], seconds: float) -> Path:
+def save_state(config: LocalTrainConfig, run: RunState, iteration: int, finished: bool) -> Path:
     """Write the whole training state after ``iteration`` to ``OUT/resume.pt`` atomically."""
     state = {
-        "config": config.to_dict(), "iteration": iteration, "finished": finished, "seconds": seconds,
-        "net": net.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-        "numpy": rng.bit_generator.state, "sampler": generator.get_state(),
+        "config": config.to_dict(), "iteration": iteration, "finished": finished,
+        "seconds": time.perf_counter() - run.start,
+        "net": run.net.state_dict(), "optimizer": run.optimizer.state_dict(), "history": run.history,
+        "numpy": run.rng.bit_generator.state, "sampler": run.generator.get_state(),
         "torch": torch.get_rng_state(), "python": random.getstate(),
-        "envs": [None if _env_rng(env) is None else _env_rng(env).bit_generator.state for env in envs],
+        "envs": [None if _env_rng(env) is None else _env_rng(env).bit_generator.state for env in run.envs],
     }
     return atomic_torch_save(state, config.out / STATE_FILE)
 
 
-def restore_state(state: dict[str, Any], net, optimizer, rng, generator, envs: tuple[RegionRerankEnv, ...]) -> None:
-    """Put the network, optimizer and every RNG back where :func:`save_state` found them."""
-    net.load_state_dict(state["net"])
-    optimizer.load_state_dict(state["optimizer"])
-    rng.bit_generator.state = state["numpy"]
-    generator.set_state(state["sampler"])
+def restore_state(state: dict[str, Any], run: RunState) -> None:
+    """Put the network, optimizer, every RNG and the metrics back where :func:`save_state`
+    found them; the run continues after the saved iteration, its clock counting the
+    seconds already trained."""
+    run.net.load_state_dict(state["net"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.rng.bit_generator.state = state["numpy"]
+    run.generator.set_state(state["sampler"])
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    for env, env_state in zip(envs, state["envs"]):
+    for env, env_state in zip(run.envs, state["envs"]):
         if env_state is not None:
             env.unwrapped.np_random = np.random.default_rng()
             env.unwrapped.np_random.bit_generator.state = env_state
+    run.history, run.start = state["history"], run.start - state["seconds"]
+    run.done = run.saved_at = state["iteration"]
 
 
 def resume_command() -> str:
@@ -272,6 +276,28 @@ class TrainResult:
     checkpoint: Path
     history: list[dict[str, float]]
     seconds: float
+
+
+@dataclass
+class RunState:
+    """What a run changes as it trains, and what :func:`save_state` saves: the policy, its
+    optimizer, the RNGs the loop draws from (the envs hold their own), the metrics so far."""
+
+    net: CropPolicyNet
+    optimizer: torch.optim.Optimizer
+    rng: np.random.Generator
+    """draws each iteration's queries"""
+    generator: torch.Generator
+    """draws the sampled actions"""
+    envs: tuple[RegionRerankEnv, RegionRerankEnv]
+    """training and validation"""
+    start: float
+    """``time.perf_counter()`` when the run started (a resumed run's: as if never stopped)"""
+    history: list[dict[str, float]] = field(default_factory=list)
+    done: int = 0
+    """iterations finished before this process started"""
+    saved_at: int | None = None
+    """the iteration the last saved state resumes after"""
 
 
 def make_envs(config: LocalTrainConfig, scorer: Scorer) -> tuple[RegionRerankEnv, RegionRerankEnv]:
@@ -576,7 +602,38 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
 
     check_estimator(config.estimator)
     state = load_state(config)
-    train_env, val_env = make_envs(config, scorer if scorer is not None else make_scorer(config.scorer))
+    run = start_run(config, scorer if scorer is not None else make_scorer(config.scorer), state)
+    sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, run.generator)
+    # purge_step drops the events a killed run logged after its last saved state
+    writer = SummaryWriter(str(config.out / "tb"), purge_step=run.done + 1 if run.done else None)
+    bar = tqdm(range(run.done + 1, config.iterations + 1), initial=run.done, total=config.iterations,
+               desc=f"train {config.estimator} seed {config.seed}", disable=None if config.progress else True)
+    try:
+        for iteration in bar:
+            metrics = train_iteration(config, run, sampler, iteration)
+            run.history.append(metrics)
+            log_iteration(writer, bar, metrics)
+            if checkpoint_due(config, iteration):
+                run.saved_at = iteration
+                save_state(config, run, iteration, False)
+                write_metrics(run.history, config.out)
+            if config.time_budget_s is not None and metrics["seconds"] > config.time_budget_s:
+                break
+    except KeyboardInterrupt:
+        # A stop, not a loss: the iterations done so far go to metrics.csv; the state to
+        # resume from is the last checkpoint (an iteration cut in the middle is redone).
+        writer.close()
+        write_metrics(run.history, config.out)
+        print(interrupted_message(config, run), flush=True)
+        raise
+    writer.close()
+    return finish_run(config, run)
+
+
+def start_run(config: LocalTrainConfig, scorer: Scorer, state: dict[str, Any] | None) -> RunState:
+    """The run's envs, network, optimizer and RNGs: warm-started (or loaded from
+    ``config.init_policy``) for a new run, put back from ``state`` for a resumed one."""
+    train_env, val_env = make_envs(config, scorer)
     # Seeded after the scorer is built (building one may draw from torch's global RNG), so
     # the policy's initial weights depend on the seed alone.
     net = initial_policy(config)
@@ -588,49 +645,42 @@ def train(config: LocalTrainConfig, scorer: Scorer | None = None) -> TrainResult
     elif state is None and config.warm_start_steps:
         warm_start(net, train_env, config)  # (a resumed network already holds it)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    sampler = GroupSampler(config.group_size, config.balance_budget, config.balance_groups, generator)
     config.out.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, float]] = []
-    done = 0 if state is None else state["iteration"]
-    saved_at = None if state is None else done  # the iteration the last saved state resumes after
+    run = RunState(net, optimizer, rng, generator, (train_env, val_env), start)
     if state is not None:
-        restore_state(state, net, optimizer, rng, generator, (train_env, val_env))
-        history, start = state["history"], start - state["seconds"]
-        print(f"resuming {config.out} after iteration {done} (from {config.out / STATE_FILE})", flush=True)
-    # purge_step drops the events a killed run logged after its last saved state
-    writer = SummaryWriter(str(config.out / "tb"), purge_step=done + 1 if done else None)
+        restore_state(state, run)
+        print(f"resuming {config.out} after iteration {run.done} (from {config.out / STATE_FILE})", flush=True)
+    return run
+
+
+def train_iteration(
+    config: LocalTrainConfig, run: RunState, sampler: GroupSampler, iteration: int
+) -> dict[str, float]:
+    """One iteration: sample a batch of queries' groups, take a policy step, validate when
+    due; returns the iteration's metrics."""
+    train_env, val_env = run.envs
     n_batch = min(config.queries_per_batch, len(train_env.pools))
-    bar = tqdm(range(done + 1, config.iterations + 1), initial=done, total=config.iterations,
-               desc=f"train {config.estimator} seed {config.seed}", disable=None if config.progress else True)
-    try:
-        for iteration in bar:
-            queries = rng.choice(len(train_env.pools), size=n_batch, replace=False)
-            groups = [sample_query(net, train_env, int(q), sampler, config) for q in queries]
-            update = policy_update(net, optimizer, groups, iteration, config)
-            metrics = {"iteration": iteration, "seconds": time.perf_counter() - start, **update}
-            if config.eval_every and (iteration % config.eval_every == 0 or iteration == config.iterations):
-                val = evaluate_greedy(net, val_env, config.eval_queries)
-                metrics.update({"val_MRR": val["MRR"], "val_R@1": val["R@1"], "val_RC": val["RC"], "val_reward": val["reward"]})
-            history.append(metrics)
-            log_iteration(writer, bar, metrics)
-            if config.checkpoint_every and iteration % config.checkpoint_every == 0 and iteration < config.iterations:
-                saved_at = iteration
-                save_state(config, iteration, False, net, optimizer, rng, generator, (train_env, val_env), history,
-                           time.perf_counter() - start)
-                write_metrics(history, config.out)
-            if config.time_budget_s is not None and metrics["seconds"] > config.time_budget_s:
-                break
-    except KeyboardInterrupt:
-        # A stop, not a loss: the iterations done so far go to metrics.csv; the state to
-        # resume from is the last checkpoint (an iteration cut in the middle is redone).
-        writer.close()
-        write_metrics(history, config.out)
-        print(f"\ninterrupted after iteration {len(history)}: metrics so far in {config.out / 'metrics.csv'}; "
-              + (f"the last checkpoint ({config.out / STATE_FILE}) resumes after iteration {saved_at}"
-                 if saved_at is not None else "no checkpoint yet (--checkpoint-every)"), flush=True)
-        raise
-    writer.close()
-    return finish_run(config, net, optimizer, rng, generator, (train_env, val_env), history, done, start)
+    queries = run.rng.choice(len(train_env.pools), size=n_batch, replace=False)
+    groups = [sample_query(run.net, train_env, int(q), sampler, config) for q in queries]
+    update = policy_update(run.net, run.optimizer, groups, iteration, config)
+    metrics = {"iteration": iteration, "seconds": time.perf_counter() - run.start, **update}
+    if config.eval_every and (iteration % config.eval_every == 0 or iteration == config.iterations):
+        val = evaluate_greedy(run.net, val_env, config.eval_queries)
+        metrics.update({"val_MRR": val["MRR"], "val_R@1": val["R@1"], "val_RC": val["RC"], "val_reward": val["reward"]})
+    return metrics
+
+
+def checkpoint_due(config: LocalTrainConfig, iteration: int) -> bool:
+    """A state is saved every ``checkpoint_every`` iterations; the last one is saved
+    finished by :func:`finish_run` instead."""
+    return bool(config.checkpoint_every) and iteration % config.checkpoint_every == 0 and iteration < config.iterations
+
+
+def interrupted_message(config: LocalTrainConfig, run: RunState) -> str:
+    """What an interrupted run says: where its metrics went and where it resumes from."""
+    return (f"\ninterrupted after iteration {len(run.history)}: metrics so far in {config.out / 'metrics.csv'}; "
+            + (f"the last checkpoint ({config.out / STATE_FILE}) resumes after iteration {run.saved_at}"
+               if run.saved_at is not None else "no checkpoint yet (--checkpoint-every)"))
 
 
 def log_iteration(writer, bar, metrics: dict[str, float]) -> None:
@@ -642,18 +692,16 @@ def log_iteration(writer, bar, metrics: dict[str, float]) -> None:
                     **({"val_mrr": f"{metrics['val_MRR']:.3f}"} if "val_MRR" in metrics else {}))
 
 
-def finish_run(config: LocalTrainConfig, net, optimizer, rng, generator, envs, history, done: int,
-               start: float) -> TrainResult:
+def finish_run(config: LocalTrainConfig, run: RunState) -> TrainResult:
     """Save the policy, the final (finished) state, the metrics and the dashboard."""
     policy_file = config.out / "policy.pt"
-    save_policy(net, policy_file, train_config=config.to_dict())
-    save_state(config, history[-1]["iteration"] if history else done, True, net, optimizer, rng, generator, envs,
-               history, time.perf_counter() - start)
-    write_metrics(history, config.out)
-    write_history(history, config.out)
-    plot_decision_dashboard([{"variant": config.estimator, "seed": config.seed, "history": history}],
+    save_policy(run.net, policy_file, train_config=config.to_dict())
+    save_state(config, run, run.history[-1]["iteration"] if run.history else run.done, True)
+    write_metrics(run.history, config.out)
+    write_history(run.history, config.out)
+    plot_decision_dashboard([{"variant": config.estimator, "seed": config.seed, "history": run.history}],
                             config.out / "dashboard.png")
-    return TrainResult(policy_file, history, time.perf_counter() - start)
+    return TrainResult(policy_file, run.history, time.perf_counter() - run.start)
 
 
 def write_metrics(history: list[dict[str, float]], out: Path) -> None:

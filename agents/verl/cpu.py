@@ -53,10 +53,12 @@ others before a run starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import types
+from contextlib import contextmanager
 from typing import Any, Generator, Optional
 
 import ray
@@ -114,8 +116,10 @@ class CPUDeviceId(str):
         return format(0, spec)
 
 
+@functools.cache
 def _cpu_device_module() -> types.ModuleType:
-    """``torch.cpu`` plus the ``torch.cuda``-style functions verl calls on its device module."""
+    """``torch.cpu`` plus the ``torch.cuda``-style functions verl calls on its device module
+    (one per process)."""
     import platform
 
     module = types.ModuleType("verl_cpu_device", "torch.cpu with the torch.cuda functions verl calls")
@@ -152,81 +156,86 @@ def _cpu_device_module() -> types.ModuleType:
     return module
 
 
-def _register_platform() -> None:
-    from contextlib import contextmanager
+class CPUPlatformMixin:
+    """What ``CPUPlatform`` implements of verl's ``PlatformBase`` interface: torch on the
+    CPU, gloo. :func:`_register_platform` joins it to that base when it registers the
+    platform, because importing verl's base here would import verl before :func:`register`
+    has held its plug-ins back and checked its version."""
 
+    device_name = property(lambda self: "cpu")
+    vendor_name = property(lambda self: "cpu")
+    device_module = property(lambda self: _cpu_device_module())
+
+    def is_available(self) -> bool:
+        return True
+
+    def current_device(self) -> CPUDeviceId:
+        return CPUDeviceId()
+
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, device_index: int) -> None:
+        return None
+
+    def synchronize(self, device_index: Optional[int] = None) -> None:
+        return None
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def set_allocator_settings(self, settings: str) -> None:
+        return None
+
+    def empty_cache(self) -> None:
+        return None
+
+    def get_device_capability(self, device_index: int = 0) -> tuple[None, None]:
+        return None, None
+
+    def communication_backend_name(self) -> str:
+        return "gloo"
+
+    def visible_devices_envvar(self) -> str:
+        return "CUDA_VISIBLE_DEVICES"
+
+    @contextmanager
+    def nvtx_range(self, msg: str):
+        yield
+
+    def profiler_start(self) -> None:
+        return None
+
+    def profiler_stop(self) -> None:
+        return None
+
+    def ray_resource_name(self) -> str:
+        # verl's resource pools always ask for accelerator bundles; the run gives Ray
+        # logical "GPU"s (ray_init.num_gpus) that stand for CPU worker slots.
+        return "GPU"
+
+    def ray_noset_envvars(self) -> list[str]:
+        return []
+
+    def is_ipc_supported(self) -> bool:
+        return False
+
+    def cudart(self) -> None:
+        return None
+
+
+def _register_platform() -> None:
+    """Register ``CPUPlatform`` (:class:`CPUPlatformMixin` on verl's ``PlatformBase``) as
+    verl's ``cpu`` platform, and name it in this module."""
     from verl.plugin.platform.platform_base import PlatformBase
     from verl.plugin.platform.platform_manager import PlatformRegistry
 
-    device_module = _cpu_device_module()
-
     @PlatformRegistry.register(platform=PLATFORM_NAME)
-    class CPUPlatform(PlatformBase):
+    class CPUPlatform(CPUPlatformMixin, PlatformBase):
         """verl platform for a machine without an accelerator: torch on the CPU, gloo."""
-
-        device_name = property(lambda self: "cpu")
-        vendor_name = property(lambda self: "cpu")
-        device_module = property(lambda self: device_module)
-
-        def is_available(self) -> bool:
-            return True
-
-        def current_device(self) -> CPUDeviceId:
-            return CPUDeviceId()
-
-        def device_count(self) -> int:
-            return 1
-
-        def set_device(self, device_index: int) -> None:
-            return None
-
-        def synchronize(self, device_index: Optional[int] = None) -> None:
-            return None
-
-        def manual_seed(self, seed: int) -> None:
-            torch.manual_seed(seed)
-
-        def manual_seed_all(self, seed: int) -> None:
-            torch.manual_seed(seed)
-
-        def set_allocator_settings(self, settings: str) -> None:
-            return None
-
-        def empty_cache(self) -> None:
-            return None
-
-        def get_device_capability(self, device_index: int = 0) -> tuple[None, None]:
-            return None, None
-
-        def communication_backend_name(self) -> str:
-            return "gloo"
-
-        def visible_devices_envvar(self) -> str:
-            return "CUDA_VISIBLE_DEVICES"
-
-        @contextmanager
-        def nvtx_range(self, msg: str):
-            yield
-
-        def profiler_start(self) -> None:
-            return None
-
-        def profiler_stop(self) -> None:
-            return None
-
-        def ray_resource_name(self) -> str:
-            # verl's resource pools always ask for accelerator bundles; the run gives Ray
-            # logical "GPU"s (ray_init.num_gpus) that stand for CPU worker slots.
-            return "GPU"
-
-        def ray_noset_envvars(self) -> list[str]:
-            return []
-
-        def is_ipc_supported(self) -> bool:
-            return False
-
-        def cudart(self) -> None:
-            return None
 
     globals()["CPUPlatform"] = CPUPlatform
 

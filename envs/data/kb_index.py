@@ -295,6 +295,31 @@ def embed_items(
         ValueError: for unknown features, non-positive sizes or duplicate ids.
         TypeError: for text features with a scorer that cannot embed texts.
     """
+    _check_embedding_request(scorer, features, batch_size, chunk_rows, num_workers)
+    started = time.perf_counter()
+    ids = [item.id for item in items]
+    _check_unique_ids(ids)
+    folder = None
+    meta = {"version": FORMAT_VERSION, "scorer": scorer.name, "features": features, "count": len(items)}
+    if cache_dir is not None:
+        meta["content_hash"] = content_hash(items, features)
+        folder = _cache_folder(Path(cache_dir), scorer.name, label, features, meta["content_hash"])
+    store = _Store(folder, meta, ids, int(getattr(scorer, "dim", 0) or 0))
+    stats = EmbeddingStats(items=len(items), reused=store.rows_done)
+    stats.embedded = _embed_remaining_rows(items, scorer, features, store, label, batch_size, chunk_rows,
+                                           num_workers, progress)
+    vectors, status = store.finish()
+    _count_incomplete_rows(status, stats)
+    stats.seconds = time.perf_counter() - started
+    valid = np.isin(status, (_FULL, _TEXT_ONLY, _IMAGE_ONLY))
+    return Embeddings(ids=ids, vectors=vectors, valid=valid, stats=stats, folder=folder)
+
+
+def _check_embedding_request(
+    scorer: Scorer, features: str, batch_size: int, chunk_rows: int, num_workers: int
+) -> None:
+    """Raise (see :func:`embed_items`) for unknown features, text features with a scorer
+    that cannot embed texts, or sizes out of range."""
     check_features(features)
     if features != "image" and not callable(getattr(scorer, "embed_texts", None)):
         raise TypeError(
@@ -303,24 +328,32 @@ def embed_items(
         )
     if batch_size < 1 or chunk_rows < 1 or num_workers < 0:
         raise ValueError(f"batch_size={batch_size}, chunk_rows={chunk_rows} must be >= 1 and num_workers={num_workers} >= 0")
-    started = time.perf_counter()
-    ids = [item.id for item in items]
+
+
+def _check_unique_ids(ids: list[str]) -> None:
+    """Raise ``ValueError`` naming the first repeated id and the two items that hold it."""
     if len(set(ids)) != len(ids):
         first: dict[str, int] = {}
         for i, item_id in enumerate(ids):
             if item_id in first:
                 raise ValueError(f"duplicate item id {item_id!r} (items {first[item_id]} and {i})")
             first[item_id] = i
-    folder = None
-    meta = {"version": FORMAT_VERSION, "scorer": scorer.name, "features": features, "count": len(items)}
-    if cache_dir is not None:
-        digest = content_hash(items, features)
-        meta["content_hash"] = digest
-        folder = Path(cache_dir) / _safe(scorer.name) / f"{_safe(label)}-{features.replace('+', '_')}-{digest[:16]}"
-    store = _Store(folder, meta, ids, int(getattr(scorer, "dim", 0) or 0))
-    stats = EmbeddingStats(items=len(items), reused=store.rows_done)
+
+
+def _cache_folder(cache_dir: Path, scorer_name: str, label: str, features: str, digest: str) -> Path:
+    """The cache folder of one (scorer, label, features, content) embedding run."""
+    return cache_dir / _safe(scorer_name) / f"{_safe(label)}-{features.replace('+', '_')}-{digest[:16]}"
+
+
+def _embed_remaining_rows(
+    items: Sequence[KbItem], scorer: Scorer, features: str, store: _Store, label: str,
+    batch_size: int, chunk_rows: int, num_workers: int, progress: bool,
+) -> int:
+    """Embed the rows after ``store.rows_done`` into ``store``, committing every
+    ``chunk_rows`` (what an interruption keeps); returns how many rows this call processed."""
     from tqdm.auto import tqdm
 
+    embedded = 0
     bar = tqdm(total=len(items), initial=store.rows_done, desc=f"embedding {label} ({features})", unit=" items",
                disable=None if progress else True)
     pool = ThreadPoolExecutor(num_workers) if num_workers > 0 and features != "text" else None
@@ -328,21 +361,23 @@ def embed_items(
         for chunk_start, chunk_stop in _batches(store.rows_done, len(items), chunk_rows):
             _embed_chunk(items, chunk_start, chunk_stop, scorer, features, batch_size, pool, store, bar)
             store.commit(chunk_stop)
-            stats.embedded += chunk_stop - chunk_start
+            embedded += chunk_stop - chunk_start
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True)
-    vectors, status = store.finish()
+    return embedded
+
+
+def _count_incomplete_rows(status: np.ndarray, stats: EmbeddingStats) -> None:
+    """Count into ``stats`` the rows left out and the ``image+text`` rows embedded from
+    one feature only, by reason."""
     codes, counts = np.unique(status, return_counts=True)
     for code, count in zip(codes.tolist(), counts.tolist()):
         if code in _LEFT_OUT:
             stats.left_out[_LEFT_OUT[code]] = count
         elif code in _PARTIAL:
             stats.partial[_PARTIAL[code]] = count
-    stats.seconds = time.perf_counter() - started
-    valid = np.isin(status, (_FULL, _TEXT_ONLY, _IMAGE_ONLY))
-    return Embeddings(ids=ids, vectors=vectors, valid=valid, stats=stats, folder=folder)
 
 
 def _embed_chunk(items, start, stop, scorer, features, batch_size, pool, store, bar) -> None:

@@ -480,6 +480,15 @@ def load_query_pools(
     if not source.is_file():
         raise DataError(f"{source}: query-pool file not found")
     base = Path(os.path.abspath(root if root is not None else source.parent))
+    pools = _read_pools(source, base, verify_images, decode_images, max_image_pixels)
+    return _dataset_for_purpose(pools, source, purpose)
+
+
+def _read_pools(
+    source: Path, base: Path, verify_images: bool, decode_images: bool, max_image_pixels: int
+) -> list[QueryPool]:
+    """Every record of ``source`` parsed (paths under ``base``) and checked, in file order;
+    raises :class:`DataError` as :func:`load_query_pools` says."""
     pools: list[QueryPool] = []
     first_line: dict[str, int] = {}
     sizes: dict[Path, tuple[int, int]] = {}
@@ -496,6 +505,12 @@ def load_query_pools(
         pools.append(pool)
     if not pools:
         raise DataError(f"{source}: no query records")
+    return pools
+
+
+def _dataset_for_purpose(pools: list[QueryPool], source: Path, purpose: Purpose) -> QueryDataset:
+    """The dataset of ``pools``: for ``"train"`` without the pools that hold no positive
+    (counted and logged), for ``"eval"`` all of them."""
     dropped = 0
     if purpose == "train":
         kept = [pool for pool in pools if pool.has_positive]

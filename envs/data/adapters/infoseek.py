@@ -131,6 +131,38 @@ def load_wiki6m_titles(path: str | os.PathLike, keep: Collection[str] | None = N
     return titles
 
 
+@dataclass(frozen=True)
+class GoldEntity:
+    """A query's gold entity as the pool builder matches it: its entity keys, its titles in
+    :func:`~envs.data.adapters.kb.normalize_title` form, and why it has no title (None
+    when it has one). Empty: a query read without ``withkb``."""
+
+    ids: frozenset[str] = frozenset()
+    titles: frozenset[str] = frozenset()
+    unmapped: str | None = None
+
+
+def gold_entity(link: KbLink, titles: Mapping[str, str] | None, summary: AdapterSummary) -> GoldEntity:
+    """The gold entity of a ``withkb`` link, titled by Wiki6M's ``titles`` when they hold
+    its id (else counted as ``entity_id_not_in_wiki6m``), else by its ``entity_text``."""
+    title = titles.get(link.entity_id) if titles is not None else None
+    if titles is not None and title is None:
+        summary.note("entity_id_not_in_wiki6m")
+    title = title or link.entity_text
+    ids = frozenset({entity_key(link.entity_id)})
+    if title:
+        return GoldEntity(ids, frozenset({normalize_title(title)}))
+    return GoldEntity(ids, unmapped="entity_id_without_title")
+
+
+def _withkb_line_hint(record: dict) -> str:
+    """What to add to a question file's error when its line is a ``withkb`` line."""
+    if "entity_id" in record and "question" not in record:
+        return (" (this looks like a withkb line: --annotations takes infoseek_{split}.jsonl, --withkb the "
+                "infoseek_{split}_withkb.jsonl)")
+    return ""
+
+
 def read_infoseek_queries(
     path: str | os.PathLike,
     images: QueryImageRoots,
@@ -164,37 +196,25 @@ def read_infoseek_queries(
     for line_number, where, record in _objects(source):
         summary.queries_read += 1
         query_id = _string(record, "data_id", where)
-        hint = (" (this looks like a withkb line: --annotations takes infoseek_{split}.jsonl, --withkb the "
-                "infoseek_{split}_withkb.jsonl)") if "entity_id" in record and "question" not in record else ""
-        question = _string(record, "question", where, hint)
+        question = _string(record, "question", where, _withkb_line_hint(record))
         image_id = _string(record, "image_id", where)
         if query_id in seen:
             summary.drop("duplicate_data_id")
             continue
         seen.add(query_id)
-        gold: frozenset[str] = frozenset()
-        gold_titles: frozenset[str] = frozenset()
-        unmapped = None
+        gold = GoldEntity()
         if withkb is not None:
             link = withkb.get(query_id)
             if link is None:
                 summary.drop("no_entity_in_withkb")
                 continue
-            gold = frozenset({entity_key(link.entity_id)})
-            title = titles.get(link.entity_id) if titles is not None else None
-            if titles is not None and title is None:
-                summary.note("entity_id_not_in_wiki6m")
-            title = title or link.entity_text
-            if title:
-                gold_titles = frozenset({normalize_title(title)})
-            else:
-                unmapped = "entity_id_without_title"
+            gold = gold_entity(link, titles, summary)
         image = find_query_image(images, "infoseek", image_id, where, summary)
         if image is None:
             continue
-        queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=gold,
-                                      gold_titles=gold_titles, image_keys=image_keys(image, image_id),
-                                      gold_unmapped=unmapped))
+        queries.append(AnnotatedQuery(query_id=query_id, question=question, image=image, gold=gold.ids,
+                                      gold_titles=gold.titles, image_keys=image_keys(image, image_id),
+                                      gold_unmapped=gold.unmapped))
     if withkb is not None:
         summary.note("withkb_without_question", len(set(withkb) - seen))
     return queries

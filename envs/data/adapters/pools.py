@@ -194,6 +194,14 @@ def ranking_for(query: AnnotatedQuery, retrieval: RetrievalResults) -> tuple[Ret
     return retrieval.rankings.get(query.query_id)
 
 
+@dataclass(frozen=True)
+class RetrievedQuery:
+    """An annotated query and its top-K retrieved entities, in the retriever's order."""
+
+    query: AnnotatedQuery
+    entities: list[RetrievedEntity]
+
+
 def build_pools(
     queries: list[AnnotatedQuery],
     retrieval: RetrievalResults,
@@ -210,7 +218,30 @@ def build_pools(
     """
     if options.features != "text" and kb_images is None:
         raise ValueError("features 'image'/'both' need kb_images (a KB-image root or map)")
-    selected: list[tuple[AnnotatedQuery, list[RetrievedEntity]]] = []
+    selected = retrieved_queries(queries, retrieval, options.top_k, summary)
+    needed = {entity_key(e.url) for retrieved in selected for e in retrieved.entities}
+    titles = {t for retrieved in selected for t in retrieved.query.gold_titles}
+    logger.info("%s: reading the %d entities of %d pools", knowledge_base, len(needed), len(selected))
+    kb, title_keys = scan_knowledge_base(knowledge_base, keep=needed, titles=titles)
+    pools = []
+    for retrieved in selected:
+        pool = query_pool(retrieved, kb, title_keys, kb_images, options, summary)
+        if pool is not None:
+            pools.append(pool)
+    summary.queries_kept = len(pools)
+    return pools
+
+
+def retrieved_queries(
+    queries: list[AnnotatedQuery], retrieval: RetrievalResults, top_k: int, summary: AdapterSummary
+) -> list[RetrievedQuery]:
+    """Each query with its ``top_k`` retrieved entities; a query without a result, or with
+    an empty one, is dropped and counted in ``summary``.
+
+    Raises:
+        DataError: when no query has a result at all (see :func:`build_pools`).
+    """
+    selected = []
     unmatched = 0
     for query in queries:
         ranking = ranking_for(query, retrieval)
@@ -220,44 +251,69 @@ def build_pools(
         elif not ranking:
             summary.drop("empty_retrieval_result")
         else:
-            selected.append((query, top_k_entities(ranking, options.top_k)))
+            selected.append(RetrievedQuery(query, top_k_entities(ranking, top_k)))
     if queries and unmatched == len(queries):
-        example_keys = ", ".join(repr(k) for k in list(retrieval.rankings)[:3])
-        if retrieval.keyed_by == "image":
-            looked_up = f"query images (e.g. {', '.join(repr(k) for k in queries[0].image_keys)})"
-        else:
-            looked_up = f"query ids (e.g. {queries[0].query_id!r})"
-        raise DataError(
-            f"{retrieval.source}: none of the {len(queries)} {looked_up} has a retrieval result "
-            f"(its keys look like {example_keys}); are the annotations and results the same split?"
-        )
-    needed = {entity_key(e.url) for _, entities in selected for e in entities}
-    titles = {t for query, _ in selected for t in query.gold_titles}
-    logger.info("%s: reading the %d entities of %d pools", knowledge_base, len(needed), len(selected))
-    kb, title_keys = scan_knowledge_base(knowledge_base, keep=needed, titles=titles)
-    pools = []
-    for query, entities in selected:
-        gold = set(query.gold)
-        for title in query.gold_titles:
-            gold.update(title_keys.get(title, ()))
-        unmapped = query.gold_unmapped
-        if unmapped is None and query.gold_titles and not any(t in title_keys for t in query.gold_titles):
-            unmapped = "title_not_in_kb"
-        counts = _PoolCounts()
-        candidates = tuple(_candidate(e, frozenset(gold), kb, kb_images, options, counts) for e in entities)
-        pool = QueryPool(query_id=query.query_id, question=query.question, image=query.image, candidates=candidates)
-        if not pool.has_positive:
-            if options.purpose == "train":
-                summary.drop("no_positive_in_top_k")
-                continue
-            summary.without_positive += 1
-        summary.kb_images_missing += counts.kb_images_missing
-        summary.entities_missing_from_kb += counts.entities_missing_from_kb
-        if unmapped is not None:
-            summary.gold_unmapped[unmapped] = summary.gold_unmapped.get(unmapped, 0) + 1
-        pools.append(pool)
-    summary.queries_kept = len(pools)
-    return pools
+        raise _no_retrieval_result(queries, retrieval)
+    return selected
+
+
+def _no_retrieval_result(queries: list[AnnotatedQuery], retrieval: RetrievalResults) -> DataError:
+    """The error for results that hold none of ``queries``: what was looked up, and what the
+    results' keys look like."""
+    example_keys = ", ".join(repr(k) for k in list(retrieval.rankings)[:3])
+    if retrieval.keyed_by == "image":
+        looked_up = f"query images (e.g. {', '.join(repr(k) for k in queries[0].image_keys)})"
+    else:
+        looked_up = f"query ids (e.g. {queries[0].query_id!r})"
+    return DataError(
+        f"{retrieval.source}: none of the {len(queries)} {looked_up} has a retrieval result "
+        f"(its keys look like {example_keys}); are the annotations and results the same split?"
+    )
+
+
+def query_pool(
+    retrieved: RetrievedQuery,
+    kb: dict[str, KbEntry],
+    title_keys: dict[str, list[str]],
+    kb_images: KbImages | None,
+    options: PoolOptions,
+    summary: AdapterSummary,
+) -> QueryPool | None:
+    """The pool of one query's retrieved entities, counted in ``summary``; None when a
+    training pool holds no positive (dropped and counted)."""
+    query = retrieved.query
+    gold = gold_keys(query, title_keys)
+    counts = _PoolCounts()
+    candidates = tuple(_candidate(e, gold, kb, kb_images, options, counts) for e in retrieved.entities)
+    pool = QueryPool(query_id=query.query_id, question=query.question, image=query.image, candidates=candidates)
+    if not pool.has_positive:
+        if options.purpose == "train":
+            summary.drop("no_positive_in_top_k")
+            return None
+        summary.without_positive += 1
+    summary.kb_images_missing += counts.kb_images_missing
+    summary.entities_missing_from_kb += counts.entities_missing_from_kb
+    unmapped = gold_unmapped(query, title_keys)
+    if unmapped is not None:
+        summary.gold_unmapped[unmapped] = summary.gold_unmapped.get(unmapped, 0) + 1
+    return pool
+
+
+def gold_keys(query: AnnotatedQuery, title_keys: dict[str, list[str]]) -> frozenset[str]:
+    """The KB keys that count as ``query``'s gold entity: its own, and every KB entry's
+    that bears one of its titles."""
+    gold = set(query.gold)
+    for title in query.gold_titles:
+        gold.update(title_keys.get(title, ()))
+    return frozenset(gold)
+
+
+def gold_unmapped(query: AnnotatedQuery, title_keys: dict[str, list[str]]) -> str | None:
+    """Why ``query``'s gold entity maps to no KB entry: the query's own reason, else
+    ``title_not_in_kb`` when it has titles and the KB bears none of them; None when it maps."""
+    if query.gold_unmapped is None and query.gold_titles and not any(t in title_keys for t in query.gold_titles):
+        return "title_not_in_kb"
+    return query.gold_unmapped
 
 
 def find_query_image(
