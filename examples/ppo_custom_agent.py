@@ -34,19 +34,23 @@ from rewards.metrics import reciprocal_of_rank
 
 @dataclass
 class Args:
-    updates: int = 60
+    updates: int = 120
     """PPO updates (one batch of episodes each)"""
-    episodes: int = 64
+    episodes: int = 128
     """episodes (one step each) per update"""
-    epochs: int = 4
+    epochs: int = 10
     """passes over each batch"""
+    minibatch: int = 32
+    """episodes per gradient step"""
     lr: float = 3e-4
     """Adam learning rate"""
     clip: float = 0.2
     """PPO ratio clip"""
-    entropy_coef: float = 0.01
-    """entropy bonus"""
-    question_dim: int = 256
+    entropy_coef: float = 0.0
+    """entropy bonus (0: the box's spread shrinks only as fast as the rewards ask)"""
+    box_concentration: float = 8.0
+    """initial alpha + beta of each box number's Beta (2 is uniform; 8 starts around the centre with std 0.17)"""
+    question_dim: int = 2048
     """hash buckets of the question's bag of words"""
     obs_size: int = 64
     """side of the observation image"""
@@ -54,7 +58,7 @@ class Args:
     """training query pools (JSONL); default: the embedded benchmark's train split"""
     test_data: Path | None = None
     """test query pools (JSONL); default: the embedded benchmark's test split"""
-    test_queries: int = 100
+    test_queries: int = 250
     """greedy test episodes at the end (the first N test queries)"""
     seed: int = 0
     """seed of torch, the env and the action sampling"""
@@ -63,9 +67,14 @@ class Args:
 
 
 class Agent(nn.Module):
-    """Image CNN + question MLP -> decision logit, Beta box parameters and a value."""
+    """Image CNN + question MLP -> decision logit, Beta box means and a value.
 
-    def __init__(self, question_dim: int):
+    Each box number is ``Beta(m * k, (1 - m) * k)``: its mean ``m`` depends on the
+    observation, its concentration ``k`` is one learned number per box coordinate (as
+    a Gaussian policy's log std is), starting at ``box_concentration``.
+    """
+
+    def __init__(self, question_dim: int, box_concentration: float):
         super().__init__()
         self.image = nn.Sequential(
             nn.Conv2d(3, 16, 5, stride=2), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
@@ -73,14 +82,22 @@ class Agent(nn.Module):
         )
         self.question = nn.Sequential(nn.Linear(question_dim, 64), nn.ReLU())
         self.trunk = nn.Sequential(nn.Linear(32 * 16 + 64, 128), nn.ReLU())
-        self.heads = nn.Linear(128, 1 + 8 + 1)  # decision logit, Beta alpha/beta of 4 numbers, value
+        self.actor = nn.Linear(128, 1 + 4)  # decision logit, box means (logits)
+        self.critic = nn.Linear(128, 1)
+        # CleanRL's initialisation: every state starts from the same even decision and centred box.
+        nn.init.orthogonal_(self.actor.weight, 0.01)
+        nn.init.zeros_(self.actor.bias)
+        # Uniform boxes are mostly far from anything the question names, and their rewards
+        # too noisy to follow; starting concentrated lets PPO move the boxes' means.
+        self.log_concentration = nn.Parameter(torch.full((4,), float(np.log(box_concentration))))
 
     def forward(self, image: torch.Tensor, question: torch.Tensor):
         x = self.trunk(torch.cat([self.image(image.float() / 255.0), self.question(question)], dim=1))
-        out = self.heads(x)
+        out = self.actor(x)
         decision = Bernoulli(logits=out[:, 0])
-        box = Beta(nn.functional.softplus(out[:, 1:5]) + 1.0, nn.functional.softplus(out[:, 5:9]) + 1.0)
-        return decision, box, out[:, 9]
+        mean, concentration = torch.sigmoid(out[:, 1:]), self.log_concentration.exp()
+        box = Beta(mean * concentration, (1 - mean) * concentration)
+        return decision, box, self.critic(x)[:, 0]
 
 
 def to_tensors(obs: dict, question_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,21 +127,25 @@ def collect(env: gym.Env, agent: Agent, args: Args) -> dict[str, torch.Tensor]:
 
 
 def update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], args: Args) -> dict[str, float]:
-    """PPO's clipped objective over ``args.epochs`` passes; the box counts only where REGION was chosen."""
+    """PPO's clipped objective, ``args.epochs`` passes over shuffled minibatches; the box counts
+    only where REGION was chosen."""
     advantage = batch["reward"] - batch["value"]
-    advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+    batch["advantage"] = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
     for _ in range(args.epochs):
-        decision_dist, box_dist, value = agent(batch["image"], batch["question"])
-        logp = decision_dist.log_prob(batch["decision"]) + batch["decision"] * box_dist.log_prob(batch["box"]).sum(-1)
-        ratio = torch.exp(logp - batch["logp"])
-        policy_loss = -torch.min(ratio * advantage, ratio.clamp(1 - args.clip, 1 + args.clip) * advantage).mean()
-        value_loss = 0.5 * (value - batch["reward"]).pow(2).mean()
-        entropy = (decision_dist.entropy() + box_dist.entropy().sum(-1)).mean()
-        loss = policy_loss + 0.5 * value_loss - args.entropy_coef * entropy
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
-        optimizer.step()
+        for rows in torch.randperm(len(batch["reward"])).split(args.minibatch):
+            mb = {key: values[rows] for key, values in batch.items()}
+            advantage = mb["advantage"]
+            decision_dist, box_dist, value = agent(mb["image"], mb["question"])
+            logp = decision_dist.log_prob(mb["decision"]) + mb["decision"] * box_dist.log_prob(mb["box"]).sum(-1)
+            ratio = torch.exp(logp - mb["logp"])
+            policy_loss = -torch.min(ratio * advantage, ratio.clamp(1 - args.clip, 1 + args.clip) * advantage).mean()
+            value_loss = 0.5 * (value - mb["reward"]).pow(2).mean()
+            entropy = (decision_dist.entropy() + box_dist.entropy().sum(-1)).mean()
+            loss = policy_loss + 0.5 * value_loss - args.entropy_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+            optimizer.step()
     return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()}
 
 
@@ -143,7 +164,7 @@ def main(args: Args) -> dict[str, float]:
     torch.manual_seed(args.seed)
     env = gym.make("RegionRerank-v0", dataset=args.data, split="train", purpose="train", obs_size=args.obs_size)
     env.reset(seed=args.seed)
-    agent = Agent(args.question_dim)
+    agent = Agent(args.question_dim, args.box_concentration)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.lr)
     start = time.perf_counter()
     for n in range(1, args.updates + 1):

@@ -34,22 +34,24 @@ from envs.wrappers import FlatBoxAction, HashedQuestion, hashed_bag_of_words
 
 @dataclass
 class Args:
-    timesteps: int = 16_384
+    timesteps: int = 32_768
     """PPO environment steps (one step is one episode with max_steps=1)"""
     seed: int = 0
     """seed of PPO and of the training env's query draws"""
-    question_dim: int = 256
+    question_dim: int = 2048
     """hash buckets of the question's bag of words"""
-    n_steps: int = 512
+    n_steps: int = 256
     """PPO rollout length per update"""
-    batch_size: int = 128
+    batch_size: int = 64
     """PPO minibatch size"""
-    n_epochs: int = 4
+    n_epochs: int = 10
     """PPO epochs per update"""
     learning_rate: float = 3e-4
     """Adam learning rate"""
-    ent_coef: float = 0.01
+    ent_coef: float = 0.0
     """entropy bonus"""
+    log_std_init: float = -1.0
+    """initial log standard deviation of the Gaussian action (SB3's default is 0: std 1 on a [-1, 1] box)"""
     test_queries: int | None = None
     """evaluate on the first N test queries only (default: all)"""
     threads: int = DEFAULT_THREADS
@@ -95,6 +97,7 @@ def main(args: Args) -> dict[str, dict]:
         n_epochs=args.n_epochs,
         learning_rate=args.learning_rate,
         ent_coef=args.ent_coef,
+        policy_kwargs={"log_std_init": args.log_std_init},
         seed=args.seed,
         device="cpu",
         verbose=1,
