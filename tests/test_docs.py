@@ -66,3 +66,14 @@ def test_the_readme_fits_a_screen_and_points_only_inside_the_repository():
     assert len(readme.splitlines()) <= 250
     for page in PAGES:
         assert "../shared" not in page.read_text(), f"{page.name} points outside the repository"
+
+
+def test_the_readme_custom_agent_example_runs_on_a_pool_file(scene_pool_files):
+    # The quick start a custom agent copies first: run as printed, on a small pool file.
+    section = (ROOT / "README.md").read_text().split("## Your own agent", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'dataset="my_pools.jsonl"' in code
+    namespace: dict = {}
+    exec(code.replace('"my_pools.jsonl"', repr(str(scene_pool_files["val"]))), namespace)
+    assert namespace["i"] == len(namespace["env"].unwrapped.pools) - 1 and namespace["terminated"]
+    assert namespace["info"]["outcome"] == "region"
