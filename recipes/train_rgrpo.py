@@ -181,10 +181,7 @@ def run_local(command: LocalCommand) -> None:
     # The trained policy's own episode (information gap, zoom steps, reward, SEARCH, regions).
     test_env = make_env(command.test_data, scorer, split="test", purpose="eval", settings=config.env)
     n = len(test_env.pools) if command.test_queries is None else min(command.test_queries, len(test_env.pools))
-    names = ["full", "center", "random", "annotated", "oracle"]
-    names += ["search-full", "search-annotated", "oracle-search"] if config.env.search else []
-    names += ["oracle-2box"] if config.env.max_regions >= 2 else []
-    policies = {**baseline_policies(names), "trained": load_policy(result.checkpoint)}
+    policies = {**baseline_policies(env=test_env), "trained": load_policy(result.checkpoint)}
     source = str(command.test_data) if command.test_data else "embedded benchmark, test split"
     note = (f"trained: one seed (seed {config.seed}); the baseline rows are deterministic. The README gives the "
             "default run's spread over 5 seeds (python recipes/compare_algorithms.py --algorithms rgrpo).")
